@@ -1,0 +1,176 @@
+//! The host side: address translation (memslots, preregistered memory) and the host IOMMU tables a
+//! window is linked to, all reached through the [`Host`] trait the module (or the userspace fallback)
+//! implements.
+
+use super::types::{Perm, PageShift, WindowGeometry};
+
+/// Names one host IOMMU table (one `iommu_table` of a VFIO group) for the [`Host`] implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostTableId(pub u32);
+
+/// Geometry of a host table, in host pages (Linux `it_page_shift`, `it_offset`, `it_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostGeometry {
+    /// Host IOMMU page shift.
+    pub page_shift: PageShift,
+    /// First bus page of the table, in host pages.
+    pub offset: u64,
+    /// Number of host pages.
+    pub size: u64,
+}
+
+/// One host table entry: host physical address | W | R, or 0 when empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostTce(pub u64);
+
+impl HostTce {
+    /// The empty entry.
+    pub const EMPTY: HostTce = HostTce(0);
+
+    /// An entry mapping `hpa` (aligned to the host page) with `perm`.
+    pub const fn new(hpa: u64, perm: Perm) -> HostTce {
+        HostTce(hpa | perm.bits())
+    }
+
+    /// Host physical address the entry maps.
+    pub const fn hpa(self) -> u64 {
+        self.0 & !0x3
+    }
+
+    /// Direction the entry allows.
+    pub const fn perm(self) -> Perm {
+        super::types::Tce(self.0).perm()
+    }
+}
+
+/// How a preregistered region backs one user address: `ua` lies in a physically contiguous, naturally
+/// aligned host page of `2^page_shift` bytes that starts at `page_hpa`.
+///
+/// For Linux's `mm_iommu_table_group_mem_t`, `page_shift` is the region's `pageshift` (the smallest
+/// page over the whole region) and `page_hpa` the start of that page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backing {
+    /// Host physical address of the start of the backing page.
+    pub page_hpa: u64,
+    /// Shift of the backing page (>= 12).
+    pub page_shift: u32,
+}
+
+/// Why a user address could not be turned into a host physical address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XlateError {
+    /// No preregistered region covers `[ua, ua + page)`.
+    NotPreregistered,
+    /// The backing page is smaller than the IOMMU page (Linux `mm_iommu_ua_to_hpa` gives -EFAULT).
+    PageTooSmall,
+}
+
+/// Everything the core needs from its surroundings for one window's hypercalls.
+///
+/// The kernel module implements it over KVM memslots, the mm's preregistered regions and the linked
+/// `iommu_table`s; the userspace fallback over its own memory map and VFIO.
+pub trait Host {
+    /// Guest physical to user address through the memslots (Linux `kvmppc_tce_to_ua`). `gpa` has the
+    /// permission bits cleared. `None` when no memslot holds it.
+    fn gpa_to_ua(&self, gpa: u64) -> Option<u64>;
+
+    /// The preregistered region covering `[ua, ua + len)` and how it backs `ua` (Linux
+    /// `mm_iommu_lookup` + the region's page table). `None` when not preregistered.
+    fn prereg_lookup(&self, ua: u64, len: u64) -> Option<Backing>;
+
+    /// Geometry of host table `id`; `None` if it is gone.
+    fn table_geometry(&self, id: HostTableId) -> Option<HostGeometry>;
+
+    /// Whether `count` entries from `first` of table `id` can take mappings without allocating or
+    /// failing (levels present). `false` makes the entry `H_TOO_HARD`.
+    fn table_ready(&self, id: HostTableId, first: u64, count: u64) -> bool;
+
+    /// Exchanges entry `index` of table `id` without invalidation (Linux `iommu_tce_xchg_no_kill`) and
+    /// returns the old entry. The implementation drops the reference the old entry held and marks its
+    /// page dirty when it allowed device writes. Called only for entries `table_ready` accepted (for
+    /// mappings) under the same lock; clearing an entry below a missing level must do nothing.
+    fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce) -> HostTce;
+
+    /// Invalidates `count` entries from `first` of table `id` (Linux `iommu_tce_kill`): once per batch.
+    fn table_kill(&mut self, id: HostTableId, first: u64, count: u64);
+
+    /// Copies `buf.len()` big-endian TCE words at user address `ua` into `buf`, once (`copy_from_user`).
+    /// Each word is stored as loaded (`u64::from_ne_bytes`); the core decodes them. `false` on fault.
+    fn read_tce_list(&mut self, ua: u64, buf: &mut [u64]) -> bool;
+}
+
+/// The host physical address for the IOMMU page of `2^shift` bytes at `ua`, with Linux's page-size rule:
+/// refused when the backing page is smaller than the IOMMU page; a 4 KiB IOMMU page in a 64 KiB host page
+/// maps the 4 KiB slice: `page_hpa | (ua & (backing - 1) & !(4K - 1))`.
+pub fn ua_to_hpa<H: Host + ?Sized>(host: &H, ua: u64, shift: PageShift) -> Result<u64, XlateError> {
+    let backing = host.prereg_lookup(ua, shift.size()).ok_or(XlateError::NotPreregistered)?;
+    if backing.page_shift < shift.get() || backing.page_shift >= 64 {
+        return Err(XlateError::PageTooSmall);
+    }
+    let in_page = ua & ((1u64 << backing.page_shift) - 1);
+    Ok(backing.page_hpa | (in_page & !shift.offset_mask()))
+}
+
+/// Why a host table cannot be linked to a window (the ioctl answers EINVAL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkError {
+    /// Host page larger than the window page.
+    PageTooLarge,
+    /// Bus offsets differ.
+    OffsetMismatch,
+    /// The host table does not cover the whole window.
+    TooSmall,
+    /// The window already has [`MAX_LINKS`] tables.
+    TooManyLinks,
+    /// The host table is unknown to the [`Host`].
+    UnknownTable,
+}
+
+/// Most host tables linked to one window.
+pub const MAX_LINKS: usize = 8;
+
+/// Linux `kvm_spapr_tce_attach_iommu_group`'s test: host page <= window page, same bus offset in bytes,
+/// host size in bytes >= window size in bytes (any overflow counts as a mismatch).
+pub fn check_link(window: &WindowGeometry, host: &HostGeometry) -> Result<(), LinkError> {
+    if host.page_shift > window.page_shift() {
+        return Err(LinkError::PageTooLarge);
+    }
+    let hs = host.page_shift.get();
+    let host_start = host.offset.checked_shl(hs).filter(|v| v >> hs == host.offset);
+    if host_start != Some(window.bus_start()) {
+        return Err(LinkError::OffsetMismatch);
+    }
+    // Compare sizes in host pages: window pages << (window shift - host shift).
+    let diff = window.page_shift().get() - hs;
+    let window_in_host = window.size().checked_shl(diff).filter(|v| v >> diff == window.size());
+    match window_in_host {
+        Some(need) if host.size >= need => Ok(()),
+        _ => Err(LinkError::TooSmall),
+    }
+}
+
+/// Picks the group's table to link (Linux: the first of `tables[]` that passes [`check_link`]).
+pub fn pick_group_table(
+    window: &WindowGeometry,
+    tables: &[(HostTableId, HostGeometry)],
+) -> Result<HostTableId, LinkError> {
+    let mut err = LinkError::UnknownTable;
+    for (id, geometry) in tables {
+        match check_link(window, geometry) {
+            Ok(()) => return Ok(*id),
+            Err(e) => err = e,
+        }
+    }
+    Err(err)
+}
+
+/// One linked host table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The table.
+    pub id: HostTableId,
+    /// Its page shift (cached at link time; the table's geometry does not change while linked).
+    pub page_shift: PageShift,
+    /// How many times it was linked (Linux keeps a kref per table).
+    pub refs: u32,
+}

@@ -1,0 +1,267 @@
+//! The guest-visible TCE table: sparse, multi-level, memory proportional to what is mapped.
+//!
+//! Pages are the caller's. The core never allocates: it asks a [`PageStore`] for a page from a reserve
+//! the caller filled beforehand, and when the reserve is short it answers [`NeedAlloc`] before changing
+//! anything. The caller then allocates outside its locks, adds the pages to the reserve and retries.
+//!
+//! Layout: a radix tree of 4 KiB pages of 512 `u64` slots. Leaves hold TCEs; inner pages hold
+//! `page id + 1` of the next level (0 = absent). The number of levels is fixed at creation from the window
+//! size (9 bits a level), the root is allocated on the first non-zero store. Storing 0 below a missing page
+//! is a no-op (Linux `kvmppc_tce_put` does the same), so clearing never allocates.
+
+/// Slots in one table page.
+pub const ENTRIES_PER_PAGE: u64 = 512;
+/// Bits of the entry index resolved by one level.
+pub const BITS_PER_LEVEL: u32 = 9;
+/// Bytes in one table page.
+pub const PAGE_BYTES: usize = 4096;
+/// Most levels a table can have (64-bit index, 9 bits a level).
+pub const MAX_LEVELS: usize = 8;
+
+/// Identifies one page handed out by a [`PageStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageId(pub u64);
+
+/// Pages of guest tables. The kernel implements it with real zeroed pages; tests with `Vec`s.
+///
+/// Indices passed to `read`/`write` are always `< ENTRIES_PER_PAGE`, and ids are always ones `take`
+/// returned and `free` has not taken back.
+pub trait PageStore {
+    /// Takes one zeroed page from the reserve the caller filled; `None` when the reserve is empty.
+    fn take(&mut self) -> Option<PageId>;
+    /// Number of pages left in the reserve.
+    fn available(&self) -> usize;
+    /// Reads slot `index` of `page`.
+    fn read(&self, page: PageId, index: usize) -> u64;
+    /// Writes slot `index` of `page`.
+    fn write(&mut self, page: PageId, index: usize, value: u64);
+    /// Gives back a page the table no longer uses (teardown).
+    fn free(&mut self, page: PageId);
+}
+
+/// The core needs `pages` more pages in the [`PageStore`] reserve; nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeedAlloc {
+    /// Pages to add to the reserve before retrying.
+    pub pages: usize,
+}
+
+/// A sparse multi-level table of `size` TCEs, indexed from 0 (window-relative).
+///
+/// # Invariants
+/// `1 <= levels <= MAX_LEVELS` and `levels * BITS_PER_LEVEL >= bits(size - 1)`; `pages` counts the
+/// pages reachable from `root`.
+#[derive(Debug)]
+pub struct GuestTable {
+    size: u64,
+    levels: u32,
+    root: Option<PageId>,
+    pages: usize,
+}
+
+fn encode(id: PageId) -> u64 {
+    id.0.wrapping_add(1)
+}
+
+fn decode(slot: u64) -> Option<PageId> {
+    slot.checked_sub(1).map(PageId)
+}
+
+impl GuestTable {
+    /// An empty table of `size` entries; costs no page until the first non-zero store.
+    pub fn new(size: u64) -> GuestTable {
+        let bits = 64 - size.saturating_sub(1).leading_zeros();
+        let levels = bits.div_ceil(BITS_PER_LEVEL).max(1);
+        // INVARIANT: bits <= 64 so levels <= 8 = MAX_LEVELS.
+        GuestTable { size, levels, root: None, pages: 0 }
+    }
+
+    /// Number of entries.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Number of levels of the radix tree.
+    pub fn levels(&self) -> u32 {
+        self.levels
+    }
+
+    /// Pages currently used.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Bytes used: the pages plus this descriptor.
+    pub fn bytes_used(&self) -> usize {
+        self.pages.saturating_mul(PAGE_BYTES).saturating_add(core::mem::size_of::<Self>())
+    }
+
+    fn slot(&self, index: u64, level: u32) -> usize {
+        // level 0 is the root; the leaf is levels - 1.
+        let shift = (self.levels - 1 - level) * BITS_PER_LEVEL;
+        ((index >> shift) & (ENTRIES_PER_PAGE - 1)) as usize
+    }
+
+    /// The leaf page holding `index`, if allocated.
+    fn leaf<S: PageStore>(&self, store: &S, index: u64) -> Option<PageId> {
+        let mut page = self.root?;
+        for level in 0..self.levels - 1 {
+            page = decode(store.read(page, self.slot(index, level)))?;
+        }
+        Some(page)
+    }
+
+    /// Reads entry `index`; absent pages read as 0. `None` if `index` is outside the table.
+    pub fn get<S: PageStore>(&self, store: &S, index: u64) -> Option<u64> {
+        if index >= self.size {
+            return None;
+        }
+        Some(match self.leaf(store, index) {
+            Some(leaf) => store.read(leaf, self.slot(index, self.levels - 1)),
+            None => 0,
+        })
+    }
+
+    /// How many levels are missing on the path to `index` (0 when its leaf exists).
+    fn missing_on_path<S: PageStore>(&self, store: &S, index: u64) -> u32 {
+        let Some(mut page) = self.root else {
+            return self.levels;
+        };
+        for level in 0..self.levels - 1 {
+            match decode(store.read(page, self.slot(index, level))) {
+                Some(next) => page = next,
+                None => return self.levels - 1 - level,
+            }
+        }
+        0
+    }
+
+    /// Pages a run of stores would allocate. `values(i)` says whether entry `i` (ascending, in
+    /// `first..first + count`) gets a non-zero value; zero stores never allocate.
+    pub fn pages_needed<S: PageStore>(
+        &self,
+        store: &S,
+        first: u64,
+        count: u64,
+        mut nonzero: impl FnMut(u64) -> bool,
+    ) -> usize {
+        // Indices ascend, so pages a run would share are met consecutively: remember the last
+        // missing page counted per level (as the index prefix above that level).
+        let mut last: [Option<u64>; MAX_LEVELS] = [None; MAX_LEVELS];
+        let mut needed = 0usize;
+        let mut i = 0u64;
+        while i < count {
+            let Some(index) = first.checked_add(i) else { break };
+            if index >= self.size {
+                break;
+            }
+            if nonzero(i) {
+                let missing = self.missing_on_path(store, index);
+                for m in 0..missing {
+                    // Level (levels - missing + m) is missing; its pages cover (levels - level) * 9 bits.
+                    let level = self.levels - missing + m;
+                    let prefix = index.checked_shr((self.levels - level) * BITS_PER_LEVEL).unwrap_or(0);
+                    let seen = last.get_mut(level as usize);
+                    if let Some(seen) = seen {
+                        if *seen != Some(prefix) {
+                            *seen = Some(prefix);
+                            needed = needed.saturating_add(1);
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        needed
+    }
+
+    /// Stores `value` at `index`, taking pages from the reserve for missing levels. Storing 0 below a
+    /// missing page does nothing. Fails only if the reserve runs dry; the pages already linked stay
+    /// (they are empty and counted), the entry is not written.
+    pub fn set<S: PageStore>(&mut self, store: &mut S, index: u64, value: u64) -> Result<(), NeedAlloc> {
+        if index >= self.size {
+            return Ok(());
+        }
+        let mut page = match self.root {
+            Some(p) => p,
+            None => {
+                if value == 0 {
+                    return Ok(());
+                }
+                let p = store.take().ok_or(NeedAlloc { pages: self.levels as usize })?;
+                self.pages += 1;
+                self.root = Some(p);
+                p
+            }
+        };
+        for level in 0..self.levels - 1 {
+            let slot = self.slot(index, level);
+            page = match decode(store.read(page, slot)) {
+                Some(next) => next,
+                None => {
+                    if value == 0 {
+                        return Ok(());
+                    }
+                    let next = store
+                        .take()
+                        .ok_or(NeedAlloc { pages: (self.levels - 1 - level) as usize })?;
+                    self.pages += 1;
+                    store.write(page, slot, encode(next));
+                    next
+                }
+            };
+        }
+        store.write(page, self.slot(index, self.levels - 1), value);
+        Ok(())
+    }
+
+    /// Stores `value` in `count` entries from `first`. A zero value skips missing leaves whole, so
+    /// clearing a large unmapped range costs one walk per leaf page.
+    pub fn fill<S: PageStore>(
+        &mut self,
+        store: &mut S,
+        first: u64,
+        count: u64,
+        value: u64,
+    ) -> Result<(), NeedAlloc> {
+        let end = first.saturating_add(count).min(self.size);
+        let mut index = first;
+        while index < end {
+            let leaf_end = (index | (ENTRIES_PER_PAGE - 1)).saturating_add(1).min(end);
+            let leaf = match self.leaf(store, index) {
+                Some(leaf) => Some(leaf),
+                None if value == 0 => None,
+                None => {
+                    self.set(store, index, value)?;
+                    self.leaf(store, index)
+                }
+            };
+            if let Some(leaf) = leaf {
+                for i in index..leaf_end {
+                    store.write(leaf, self.slot(i, self.levels - 1), value);
+                }
+            }
+            index = leaf_end;
+        }
+        Ok(())
+    }
+
+    /// Frees every page (window teardown). The table is empty afterwards.
+    pub fn release<S: PageStore>(&mut self, store: &mut S) {
+        if let Some(root) = self.root.take() {
+            self.release_page(store, root, 0);
+        }
+        self.pages = 0;
+    }
+
+    fn release_page<S: PageStore>(&self, store: &mut S, page: PageId, level: u32) {
+        if level + 1 < self.levels {
+            for slot in 0..ENTRIES_PER_PAGE as usize {
+                if let Some(child) = decode(store.read(page, slot)) {
+                    self.release_page(store, child, level + 1);
+                }
+            }
+        }
+        store.free(page);
+    }
+}
