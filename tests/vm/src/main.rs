@@ -1,0 +1,41 @@
+//! pvtce-vmtests: the tests that run inside the emulated POWER L1 guest, started by /init.
+//!
+//! Usage: `pvtce-vmtests [all | NAME...]`. Each test prints one line the host parses:
+//! `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`.
+
+mod smoke;
+
+use std::time::Instant;
+
+type TestFn = fn() -> Result<String, String>;
+
+/// Every in-VM test, in run order.
+const TESTS: &[(&str, TestFn)] = &[("module-load", smoke::module_load), ("smoke", smoke::smoke)];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let all = args.is_empty() || args.iter().any(|a| a == "all");
+    let mut failed = 0;
+    for want in &args {
+        if want != "all" && !TESTS.iter().any(|(n, _)| n == want) {
+            println!("PVTCE-RESULT {want} fail 0 no such test");
+            failed += 1;
+        }
+    }
+    for (name, f) in TESTS {
+        if !all && !args.iter().any(|a| a == name) {
+            continue;
+        }
+        let t = Instant::now();
+        let r = f();
+        let ms = t.elapsed().as_millis();
+        match r {
+            Ok(detail) => println!("PVTCE-RESULT {name} pass {ms} {detail}"),
+            Err(e) => {
+                failed += 1;
+                println!("PVTCE-RESULT {name} fail {ms} {e}");
+            }
+        }
+    }
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}

@@ -1,0 +1,1 @@
+//! pvtce ioctl ABI (filled in by the module work).

@@ -1,0 +1,257 @@
+//! KVM for a PAPR (pseries) guest on a KVM-HV host: VM, memory slots, TCE windows, the KVM VFIO device and vCPUs.
+//! kvm-bindings and kvm-ioctls have no powerpc support; the uAPI pieces live in [`crate::sys`].
+
+use crate::error::{Error, Result};
+use crate::sys::{self, *};
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+fn kerr(name: &'static str, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Ioctl { name, what, source }
+}
+
+pub struct Kvm {
+    file: File,
+}
+
+impl Kvm {
+    pub fn open() -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map_err(|source| Error::Open { path: "/dev/kvm".into(), source })?;
+        Ok(Kvm { file })
+    }
+
+    pub fn check_extension(&self, cap: u32) -> Result<i32> {
+        ioctl_val(self.file.as_fd(), KVM_CHECK_EXTENSION, cap.into()).map_err(kerr("KVM_CHECK_EXTENSION", "/dev/kvm"))
+    }
+
+    /// Creates a VM of the default type (KVM-HV when kvm-hv is loaded).
+    pub fn create_vm(&self) -> Result<Vm> {
+        let fd = ioctl_val(self.file.as_fd(), KVM_CREATE_VM, 0).map_err(kerr("KVM_CREATE_VM", "/dev/kvm"))?;
+        let run_size = ioctl_val(self.file.as_fd(), KVM_GET_VCPU_MMAP_SIZE, 0)
+            .map_err(kerr("KVM_GET_VCPU_MMAP_SIZE", "/dev/kvm"))?;
+        Ok(Vm { fd: sys::owned(fd), run_size: run_size as usize })
+    }
+}
+
+pub struct Vm {
+    fd: OwnedFd,
+    run_size: usize,
+}
+
+/// A guest TCE window created with `KVM_CREATE_SPAPR_TCE_64`: its fd is the table (mmap'able).
+pub struct TceTable {
+    pub fd: OwnedFd,
+    pub liobn: u64,
+    pub page_shift: u32,
+    pub offset_pages: u64,
+    pub size_pages: u64,
+}
+
+pub struct VfioDevice {
+    fd: OwnedFd,
+}
+
+impl Vm {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn set_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        ioctl_ref(self.fd(), KVM_SET_USER_MEMORY_REGION, &r).map_err(kerr("KVM_SET_USER_MEMORY_REGION", "VM"))?;
+        Ok(())
+    }
+
+    pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<()> {
+        let c = kvm_enable_cap { cap, args, ..Default::default() };
+        ioctl_ref(self.fd(), KVM_ENABLE_CAP, &c).map_err(kerr("KVM_ENABLE_CAP", "VM"))?;
+        Ok(())
+    }
+
+    /// Lets the kernel handle hypercall `nr` (H_STUFF_TCE and H_PUT_TCE_INDIRECT are off by default).
+    pub fn enable_hcall(&self, nr: u64) -> Result<()> {
+        self.enable_cap(KVM_CAP_PPC_ENABLE_HCALL, [nr, 1, 0, 0])
+    }
+
+    /// Radix guest with a (empty) process table: enough for a real-mode payload under nested KVM-HV.
+    pub fn configure_radix(&self) -> Result<()> {
+        let c = kvm_ppc_mmuv3_cfg { flags: KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE, process_table: PATB_GR };
+        ioctl_ref(self.fd(), KVM_PPC_CONFIGURE_V3_MMU, &c).map_err(kerr("KVM_PPC_CONFIGURE_V3_MMU", "VM"))?;
+        Ok(())
+    }
+
+    pub fn create_tce_table(
+        &self,
+        liobn: u64,
+        page_shift: u32,
+        offset_pages: u64,
+        size_pages: u64,
+    ) -> Result<TceTable> {
+        let a = kvm_create_spapr_tce_64 { liobn, page_shift, flags: 0, offset: offset_pages, size: size_pages };
+        let fd = ioctl_ref(self.fd(), KVM_CREATE_SPAPR_TCE_64, &a).map_err(kerr("KVM_CREATE_SPAPR_TCE_64", "VM"))?;
+        Ok(TceTable { fd: sys::owned(fd), liobn, page_shift, offset_pages, size_pages })
+    }
+
+    pub fn create_vfio_device(&self) -> Result<VfioDevice> {
+        let mut d = kvm_create_device { type_: KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
+        ioctl_mut(self.fd(), KVM_CREATE_DEVICE, &mut d).map_err(kerr("KVM_CREATE_DEVICE", "VM"))?;
+        Ok(VfioDevice { fd: sys::owned(d.fd as i32) })
+    }
+
+    pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
+        let fd = ioctl_val(self.fd(), KVM_CREATE_VCPU, id as libc::c_ulong).map_err(kerr("KVM_CREATE_VCPU", "VM"))?;
+        let fd = sys::owned(fd);
+        let run = sys::mmap_shared(Some(fd.as_fd()), self.run_size, 0).map_err(|source| Error::Mmap {
+            what: "kvm_run",
+            len: self.run_size,
+            source,
+        })?;
+        // INVARIANT: `run` maps `run_size` bytes of the vCPU's kvm_run.
+        Ok(Vcpu { fd, run, run_size: self.run_size })
+    }
+}
+
+impl VfioDevice {
+    fn set_attr(&self, attr: u64, addr: u64, name: &'static str) -> Result<()> {
+        let a = kvm_device_attr { flags: 0, group: KVM_DEV_VFIO_FILE, attr, addr };
+        ioctl_ref(self.fd.as_fd(), KVM_SET_DEVICE_ATTR, &a).map_err(kerr(name, "KVM VFIO device"))?;
+        Ok(())
+    }
+
+    /// Tells KVM about a VFIO group (KVM_DEV_VFIO_FILE_ADD).
+    pub fn add_group(&self, group: BorrowedFd<'_>) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd: i32 = group.as_raw_fd();
+        self.set_attr(KVM_DEV_VFIO_FILE_ADD, &fd as *const i32 as u64, "KVM_DEV_VFIO_FILE_ADD")
+    }
+
+    /// Links a TCE window to the group's hardware table (KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE).
+    pub fn link_tce(&self, group: BorrowedFd<'_>, table: &TceTable) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let p = kvm_vfio_spapr_tce { groupfd: group.as_raw_fd(), tablefd: table.fd.as_raw_fd() };
+        self.set_attr(
+            KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE,
+            &p as *const kvm_vfio_spapr_tce as u64,
+            "KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE",
+        )
+    }
+}
+
+/// # Invariants
+/// `run` is a live mapping of `run_size` bytes of this vCPU's `struct kvm_run`.
+pub struct Vcpu {
+    fd: OwnedFd,
+    run: *mut u8,
+    run_size: usize,
+}
+
+/// Why `KVM_RUN` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A guest access outside its memory slots.
+    Mmio { addr: u64, is_write: bool, data: u64 },
+    /// A hypercall the kernel did not handle (`nr`, args r4..r12).
+    PaprHcall { nr: u64, args: [u64; 9] },
+}
+
+pub const MSR_SF: u64 = 1 << 63;
+pub const MSR_ME: u64 = 1 << 12;
+pub const MSR_LE: u64 = 1;
+
+impl Vcpu {
+    pub fn enable_papr(&self) -> Result<()> {
+        let c = kvm_enable_cap { cap: KVM_CAP_PPC_PAPR, ..Default::default() };
+        ioctl_ref(self.fd.as_fd(), KVM_ENABLE_CAP, &c).map_err(kerr("KVM_ENABLE_CAP(PPC_PAPR)", "vCPU"))?;
+        Ok(())
+    }
+
+    pub fn regs(&self) -> Result<kvm_regs> {
+        let mut r = kvm_regs::default();
+        ioctl_mut(self.fd.as_fd(), KVM_GET_REGS, &mut r).map_err(kerr("KVM_GET_REGS", "vCPU"))?;
+        Ok(r)
+    }
+
+    pub fn set_regs(&self, r: &kvm_regs) -> Result<()> {
+        ioctl_ref(self.fd.as_fd(), KVM_SET_REGS, r).map_err(kerr("KVM_SET_REGS", "vCPU"))?;
+        Ok(())
+    }
+
+    /// Starts the vCPU in 64-bit little-endian real mode at `pc`.
+    pub fn set_entry(&self, pc: u64) -> Result<()> {
+        let mut r = self.regs()?;
+        r.pc = pc;
+        r.msr = MSR_SF | MSR_ME | MSR_LE;
+        self.set_regs(&r)
+    }
+
+    fn run_u32(&self, off: usize) -> u32 {
+        // SAFETY: `off + 4 <= run_size` for the offsets used (all within the 256-byte head of kvm_run); the
+        // mapping is live by the type invariant; read_unaligned makes no alignment assumption.
+        unsafe { std::ptr::read_volatile(self.run.add(off).cast::<u32>()) }
+    }
+
+    fn run_u64(&self, off: usize) -> u64 {
+        // SAFETY: as in `run_u32`; kvm_run's union members are 8-byte aligned at these offsets.
+        unsafe { std::ptr::read_volatile(self.run.add(off).cast::<u64>()) }
+    }
+
+    fn set_run_u64(&self, off: usize, v: u64) {
+        // SAFETY: as in `run_u64`; the kernel reads these fields on the next KVM_RUN only.
+        unsafe { std::ptr::write_volatile(self.run.add(off).cast::<u64>(), v) }
+    }
+
+    /// Runs until an exit userspace must handle; retries on EINTR.
+    pub fn run(&self) -> Result<Exit> {
+        loop {
+            match ioctl_val(self.fd.as_fd(), KVM_RUN, 0) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                Err(source) => return Err(Error::Ioctl { name: "KVM_RUN", what: "vCPU", source }),
+            }
+        }
+        let reason = self.run_u32(KVM_RUN_EXIT_REASON);
+        let u = KVM_RUN_UNION;
+        match reason {
+            KVM_EXIT_MMIO => {
+                // struct { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write; }
+                let addr = self.run_u64(u);
+                let data = self.run_u64(u + 8);
+                // SAFETY: inside the kvm_run head, see `run_u32`.
+                let is_write = unsafe { std::ptr::read_volatile(self.run.add(u + 20)) } != 0;
+                Ok(Exit::Mmio { addr, is_write, data })
+            }
+            KVM_EXIT_PAPR_HCALL => {
+                // struct { __u64 nr; __u64 ret; __u64 args[9]; }
+                let nr = self.run_u64(u);
+                let mut args = [0u64; 9];
+                for (i, a) in args.iter_mut().enumerate() {
+                    *a = self.run_u64(u + 16 + 8 * i);
+                }
+                Ok(Exit::PaprHcall { nr, args })
+            }
+            other => Err(Error::UnexpectedExit(other)),
+        }
+    }
+
+    /// Sets the return value of a hypercall that exited to userspace (read by the next KVM_RUN).
+    pub fn set_hcall_ret(&self, ret: u64) {
+        self.set_run_u64(KVM_RUN_UNION + 8, ret);
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant `run`/`run_size` is our mapping, and no reference into it escapes.
+        unsafe { sys::munmap(self.run, self.run_size) };
+    }
+}

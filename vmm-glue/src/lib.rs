@@ -1,0 +1,19 @@
+//! pvtce-vmm-glue: the VMM side of pvtce.
+//!
+//! - [`sys`]: the ioctl edge (numbers from `libc::_IO*`, right on powerpc; structs with layout asserts).
+//! - [`kvm`]: a PAPR guest under KVM-HV (VM, memory slots, TCE windows, the KVM VFIO device, vCPUs).
+//! - [`vfio`]: a VFIO sPAPR v2 container, groups and devices.
+//! - [`edu`]: QEMU's `edu` test device driven through VFIO, used to prove DMA mappings.
+//! - [`asm`] and [`payload`]: the L2 guest program that issues hypercalls from a table in guest memory.
+//! - [`mem`]: shmem-backed guest RAM.
+
+pub mod asm;
+pub mod edu;
+pub mod error;
+pub mod kvm;
+pub mod mem;
+pub mod payload;
+pub mod sys;
+pub mod vfio;
+
+pub use error::{Error, Result};

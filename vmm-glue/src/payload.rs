@@ -1,0 +1,123 @@
+//! The L2 guest program: runs a table of hypercalls written by the VMM into guest memory and reports back.
+//!
+//! Guest memory layout (guest physical): code at [`ENTRY`]; the call table at [`TABLE`]:
+//! `u64 count`, then `count` entries of 8 u64: `[nr, a0, a1, a2, a3, a4, r3_out, r4_out]`.
+//! The program runs every entry in order (`sc 1` with r3 = nr, r4.. = args), stores r3 and r4 back into the
+//! entry, then stores to [`DONE_MMIO`] (outside guest RAM: a KVM_EXIT_MMIO the VMM sees) and starts over, so
+//! each `KVM_RUN` after a new table runs it once. Timebase values around the whole table are stored in the
+//! table header for the benchmark.
+
+use crate::asm::Asm;
+use crate::error::Result;
+use crate::kvm::{Exit, Vcpu};
+use crate::mem::GuestMem;
+
+pub const ENTRY: u64 = 0x100;
+pub const TABLE: u64 = 0x10000;
+/// Table header: count, tb_start, tb_end, reserved; entries follow.
+pub const HEADER: u64 = 32;
+pub const ENTRY_SIZE: u64 = 64;
+pub const MAX_ENTRIES: u64 = 1024;
+pub const DONE_MMIO: u64 = 0x4000_0000;
+
+pub fn program() -> Vec<u8> {
+    let mut a = Asm::new();
+    a.label("start")
+        .lis(20, (TABLE >> 16) as i16)
+        .ld(21, 0, 20) // count
+        .addi(22, 20, HEADER as i16)
+        .mftb(23)
+        .std(23, 8, 20)
+        .label("loop")
+        .cmpdi(21, 0)
+        .beq("done")
+        .ld(3, 0, 22)
+        .ld(4, 8, 22)
+        .ld(5, 16, 22)
+        .ld(6, 24, 22)
+        .ld(7, 32, 22)
+        .ld(8, 40, 22)
+        .hcall()
+        .std(3, 48, 22)
+        .std(4, 56, 22)
+        .addi(22, 22, ENTRY_SIZE as i16)
+        .addi(21, 21, -1)
+        .b("loop")
+        .label("done")
+        .mftb(23)
+        .std(23, 16, 20)
+        .lis(9, (DONE_MMIO >> 16) as i16)
+        .std(21, 0, 9)
+        .b("start");
+    a.finish().expect("the payload's labels are all defined")
+}
+
+/// One hypercall for the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub nr: u64,
+    pub args: [u64; 5],
+}
+
+/// What came back for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ret {
+    pub r3: i64,
+    pub r4: u64,
+}
+
+/// Loads the program into guest memory.
+pub fn load(mem: &GuestMem) -> Result<()> {
+    mem.write(ENTRY, &program())
+}
+
+/// A hypercall that exited to userspace: the handler returns the value for r3 (H_TOO_HARD from the kernel
+/// arrives here too, as the original call).
+pub type HcallHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> u64 + 'a;
+
+/// Runs `calls` in L2; hypercalls the kernel passes up go to `on_hcall`. Returns the results and the timebase
+/// ticks the whole table took, measured inside L2.
+pub fn run(vcpu: &Vcpu, mem: &GuestMem, calls: &[Call], on_hcall: &mut HcallHandler<'_>) -> Result<(Vec<Ret>, u64)> {
+    let n = calls.len().min(MAX_ENTRIES as usize);
+    mem.write_u64(TABLE, n as u64)?;
+    for (i, c) in calls.iter().take(n).enumerate() {
+        let e = TABLE + HEADER + ENTRY_SIZE * i as u64;
+        mem.write_u64(e, c.nr)?;
+        for (k, a) in c.args.iter().enumerate() {
+            mem.write_u64(e + 8 + 8 * k as u64, *a)?;
+        }
+        mem.write_u64(e + 48, u64::MAX)?;
+        mem.write_u64(e + 56, u64::MAX)?;
+    }
+    loop {
+        match vcpu.run()? {
+            Exit::Mmio { addr, .. } if addr == DONE_MMIO => break,
+            Exit::Mmio { addr, .. } => return Err(crate::Error::Edu(format!("L2 touched unexpected MMIO {addr:#x}"))),
+            Exit::PaprHcall { nr, args } => {
+                let r = on_hcall(nr, &args);
+                vcpu.set_hcall_ret(r);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let e = TABLE + HEADER + ENTRY_SIZE * i as u64;
+        out.push(Ret { r3: mem.read_u64(e + 48)? as i64, r4: mem.read_u64(e + 56)? });
+    }
+    let tb = mem.read_u64(TABLE + 16)?.wrapping_sub(mem.read_u64(TABLE + 8)?);
+    Ok((out, tb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_fits_before_the_table() {
+        let p = program();
+        assert!(ENTRY + p.len() as u64 <= TABLE);
+        // The hypercall instruction is in there exactly once.
+        let words: Vec<u32> = p.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!(words.iter().filter(|w| **w == 0x4400_0022).count(), 1);
+    }
+}

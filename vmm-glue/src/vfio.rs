@@ -1,0 +1,261 @@
+//! VFIO sPAPR v2: container, groups, devices, and sysfs helpers to bind a PCI device to vfio-pci.
+//! vfio-bindings has the structs but no ioctl numbers, and vfio-ioctls is Type1 only.
+
+use crate::error::{Error, Result};
+use crate::sys::{self, *};
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+fn verr(name: &'static str, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Ioctl { name, what, source }
+}
+
+fn open_rw(path: &str) -> Result<File> {
+    OpenOptions::new().read(true).write(true).open(path).map_err(|source| Error::Open { path: path.into(), source })
+}
+
+fn sysfs_write(path: &str, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|source| Error::Sysfs { path: path.into(), source })
+}
+
+/// Finds the first PCI device with this vendor:device id; returns its address (e.g. "0001:00:00.0").
+pub fn find_pci(vendor: u16, device: u16) -> Result<String> {
+    let dir = "/sys/bus/pci/devices";
+    let rd = std::fs::read_dir(dir).map_err(|source| Error::Sysfs { path: dir.into(), source })?;
+    let mut found: Vec<String> = Vec::new();
+    for e in rd.flatten() {
+        let p = e.path();
+        let v = std::fs::read_to_string(p.join("vendor")).unwrap_or_default();
+        let d = std::fs::read_to_string(p.join("device")).unwrap_or_default();
+        if v.trim() == format!("0x{vendor:04x}") && d.trim() == format!("0x{device:04x}") {
+            found.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    found.into_iter().next().ok_or(Error::NoDevice { vendor, device })
+}
+
+/// Binds a PCI device to vfio-pci (driver_override + drivers_probe), unbinding any current driver first.
+pub fn bind_vfio_pci(bdf: &str) -> Result<()> {
+    let dev = format!("/sys/bus/pci/devices/{bdf}");
+    if let Ok(drv) = std::fs::read_link(format!("{dev}/driver")) {
+        if drv.file_name().is_some_and(|n| n == "vfio-pci") {
+            return Ok(());
+        }
+        sysfs_write(&format!("{dev}/driver/unbind"), bdf)?;
+    }
+    sysfs_write(&format!("{dev}/driver_override"), "vfio-pci")?;
+    sysfs_write("/sys/bus/pci/drivers_probe", bdf)
+}
+
+/// Unbinds a PCI device from its driver (used by the tests that unbind while linked).
+pub fn unbind(bdf: &str) -> Result<()> {
+    sysfs_write(&format!("/sys/bus/pci/devices/{bdf}/driver/unbind"), bdf)
+}
+
+/// The IOMMU group number of a PCI device.
+pub fn iommu_group(bdf: &str) -> Result<u32> {
+    let p = format!("/sys/bus/pci/devices/{bdf}/iommu_group");
+    let l = std::fs::read_link(&p).map_err(|source| Error::Sysfs { path: p.clone(), source })?;
+    l.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::Sysfs { path: p, source: std::io::Error::other("not a group number") })
+}
+
+pub struct Container {
+    file: File,
+}
+
+/// What VFIO_IOMMU_SPAPR_TCE_GET_INFO reports.
+#[derive(Debug, Clone, Copy)]
+pub struct SpaprInfo {
+    pub dma32_start: u32,
+    pub dma32_size: u32,
+    pub flags: u32,
+    pub pgsizes: u64,
+    pub max_windows: u32,
+    pub levels: u32,
+}
+
+impl Container {
+    pub fn open() -> Result<Self> {
+        let file = open_rw("/dev/vfio/vfio")?;
+        let v = ioctl_val(file.as_fd(), VFIO_GET_API_VERSION, 0).map_err(verr("VFIO_GET_API_VERSION", "container"))?;
+        if v != VFIO_API_VERSION {
+            return Err(Error::ApiVersion(v));
+        }
+        let ok = ioctl_val(file.as_fd(), VFIO_CHECK_EXTENSION, VFIO_SPAPR_TCE_V2_IOMMU as libc::c_ulong)
+            .map_err(verr("VFIO_CHECK_EXTENSION", "container"))?;
+        if ok != 1 {
+            return Err(Error::NoSpaprV2);
+        }
+        Ok(Container { file })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Selects the sPAPR v2 IOMMU; needs at least one group attached.
+    pub fn set_spapr_v2(&self) -> Result<()> {
+        ioctl_val(self.fd(), VFIO_SET_IOMMU, VFIO_SPAPR_TCE_V2_IOMMU as libc::c_ulong)
+            .map_err(verr("VFIO_SET_IOMMU", "container"))?;
+        Ok(())
+    }
+
+    pub fn info(&self) -> Result<SpaprInfo> {
+        let mut i = vfio_iommu_spapr_tce_info {
+            argsz: std::mem::size_of::<vfio_iommu_spapr_tce_info>() as u32,
+            ..Default::default()
+        };
+        ioctl_mut(self.fd(), VFIO_IOMMU_SPAPR_TCE_GET_INFO, &mut i)
+            .map_err(verr("VFIO_IOMMU_SPAPR_TCE_GET_INFO", "container"))?;
+        Ok(SpaprInfo {
+            dma32_start: i.dma32_window_start,
+            dma32_size: i.dma32_window_size,
+            flags: i.flags,
+            pgsizes: i.ddw.pgsizes,
+            max_windows: i.ddw.max_dynamic_windows_supported,
+            levels: i.ddw.levels,
+        })
+    }
+
+    /// Pins `[vaddr, vaddr+size)` once (preregistration); hypercalls then translate without pinning.
+    pub fn register_memory(&self, vaddr: u64, size: u64) -> Result<()> {
+        let r = vfio_iommu_spapr_register_memory {
+            argsz: std::mem::size_of::<vfio_iommu_spapr_register_memory>() as u32,
+            flags: 0,
+            vaddr,
+            size,
+        };
+        ioctl_ref(self.fd(), VFIO_IOMMU_SPAPR_REGISTER_MEMORY, &r)
+            .map_err(verr("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", "container"))?;
+        Ok(())
+    }
+
+    pub fn unregister_memory(&self, vaddr: u64, size: u64) -> Result<()> {
+        let r = vfio_iommu_spapr_register_memory {
+            argsz: std::mem::size_of::<vfio_iommu_spapr_register_memory>() as u32,
+            flags: 0,
+            vaddr,
+            size,
+        };
+        ioctl_ref(self.fd(), VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY, &r)
+            .map_err(verr("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", "container"))?;
+        Ok(())
+    }
+}
+
+pub struct Group {
+    pub id: u32,
+    file: File,
+}
+
+impl Group {
+    pub fn open(id: u32) -> Result<Self> {
+        let file = open_rw(&format!("/dev/vfio/{id}"))?;
+        let mut st = vfio_group_status { argsz: 8, flags: 0 };
+        ioctl_mut(file.as_fd(), VFIO_GROUP_GET_STATUS, &mut st).map_err(verr("VFIO_GROUP_GET_STATUS", "group"))?;
+        if st.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
+            return Err(Error::GroupNotViable { group: id });
+        }
+        Ok(Group { id, file })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    pub fn set_container(&self, c: &Container) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd: i32 = c.fd().as_raw_fd();
+        ioctl_ref(self.fd(), VFIO_GROUP_SET_CONTAINER, &fd).map_err(verr("VFIO_GROUP_SET_CONTAINER", "group"))?;
+        Ok(())
+    }
+
+    pub fn device(&self, bdf: &str) -> Result<Device> {
+        let name = CString::new(bdf).map_err(|_| Error::NoDevice { vendor: 0, device: 0 })?;
+        let fd = ioctl_cstr(self.fd(), VFIO_GROUP_GET_DEVICE_FD, &name)
+            .map_err(verr("VFIO_GROUP_GET_DEVICE_FD", "group"))?;
+        Ok(Device { file: File::from(sys::owned(fd)) })
+    }
+}
+
+pub struct Device {
+    file: File,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Region {
+    pub index: u32,
+    pub size: u64,
+    pub offset: u64,
+}
+
+impl Device {
+    pub fn region(&self, index: u32) -> Result<Region> {
+        let mut r =
+            vfio_region_info { argsz: std::mem::size_of::<vfio_region_info>() as u32, index, ..Default::default() };
+        ioctl_mut(self.file.as_fd(), VFIO_DEVICE_GET_REGION_INFO, &mut r)
+            .map_err(verr("VFIO_DEVICE_GET_REGION_INFO", "device"))?;
+        Ok(Region { index, size: r.size, offset: r.offset })
+    }
+
+    pub fn write(&self, r: &Region, off: u64, data: &[u8]) -> Result<()> {
+        self.file.write_all_at(data, r.offset + off).map_err(|source| Error::Region {
+            index: r.index,
+            offset: off,
+            source,
+        })
+    }
+
+    pub fn read(&self, r: &Region, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact_at(buf, r.offset + off).map_err(|source| Error::Region {
+            index: r.index,
+            offset: off,
+            source,
+        })
+    }
+
+    /// Sets Memory Space and Bus Master in the PCI command register.
+    pub fn enable_bus_master(&self) -> Result<()> {
+        let cfg = self.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
+        let mut b = [0u8; 2];
+        self.read(&cfg, 4, &mut b)?;
+        let cmd = u16::from_le_bytes(b) | 0x2 | 0x4;
+        self.write(&cfg, 4, &cmd.to_le_bytes())
+    }
+}
+
+/// Owns what a test set up so that it is released in order on every path.
+pub struct Owned {
+    pub container: Container,
+    pub group: Group,
+    pub device: Device,
+    pub bdf: String,
+}
+
+/// Binds `bdf` to vfio-pci, opens its group into a new sPAPR v2 container, and opens the device.
+pub fn setup(bdf: &str) -> Result<Owned> {
+    bind_vfio_pci(bdf)?;
+    let gid = iommu_group(bdf)?;
+    // vfio-pci creates /dev/vfio/N asynchronously through devtmpfs; wait a moment for it.
+    for _ in 0..50 {
+        if Path::new(&format!("/dev/vfio/{gid}")).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let container = Container::open()?;
+    let group = Group::open(gid)?;
+    group.set_container(&container)?;
+    container.set_spapr_v2()?;
+    let device = group.device(bdf)?;
+    Ok(Owned { container, group, device, bdf: bdf.to_string() })
+}
+
+pub type Fd = OwnedFd;

@@ -1,0 +1,205 @@
+//! The L1 kernel: Debian's linux-source-7.x, the project's patch series, the config fragment, a cached build.
+//!
+//! Cache layout under `cache()`:
+//! - `src/<pkg>-<ver>/`: the pristine unpacked source (fetch-kernel.sh).
+//! - `ktree/<pkg>-<ver>/`: a hard-linked copy with `patches/linux/series` applied (patch breaks the links of the
+//!   files it changes, so the pristine tree stays pristine). `.pvtce-patches` records the series hash and the
+//!   files it touched, so that a changed series re-touches every file it (un)changed and make rebuilds them.
+//! - `kbuild/<pkg>-<ver>/`: the O= build directory, kept across runs (make rebuilds only what changed);
+//!   `.pvtce-key` holds the key of the last good build: source version, config fragment, patches, toolchain.
+
+use crate::util::*;
+use std::path::{Path, PathBuf};
+
+pub const MAKE_VARS: &[&str] = &["ARCH=powerpc", "LLVM=-19"];
+
+pub struct Kernel {
+    /// Debian package and version, e.g. "linux-source-7.3 7.3~rc7-1~exp1".
+    pub debian: String,
+    pub build: PathBuf,
+    /// `uname -r` of the built kernel.
+    pub release: String,
+    /// Where `modules_install` put the modules (INSTALL_MOD_PATH).
+    pub modroot: PathBuf,
+}
+
+fn toolchain_id() -> Result<String> {
+    let rustc = output(cmd("rustc").arg("-vV"))?;
+    let clang = output(cmd("clang-19").arg("--version"))?;
+    let bindgen = output(cmd("bindgen").arg("--version"))?;
+    Ok(format!("{rustc}\n{clang}\n{bindgen}"))
+}
+
+fn series() -> Result<Vec<(String, String)>> {
+    let dir = repo().join("patches/linux");
+    let list = read(&dir.join("series"))?;
+    let mut v = Vec::new();
+    for name in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        v.push((name.to_string(), read(&dir.join(name))?));
+    }
+    Ok(v)
+}
+
+/// Files a unified diff touches (the `+++ b/...` lines).
+fn touched(patch: &str) -> Vec<String> {
+    patch
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|p| p.split_once('/').map(|(_, rest)| rest.to_string()))
+        .collect()
+}
+
+/// Makes `ktree/<name>` = pristine + series; returns (tree, whether it was (re)made).
+fn patched_tree(pristine: &Path) -> Result<PathBuf> {
+    let name = pristine.file_name().ok_or("bad source path")?.to_string_lossy().into_owned();
+    let tree = cache().join("ktree").join(&name);
+    let series = series()?;
+    let mut key = Key::new();
+    let mut files: Vec<String> = Vec::new();
+    for (n, text) in &series {
+        key.add(n.as_bytes()).add(text.as_bytes());
+        files.extend(touched(text));
+    }
+    let stamp = tree.join(".pvtce-patches");
+    let old = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if old.lines().next() == Some(key.hex().as_str()) {
+        return Ok(tree);
+    }
+    println!("kernel: applying {} patch(es) from patches/linux/series", series.len());
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree).map_err(|e| format!("{}: {e}", tree.display()))?;
+    }
+    std::fs::create_dir_all(tree.parent().unwrap_or(Path::new("/"))).map_err(|e| e.to_string())?;
+    run(cmd("cp").arg("-al").arg(pristine).arg(&tree))?;
+    for (n, _) in &series {
+        let p = repo().join("patches/linux").join(n);
+        let log = out().join(format!("patch-{n}.log"));
+        run_logged(cmd("patch").args(["-p1", "--no-backup-if-mismatch", "-i"]).arg(&p).current_dir(&tree), &log)
+            .map_err(|e| format!("patch {n} does not apply: {e}"))?;
+    }
+    // Files the previous series changed but this one does not are pristine again, with an old mtime: touch them
+    // (and every file this series touches) so an incremental build notices.
+    let mut all: Vec<String> = old.lines().skip(1).map(String::from).collect();
+    all.extend(files.iter().cloned());
+    for f in &all {
+        let p = tree.join(f);
+        if p.exists() {
+            // cp -al shares the inode with the pristine tree; break the link before touching.
+            let data = std::fs::read(&p).map_err(|e| e.to_string())?;
+            std::fs::remove_file(&p).map_err(|e| e.to_string())?;
+            std::fs::write(&p, data).map_err(|e| e.to_string())?;
+        }
+    }
+    let mut s = key.hex();
+    for f in &files {
+        s.push('\n');
+        s.push_str(f);
+    }
+    write(&stamp, &s)?;
+    Ok(tree)
+}
+
+fn make(tree: &Path, build: &Path) -> std::process::Command {
+    let mut c = cmd("make");
+    c.arg("-C").arg(tree).arg(format!("O={}", build.display())).args(MAKE_VARS);
+    c
+}
+
+/// Checks that every `CONFIG_X=v` line of the fragment survived into `.config`.
+fn check_config(fragment: &str, config: &str) -> Result<()> {
+    let mut missing = Vec::new();
+    for line in fragment.lines().map(str::trim).filter(|l| l.starts_with("CONFIG_")) {
+        let (k, _) = line.split_once('=').ok_or_else(|| format!("bad fragment line {line}"))?;
+        let got = config.lines().find(|l| l.starts_with(&format!("{k}="))).unwrap_or("");
+        if got != line {
+            missing.push(format!("{line} (got {})", if got.is_empty() { "unset" } else { got }));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("config fragment options not satisfied (a dependency is missing): {}", missing.join(", ")))
+    }
+}
+
+/// Fetch, patch, configure and build; a matching key skips the build.
+pub fn build(note: &mut String) -> Result<Kernel> {
+    let fetch = repo().join("xtask/scripts/fetch-kernel.sh");
+    let pristine = PathBuf::from(
+        output(cmd("bash").arg(&fetch).env("PVTCE_CACHE", cache()))?.lines().last().unwrap_or("").to_string(),
+    );
+    let debian = read(&pristine.join(".pvtce-unpacked"))?.trim().to_string();
+    let tree = patched_tree(&pristine)?;
+    let name = pristine.file_name().ok_or("bad source path")?.to_string_lossy().into_owned();
+    let build = cache().join("kbuild").join(&name);
+    let fragment_path = repo().join("xtask/kconfig/pvtce.config");
+    let fragment = read(&fragment_path)?;
+    let toolchain = toolchain_id()?;
+    let mut key = Key::new();
+    key.add(debian.as_bytes()).add(fragment.as_bytes()).add(toolchain.as_bytes());
+    for (n, t) in series()? {
+        key.add(n.as_bytes()).add(t.as_bytes());
+    }
+    let mut tkey = Key::new();
+    tkey.add(toolchain.as_bytes());
+    let stamp = build.join(".pvtce-key");
+    let old = std::fs::read_to_string(&stamp).unwrap_or_default();
+    let modroot = build.join("modinst");
+    let vmlinux = build.join("vmlinux");
+    let release_file = build.join("include/config/kernel.release");
+    if old.lines().next() == Some(key.hex().as_str()) && vmlinux.exists() && modroot.exists() {
+        *note = format!("cache hit (key {}), kernel build skipped: {debian}", key.hex());
+        println!("kernel: {note}");
+        let release = read(&release_file)?.trim().to_string();
+        return Ok(Kernel { debian, build, release, modroot });
+    }
+    // A different compiler invalidates every object: start the build directory afresh.
+    if old.lines().nth(1) != Some(tkey.hex().as_str()) && build.exists() {
+        println!("kernel: toolchain changed or first build, clean build directory");
+        std::fs::remove_dir_all(&build).map_err(|e| e.to_string())?;
+    }
+    std::fs::create_dir_all(&build).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(out()).map_err(|e| e.to_string())?;
+    println!("kernel: {debian}, building in {} (make -j{})", build.display(), nproc());
+    let log = out().join("kernel-build.log");
+    run_logged(
+        make(&tree, &build).arg(format!("KCONFIG_ALLCONFIG={}", fragment_path.display())).arg("allnoconfig"),
+        &log,
+    )?;
+    check_config(&fragment, &read(&build.join(".config"))?)?;
+    run_logged(make(&tree, &build).arg(format!("-j{}", nproc())).args(["vmlinux", "modules"]), &log)?;
+    if modroot.exists() {
+        std::fs::remove_dir_all(&modroot).map_err(|e| e.to_string())?;
+    }
+    run_logged(
+        make(&tree, &build).arg(format!("INSTALL_MOD_PATH={}", modroot.display())).arg("modules_install"),
+        &out().join("kernel-modules-install.log"),
+    )?;
+    write(&stamp, &format!("{}\n{}\n", key.hex(), tkey.hex()))?;
+    let release = read(&release_file)?.trim().to_string();
+    *note = format!("built {debian} ({release}), key {}", key.hex());
+    Ok(Kernel { debian, build, release, modroot })
+}
+
+/// Builds pvtce.ko from the root Kbuild against the kernel build directory.
+pub fn module(k: &Kernel) -> Result<PathBuf> {
+    let log = out().join("module-build.log");
+    let mut c = cmd("make");
+    c.arg("-C")
+        .arg(&k.build)
+        .arg(format!("M={}", repo().display()))
+        .args(MAKE_VARS)
+        .arg(format!("-j{}", nproc()))
+        .arg("modules");
+    run_logged(&mut c, &log)?;
+    let text = read(&log)?;
+    let warnings = text
+        .lines()
+        .filter(|l| l.starts_with("warning") && !l.contains("target-feature") && !l.contains("unstable feature"))
+        .count();
+    if warnings > 0 {
+        return Err(format!("module build printed {warnings} warning(s); see {}", log.display()));
+    }
+    Ok(repo().join("pvtce.ko"))
+}
