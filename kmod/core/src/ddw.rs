@@ -35,10 +35,7 @@ pub const QEMU_DEFAULT_PAGE_SHIFTS: u64 = (1 << 12) | (1 << 16) | (1 << 21) | (1
 
 /// The RTAS query mask for a mask of supported page shifts (bit n = 2^n-byte pages).
 pub fn query_mask(page_shifts: u64) -> u32 {
-    PAGE_SIZE_BITS
-        .iter()
-        .filter(|(shift, _)| page_shifts & (1u64 << shift) != 0)
-        .fold(0, |mask, (_, bit)| mask | bit)
+    PAGE_SIZE_BITS.iter().filter(|(shift, _)| page_shifts & (1u64 << shift) != 0).fold(0, |mask, (_, bit)| mask | bit)
 }
 
 /// Fixed facts of one PE (one PHB in QEMU's model).

@@ -75,13 +75,7 @@ pub fn hcall<M: Machine>(m: &mut M, nr: u64, args: [u64; 4]) -> Dispatch {
 
 /// Runs hypercall `nr` from entry `start` on: the userspace fallback's resume after the kernel answered
 /// `H_TOO_HARD` with `applied == start`. `start == 0` is a plain call.
-pub fn hcall_from<M: Machine>(
-    m: &mut M,
-    nr: u64,
-    args: [u64; 4],
-    start: u64,
-    buf: &mut [u64; 512],
-) -> Dispatch {
+pub fn hcall_from<M: Machine>(m: &mut M, nr: u64, args: [u64; 4], start: u64, buf: &mut [u64; 512]) -> Dispatch {
     let [liobn, ioba, arg, npages] = args;
     if !matches!(nr, H_GET_TCE | H_PUT_TCE | H_STUFF_TCE | H_PUT_TCE_INDIRECT) {
         return Dispatch::NotOurs;

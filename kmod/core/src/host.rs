@@ -2,7 +2,7 @@
 //! window is linked to, all reached through the [`Host`] trait the module (or the userspace fallback)
 //! implements.
 
-use super::types::{Perm, PageShift, WindowGeometry};
+use super::types::{PageShift, Perm, WindowGeometry};
 
 /// Names one host IOMMU table (one `iommu_table` of a VFIO group) for the [`Host`] implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -202,9 +202,7 @@ impl GuestTable {
                     if value == 0 {
                         return Ok(());
                     }
-                    let next = store
-                        .take()
-                        .ok_or(NeedAlloc { pages: (self.levels - 1 - level) as usize })?;
+                    let next = store.take().ok_or(NeedAlloc { pages: (self.levels - 1 - level) as usize })?;
                     self.pages += 1;
                     store.write(page, slot, encode(next));
                     next
@@ -217,13 +215,7 @@ impl GuestTable {
 
     /// Stores `value` in `count` entries from `first`. A zero value skips missing leaves whole, so
     /// clearing a large unmapped range costs one walk per leaf page.
-    pub fn fill<S: PageStore>(
-        &mut self,
-        store: &mut S,
-        first: u64,
-        count: u64,
-        value: u64,
-    ) -> Result<(), NeedAlloc> {
+    pub fn fill<S: PageStore>(&mut self, store: &mut S, first: u64, count: u64, value: u64) -> Result<(), NeedAlloc> {
         let end = first.saturating_add(count).min(self.size);
         let mut index = first;
         while index < end {

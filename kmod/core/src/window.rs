@@ -192,7 +192,13 @@ impl Window {
     }
 
     /// H_PUT_TCE (Linux `kvmppc_h_put_tce`).
-    pub fn put_tce<S: PageStore, H: Host + ?Sized>(&mut self, store: &mut S, host: &mut H, ioba: Ioba, tce: Tce) -> Outcome {
+    pub fn put_tce<S: PageStore, H: Host + ?Sized>(
+        &mut self,
+        store: &mut S,
+        host: &mut H,
+        ioba: Ioba,
+        tce: Tce,
+    ) -> Outcome {
         self.execute(store, host, &Request::Put { ioba, tce }, 0)
     }
 

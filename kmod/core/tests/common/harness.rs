@@ -1,0 +1,474 @@
+// Runs one operation sequence against the core (through the dispatcher and the in-memory traits) and the
+// reference model, and reports the first divergence. The sequence is decoded from bytes, so proptest,
+// cargo-fuzz and the corpus replay test share one decoder and one comparison.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pvtce_core::ddw::{Pe, PeConfig};
+use pvtce_core::hcall::{hcall_from, Dispatch};
+use pvtce_core::host::HostTableId;
+use pvtce_core::types::Liobn;
+use pvtce_core::window::{LinkOutcome, Window};
+
+use super::model::Model;
+use super::sim::{SimMachine, VecStore};
+use super::world;
+
+pub const LIOBNS: [u64; 2] = [0x8000_0000, 0x8000_0001];
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Hcall { nr: u64, args: [u64; 4], list: Option<Vec<u64>> },
+    Resume,
+    Link { liobn: u64, table: u32 },
+    Unlink { liobn: u64, table: u32 },
+    Create { page_shift: u32, window_shift: u32 },
+    Remove { liobn: u64 },
+    Reset,
+    Query,
+    Unready { table: u32, block: u64 },
+    ReadyAll,
+}
+
+/// Counts of what ran, for the report.
+#[derive(Default, Debug, Clone)]
+pub struct Stats {
+    pub ops: u64,
+    pub hcalls: u64,
+    pub success: u64,
+    pub param: u64,
+    pub too_hard: u64,
+    pub partial: u64,
+    pub resumes: u64,
+    pub need_alloc: u64,
+    pub fanout_calls: u64,
+    pub two_table_calls: u64,
+    pub links_ok: u64,
+    pub ddw_creates_ok: u64,
+}
+
+pub struct World {
+    pub sim: SimMachine,
+    pub pe: Pe,
+    pub model: Model,
+    pub touched: BTreeMap<u64, BTreeSet<u64>>,
+    pub last_partial: Option<(u64, [u64; 4], u64)>,
+    pub stats: Stats,
+}
+
+impl World {
+    pub fn new() -> World {
+        let pe = Pe::new(PeConfig::qemu_default([Liobn(LIOBNS[0]), Liobn(LIOBNS[1])]));
+        let mut sim = SimMachine::new();
+        for c in pe.windows() {
+            sim.windows.insert(c.liobn.0, (Window::new(c.liobn, c.geometry), VecStore::new()));
+        }
+        World {
+            sim,
+            pe,
+            model: Model::new(LIOBNS),
+            touched: BTreeMap::new(),
+            last_partial: None,
+            stats: Stats::default(),
+        }
+    }
+
+    fn hcall(&mut self, nr: u64, args: [u64; 4], start: u64) -> Result<(), String> {
+        let mut buf = [0u64; 512];
+        let mut tries = 0;
+        let got = loop {
+            match hcall_from(&mut self.sim, nr, args, start, &mut buf) {
+                Dispatch::NeedAlloc(n) => {
+                    tries += 1;
+                    self.stats.need_alloc += 1;
+                    if tries > 1 {
+                        return Err(format!("second NeedAlloc after providing pages: {n:?}"));
+                    }
+                    let (_, store) = self.sim.windows.get_mut(&args[0]).ok_or("NeedAlloc for unknown window")?;
+                    store.add(n.pages);
+                }
+                d => break d,
+            }
+        };
+        let want = self.model.hcall(nr, args, start);
+        self.stats.hcalls += 1;
+        let got = match got {
+            Dispatch::Return { ret, r4, applied } => Some((ret, r4, applied)),
+            Dispatch::NotOurs => None,
+            Dispatch::NeedAlloc(_) => unreachable!(),
+        };
+        let want = want.map(|m| (m.ret, m.r4, m.applied));
+        if got != want {
+            return Err(format!("hcall {nr:#x} {args:x?} start {start}: core {got:x?} model {want:x?}"));
+        }
+        if let Some((ret, _, applied)) = got {
+            match ret {
+                0 => self.stats.success += 1,
+                -4 => self.stats.param += 1,
+                9999 => {
+                    self.stats.too_hard += 1;
+                    if applied > start {
+                        self.stats.partial += 1;
+                    }
+                    self.last_partial = Some((nr, args, applied));
+                }
+                _ => {}
+            }
+            if let Some(w) = self.model.windows.get(&args[0]) {
+                if w.links.len() > 1 {
+                    self.stats.two_table_calls += 1;
+                }
+                if w.links.iter().any(|(id, _)| self.model.tables[id].shape.page_shift < w.shift) {
+                    self.stats.fanout_calls += 1;
+                }
+                // Remember which entries to compare.
+                if let Some(page) = (args[1] >> w.shift).checked_sub(0) {
+                    let n = match nr {
+                        0x138 | 0x13C => args[3].min(1024),
+                        _ => 1,
+                    };
+                    let set = self.touched.entry(args[0]).or_default();
+                    for i in 0..n {
+                        if let Some(p) = page.checked_add(i) {
+                            set.insert(p);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn compare(&self) -> Result<(), String> {
+        let core_liobns: Vec<u64> = self.sim.windows.keys().copied().collect();
+        let model_liobns: Vec<u64> = self.model.windows.keys().copied().collect();
+        if core_liobns != model_liobns {
+            return Err(format!("windows differ: core {core_liobns:x?} model {model_liobns:x?}"));
+        }
+        for (liobn, (w, store)) in &self.sim.windows {
+            let mw = &self.model.windows[liobn];
+            let g = w.geometry();
+            if (g.page_shift().get(), g.offset(), g.size()) != (mw.shift, mw.offset, mw.size) {
+                return Err(format!("window {liobn:#x} geometry differs"));
+            }
+            let mut core_links: Vec<(u32, u32)> = w.links().map(|l| (l.id.0, l.refs)).collect();
+            let mut model_links = mw.links.clone();
+            core_links.sort();
+            model_links.sort();
+            if core_links != model_links {
+                return Err(format!("window {liobn:#x} links: core {core_links:?} model {model_links:?}"));
+            }
+            let pages = self.touched.get(liobn).into_iter().flatten().chain(mw.tces.keys());
+            for page in pages {
+                let want = mw.tces.get(page).copied().unwrap_or(0);
+                let got = page.checked_sub(g.offset()).and_then(|rel| w.table().get(store, rel)).unwrap_or(0);
+                if got != want {
+                    return Err(format!("window {liobn:#x} page {page:#x}: core {got:#x} model {want:#x}"));
+                }
+            }
+        }
+        for (id, t) in &self.sim.host.tables {
+            if t.entries != self.model.tables[id].entries {
+                let diff: Vec<_> =
+                    t.entries.iter().filter(|(k, v)| self.model.tables[id].entries.get(k) != Some(v)).take(4).collect();
+                return Err(format!("host table {id} differs, e.g. core {diff:x?}"));
+            }
+            if !t.dirty.is_empty() {
+                return Err(format!("host table {id}: entries exchanged but not invalidated: {:?}", t.dirty));
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_window(&mut self, liobn: u64) {
+        if let Some((mut w, mut store)) = self.sim.windows.remove(&liobn) {
+            w.release(&mut store);
+            assert_eq!(store.in_use, 0, "release must free every page");
+        }
+        self.touched.remove(&liobn);
+    }
+
+    pub fn run(&mut self, op: &Op) -> Result<(), String> {
+        self.stats.ops += 1;
+        match op {
+            Op::Hcall { nr, args, list } => {
+                if let Some(list) = list {
+                    self.sim.host.write_list(args[2], list);
+                    if let Some(ua) = self.sim.host.gpa_to_ua_pub(args[2]) {
+                        for (i, t) in list.iter().enumerate() {
+                            self.model.mem.insert(ua + 8 * i as u64, t.to_be());
+                        }
+                    }
+                }
+                self.hcall(*nr, *args, 0)?;
+            }
+            Op::Resume => {
+                if let Some((nr, args, applied)) = self.last_partial.take() {
+                    self.stats.resumes += 1;
+                    self.hcall(nr, args, applied)?;
+                }
+            }
+            Op::Link { liobn, table } => {
+                let got = match self.sim.windows.get_mut(liobn) {
+                    Some((w, _)) => w.link(&self.sim.host, HostTableId(*table)).ok().map(|o| o == LinkOutcome::Linked),
+                    None => None,
+                };
+                let want = self.model.link(*liobn, *table);
+                if got != want {
+                    return Err(format!("link {liobn:#x} {table}: core {got:?} model {want:?}"));
+                }
+                if got.is_some() {
+                    self.stats.links_ok += 1;
+                }
+            }
+            Op::Unlink { liobn, table } => {
+                let got = self.sim.windows.get_mut(liobn).is_some_and(|(w, _)| w.unlink(HostTableId(*table)));
+                let want = self.model.unlink(*liobn, *table);
+                if got != want {
+                    return Err(format!("unlink {liobn:#x} {table}: core {got} model {want}"));
+                }
+            }
+            Op::Create { page_shift, window_shift } => {
+                let got = self.pe.create(*page_shift, *window_shift);
+                let want = self.model.ddw_create(*page_shift, *window_shift);
+                match (got, want) {
+                    (Ok(c), Ok((liobn, bus))) if c.liobn.0 == liobn && c.geometry.bus_start() == bus => {
+                        self.stats.ddw_creates_ok += 1;
+                        self.sim.windows.insert(liobn, (Window::new(c.liobn, c.geometry), VecStore::new()));
+                    }
+                    (Err(e), Err(code)) if e.as_i32() == code => {}
+                    (g, w) => return Err(format!("create {page_shift} {window_shift}: core {g:?} model {w:?}")),
+                }
+            }
+            Op::Remove { liobn } => {
+                let got = self.pe.remove(Liobn(*liobn)).map_or_else(|e| e.as_i32(), |_| 0);
+                let want = self.model.ddw_remove(*liobn);
+                if got != want {
+                    return Err(format!("remove {liobn:#x}: core {got} model {want}"));
+                }
+                if got == 0 {
+                    self.drop_window(*liobn);
+                }
+            }
+            Op::Reset => {
+                let r = self.pe.reset().map_err(|e| format!("reset failed {e:?}"))?;
+                for liobn in r.removed.iter().flatten() {
+                    self.drop_window(liobn.0);
+                }
+                let d = r.default;
+                self.sim.windows.insert(d.liobn.0, (Window::new(d.liobn, d.geometry), VecStore::new()));
+                self.model.ddw_reset();
+            }
+            Op::Query => {
+                let q = self.pe.query().map_err(|e| format!("query failed {e:?}"))?;
+                let want = self.model.ddw_query();
+                if (q.windows_available, q.page_size_mask) != want {
+                    return Err(format!("query: core {q:?} model {want:?}"));
+                }
+            }
+            Op::Unready { table, block } => {
+                if let Some(t) = self.sim.host.tables.get_mut(table) {
+                    t.unready.insert(*block);
+                }
+                if let Some(t) = self.model.tables.get_mut(table) {
+                    t.unready.insert(*block);
+                }
+            }
+            Op::ReadyAll => {
+                for t in self.sim.host.tables.values_mut() {
+                    t.unready.clear();
+                }
+                for t in self.model.tables.values_mut() {
+                    t.unready.clear();
+                }
+            }
+        }
+        self.compare()
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl super::sim::SimHost {
+    pub fn gpa_to_ua_pub(&self, gpa: u64) -> Option<u64> {
+        pvtce_core::host::Host::gpa_to_ua(self, gpa)
+    }
+}
+
+/// Reads bytes as choices; past the end every read is 0.
+pub struct Bytes<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Bytes<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Bytes { data, pos: 0 }
+    }
+    pub fn done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+    pub fn u8(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+    pub fn u16(&mut self) -> u16 {
+        u16::from(self.u8()) | (u16::from(self.u8()) << 8)
+    }
+    pub fn u64(&mut self) -> u64 {
+        (0..8).fold(0, |v, i| v | (u64::from(self.u8()) << (8 * i)))
+    }
+}
+
+/// Window geometry the decoder aims at (by LIOBN), from the model's view.
+fn geometry(model: &Model, liobn: u64) -> Option<(u32, u64, u64)> {
+    model.windows.get(&liobn).map(|w| (w.shift, w.offset, w.size))
+}
+
+fn pick_liobn(b: &mut Bytes) -> u64 {
+    match b.u8() % 8 {
+        0..=3 => LIOBNS[0],
+        4..=6 => LIOBNS[1],
+        _ => 0x1234,
+    }
+}
+
+fn pick_ioba(b: &mut Bytes, g: Option<(u32, u64, u64)>) -> u64 {
+    let Some((shift, offset, size)) = g else { return b.u64() };
+    let k = b.u8();
+    let page = match k % 16 {
+        0..=9 => offset + u64::from(b.u8() % 64),
+        10..=11 => offset + size.saturating_sub(1 + u64::from(b.u8() % 4)),
+        12 => offset + size,
+        13 => offset.wrapping_sub(1),
+        14 => return (offset << shift) | (1 << (b.u8() % 12)),
+        _ => return b.u64(),
+    };
+    page << shift
+}
+
+fn pick_tce(b: &mut Bytes, shift: u32) -> u64 {
+    let perm = u64::from(b.u8() % 4);
+    let perm = if perm == 0 && b.u8() % 2 == 0 { 3 } else { perm };
+    let psize = 1u64 << shift;
+    let idx = u64::from(b.u16());
+    let gpa = match b.u8() % 16 {
+        0..=6 => (idx * psize) % (world::RAM_SIZE / 2),
+        7 => world::RAM_SIZE / 2 + (idx * psize) % (world::RAM_SIZE / 2),
+        8..=9 => world::RAM2_GPA + (idx * psize) % world::RAM2_SIZE,
+        10 => 512 << 20,
+        11 => ((idx * psize) % (world::RAM_SIZE / 2)) + 0x1000 + 4 * u64::from(b.u8() % 2),
+        12 => return 0,
+        13 => return (idx * psize) & !3,
+        14 => world::RAM_SIZE / 2 - 0x1000,
+        _ => return b.u64(),
+    };
+    gpa | perm
+}
+
+/// Decodes one operation; the model supplies the current windows so most calls aim inside them.
+pub fn decode_op(b: &mut Bytes, model: &Model) -> Op {
+    let kind = b.u8() % 32;
+    match kind {
+        0..=6 => {
+            let liobn = pick_liobn(b);
+            let g = geometry(model, liobn);
+            let ioba = pick_ioba(b, g);
+            let tce = pick_tce(b, g.map_or(12, |g| g.0));
+            Op::Hcall { nr: 0x20, args: [liobn, ioba, tce, 0], list: None }
+        }
+        7..=9 => {
+            let liobn = pick_liobn(b);
+            let g = geometry(model, liobn);
+            Op::Hcall { nr: 0x1C, args: [liobn, pick_ioba(b, g), 0, 0], list: None }
+        }
+        10..=12 => {
+            let liobn = pick_liobn(b);
+            let g = geometry(model, liobn);
+            let ioba = pick_ioba(b, g);
+            let value = match b.u8() % 8 {
+                0..=4 => 0,
+                5 => 0x1000,
+                6 => 1 + u64::from(b.u8() % 3),
+                _ => b.u64(),
+            };
+            let npages = match b.u8() % 16 {
+                0..=11 => u64::from(b.u8() % 80),
+                12 => u64::from(b.u16() % 2048),
+                13 => g.map_or(1, |g| g.2),
+                14 => u64::MAX,
+                _ => b.u64(),
+            };
+            let npages = if value != 0 && npages > 4096 { npages % 4096 } else { npages };
+            Op::Hcall { nr: 0x138, args: [liobn, ioba, value, npages], list: None }
+        }
+        13..=18 => {
+            let liobn = pick_liobn(b);
+            let g = geometry(model, liobn);
+            let ioba = pick_ioba(b, g);
+            let npages = match b.u8() % 16 {
+                0..=12 => u64::from(b.u8() % 24),
+                13 => 512,
+                14 => 513,
+                _ => u64::from(b.u16() % 600),
+            };
+            let list_gpa = match b.u8() % 8 {
+                0..=5 => 0x10_0000 + 0x1000 * u64::from(b.u8() % 16),
+                6 => 512 << 20,
+                _ => 0x10_0000 + 8,
+            };
+            let shift = g.map_or(12, |g| g.0);
+            let list = (0..npages.min(512)).map(|_| pick_tce(b, shift)).collect();
+            Op::Hcall { nr: 0x13C, args: [liobn, ioba, list_gpa, npages], list: Some(list) }
+        }
+        19 => Op::Resume,
+        20..=22 => {
+            let liobn = pick_liobn(b);
+            // Mostly tables that can fit the window's bus offset: 0, 1 at bus 0; 2..5 at 1 << 59.
+            let table = match (b.u8() % 4, geometry(model, liobn)) {
+                (0, _) | (_, None) => u32::from(b.u8() % 8),
+                (_, Some((_, 0, _))) => [0, 1, 6][usize::from(b.u8() % 3)],
+                _ => 2 + u32::from(b.u8() % 4),
+            };
+            Op::Link { liobn, table }
+        }
+        23 => Op::Unlink { liobn: pick_liobn(b), table: u32::from(b.u8() % 8) },
+        24..=25 => {
+            let page_shift = [12, 16, 21, 24, 13, 40, 64, 200][usize::from(b.u8() % 8)];
+            let window_shift = match b.u8() % 8 {
+                0..=5 => page_shift + u32::from(b.u8() % 20),
+                6 => page_shift.wrapping_sub(1),
+                _ => u32::from(b.u8()),
+            };
+            Op::Create { page_shift, window_shift }
+        }
+        26 => Op::Remove { liobn: pick_liobn(b) },
+        27 => Op::Reset,
+        28 => Op::Query,
+        29 => Op::Unready { table: u32::from(b.u8() % 7), block: u64::from(b.u8() % 4) },
+        30 => Op::ReadyAll,
+        _ => {
+            let nr = [0x1C, 0x20, 0x138, 0x13C, 0x04, 0x1D][usize::from(b.u8() % 6)];
+            Op::Hcall { nr, args: [pick_liobn(b), b.u64(), b.u64(), b.u64() % 1024], list: None }
+        }
+    }
+}
+
+/// Decodes `data` into operations and runs them all, comparing after each; at most `max_ops`.
+pub fn run_bytes(data: &[u8], max_ops: usize) -> Result<Stats, String> {
+    let mut world = World::new();
+    let mut b = Bytes::new(data);
+    let mut n = 0;
+    while !b.done() && n < max_ops {
+        let op = decode_op(&mut b, &world.model);
+        world.run(&op).map_err(|e| format!("op {n} {op:x?}: {e}"))?;
+        n += 1;
+    }
+    Ok(world.stats)
+}

@@ -1,0 +1,55 @@
+//! Property tests: random hypercall / link / DDW sequences against the core and the reference model.
+//! Sequences are decoded from random bytes by the same decoder the fuzz target uses.
+
+mod common;
+
+use common::harness::{run_bytes, Stats};
+use proptest::prelude::*;
+
+// Debug builds run a quarter of the cases (the model is slow unoptimised); `--release` runs all.
+const CASES: u32 = if cfg!(debug_assertions) { 1000 } else { 4000 };
+
+fn add(total: &mut Stats, s: &Stats) {
+    total.ops += s.ops;
+    total.hcalls += s.hcalls;
+    total.success += s.success;
+    total.param += s.param;
+    total.too_hard += s.too_hard;
+    total.partial += s.partial;
+    total.resumes += s.resumes;
+    total.need_alloc += s.need_alloc;
+    total.fanout_calls += s.fanout_calls;
+    total.two_table_calls += s.two_table_calls;
+    total.links_ok += s.links_ok;
+    total.ddw_creates_ok += s.ddw_creates_ok;
+}
+
+#[test]
+fn core_matches_model() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let total = std::cell::RefCell::new(Stats::default());
+    let cases = std::cell::Cell::new(0u64);
+    let result = runner.run(&proptest::collection::vec(any::<u8>(), 0..3000), |data| {
+        let stats = run_bytes(&data, 200).map_err(TestCaseError::fail)?;
+        add(&mut total.borrow_mut(), &stats);
+        cases.set(cases.get() + 1);
+        Ok(())
+    });
+    let total = total.into_inner();
+    let divergences = u32::from(result.is_err());
+    println!("proptest cases run: {}, divergences: {divergences}; totals: {total:?}", cases.get());
+    if let Err(e) = result {
+        panic!("divergence: {e}");
+    }
+    // The generator must reach the interesting paths, or the comparison proves little.
+    assert!(total.partial > 0, "no partial batch generated");
+    assert!(total.resumes > 0, "no resume generated");
+    assert!(total.fanout_calls > 0, "no fan-out generated");
+    assert!(total.two_table_calls > 0, "no two-table window generated");
+    assert!(total.need_alloc > 0, "no NeedAlloc generated");
+    assert!(total.ddw_creates_ok > 0, "no DDW window created");
+}
