@@ -355,7 +355,7 @@ fn pick_ioba(b: &mut Bytes, g: Option<(u32, u64, u64)>) -> u64 {
 
 fn pick_tce(b: &mut Bytes, shift: u32) -> u64 {
     let perm = u64::from(b.u8() % 4);
-    let perm = if perm == 0 && b.u8() % 2 == 0 { 3 } else { perm };
+    let perm = if perm == 0 && b.u8().is_multiple_of(2) { 3 } else { perm };
     let psize = 1u64 << shift;
     let idx = u64::from(b.u16());
     let gpa = match b.u8() % 16 {

@@ -118,7 +118,7 @@ impl Model {
             return None;
         }
         let gpa = tce & !3;
-        if gpa % (1u64 << w.shift) != 0 {
+        if !gpa.is_multiple_of(1u64 << w.shift) {
             return Some(TOO_HARD);
         }
         let ua = match self.ua_of(gpa) {
@@ -190,7 +190,7 @@ impl Model {
 
     fn page_of(w: &MWindow, ioba: u64, n: u64) -> Option<u64> {
         let size = 1u64 << w.shift;
-        if ioba % size != 0 {
+        if !ioba.is_multiple_of(size) {
             return None;
         }
         let page = ioba / size;
