@@ -215,3 +215,31 @@ impl Pe {
         Ok(Reset { removed, default: Created { liobn: self.config.liobns[0], geometry } })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_default_mask_is_0x107() {
+        // QEMU spapr_pci.c pgsz default 4K|64K|2M|16M -> RTAS mask 0x1|0x2|0x100|0x4.
+        assert_eq!(query_mask(QEMU_DEFAULT_PAGE_SHIFTS), 0x107);
+        assert_eq!(query_mask(1 << 34), 0x80);
+    }
+
+    #[test]
+    fn create_query_remove_reset() {
+        let mut pe = Pe::new(PeConfig::qemu_default([Liobn(1), Liobn(2)]));
+        let d = default_window();
+        assert_eq!((d.bus_start(), d.bus_len(), d.page_shift()), (0, Some(1 << 30), PageShift::SZ_4K));
+        assert_eq!(pe.query().map(|q| q.windows_available), Ok(1));
+        let c = pe.create(16, 40).unwrap();
+        assert_eq!((c.liobn, c.geometry.bus_start(), c.geometry.size()), (Liobn(2), DMA64_BUS, 1 << 24));
+        assert_eq!(pe.query().map(|q| q.windows_available), Ok(0));
+        assert_eq!(pe.remove(Liobn(2)), Ok(()));
+        let r = pe.reset().unwrap();
+        assert_eq!(r.removed, [Some(Liobn(1)), None]);
+        assert_eq!(r.default.liobn, Liobn(1));
+        assert_eq!(pe.window(Liobn(1)), Some(default_window()));
+    }
+}

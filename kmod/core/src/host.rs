@@ -174,3 +174,59 @@ pub struct Link {
     /// How many times it was linked (Linux keeps a kref per table).
     pub refs: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 64K host pages whose physical addresses run backwards; nothing else.
+    struct Pages64k;
+
+    impl Host for Pages64k {
+        fn gpa_to_ua(&self, gpa: u64) -> Option<u64> {
+            Some(gpa)
+        }
+        fn prereg_lookup(&self, ua: u64, len: u64) -> Option<Backing> {
+            (ua.checked_add(len)? <= 1 << 22)
+                .then(|| Backing { page_hpa: 0x100_0000 - (ua >> 16 << 16), page_shift: 16 })
+        }
+        fn table_geometry(&self, _: HostTableId) -> Option<HostGeometry> {
+            None
+        }
+        fn table_ready(&self, _: HostTableId, _: u64, _: u64) -> bool {
+            true
+        }
+        fn table_exchange(&mut self, _: HostTableId, _: u64, _: HostTce) -> HostTce {
+            HostTce::EMPTY
+        }
+        fn table_kill(&mut self, _: HostTableId, _: u64, _: u64) {}
+        fn read_tce_list(&mut self, _: u64, _: &mut [u64]) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn four_k_tce_maps_slice_of_64k_page() {
+        // Notes: hpa = pinned page hpa | (ua & 0xFFFF & !0xFFF).
+        let h = Pages64k;
+        assert_eq!(ua_to_hpa(&h, 0x1_3000, PageShift::SZ_4K), Ok((0x100_0000 - 0x1_0000) | 0x3000));
+        assert_eq!(ua_to_hpa(&h, 0x1_0000, PageShift::SZ_64K), Ok(0x100_0000 - 0x1_0000));
+        // Linux mm_iommu_ua_to_hpa: page shift larger than the backing page -> refused.
+        assert_eq!(ua_to_hpa(&h, 0, PageShift::SZ_2M), Err(XlateError::PageTooSmall));
+        assert_eq!(ua_to_hpa(&h, 1 << 22, PageShift::SZ_4K), Err(XlateError::NotPreregistered));
+    }
+
+    #[test]
+    fn link_compatibility_follows_attach_iommu_group() {
+        let w = WindowGeometry::new(PageShift::SZ_64K, (1u64 << 59) >> 16, 1 << 20).unwrap();
+        let ok = HostGeometry { page_shift: PageShift::SZ_4K, offset: (1u64 << 59) >> 12, size: 1 << 24 };
+        assert_eq!(check_link(&w, &ok), Ok(()));
+        assert_eq!(check_link(&w, &HostGeometry { size: (1 << 24) - 1, ..ok }), Err(LinkError::TooSmall));
+        assert_eq!(check_link(&w, &HostGeometry { offset: 0, ..ok }), Err(LinkError::OffsetMismatch));
+        let big = HostGeometry { page_shift: PageShift::SZ_16M, offset: (1u64 << 59) >> 24, size: 1 << 20 };
+        assert_eq!(check_link(&w, &big), Err(LinkError::PageTooLarge));
+        // A group's first compatible table wins.
+        let tables = [(HostTableId(7), big), (HostTableId(8), ok)];
+        assert_eq!(pick_group_table(&w, &tables), Ok(HostTableId(8)));
+    }
+}

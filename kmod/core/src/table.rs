@@ -257,3 +257,92 @@ impl GuestTable {
         store.free(page);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed store of 8 pages, no allocation.
+    struct ArrayStore {
+        pages: [[u64; ENTRIES_PER_PAGE as usize]; 8],
+        next: usize,
+        limit: usize,
+        freed: usize,
+    }
+
+    impl ArrayStore {
+        fn new(limit: usize) -> Self {
+            ArrayStore { pages: [[0; ENTRIES_PER_PAGE as usize]; 8], next: 0, limit, freed: 0 }
+        }
+    }
+
+    impl PageStore for ArrayStore {
+        fn take(&mut self) -> Option<PageId> {
+            (self.next < self.limit).then(|| {
+                self.next += 1;
+                PageId(self.next as u64 - 1)
+            })
+        }
+        fn available(&self) -> usize {
+            self.limit - self.next
+        }
+        fn read(&self, page: PageId, index: usize) -> u64 {
+            self.pages[page.0 as usize][index]
+        }
+        fn write(&mut self, page: PageId, index: usize, value: u64) {
+            self.pages[page.0 as usize][index] = value;
+        }
+        fn free(&mut self, _page: PageId) {
+            self.freed += 1;
+        }
+    }
+
+    #[test]
+    fn levels_follow_size() {
+        assert_eq!(GuestTable::new(1).levels(), 1);
+        assert_eq!(GuestTable::new(512).levels(), 1);
+        assert_eq!(GuestTable::new(513).levels(), 2);
+        // 1 TiB of 4K pages: 2^28 entries, 28 bits -> 4 levels.
+        assert_eq!(GuestTable::new(1 << 28).levels(), 4);
+        assert_eq!(GuestTable::new(u64::MAX).levels(), 8);
+    }
+
+    #[test]
+    fn empty_table_costs_no_page() {
+        let t = GuestTable::new(1 << 28);
+        assert_eq!(t.pages(), 0);
+        assert!(t.bytes_used() < 64);
+        let s = ArrayStore::new(0);
+        assert_eq!(t.get(&s, (1 << 28) - 1), Some(0));
+        assert_eq!(t.get(&s, 1 << 28), None);
+    }
+
+    #[test]
+    fn set_allocates_levels_on_first_use_and_zero_never_does() {
+        let mut t = GuestTable::new(1 << 28);
+        let mut s = ArrayStore::new(8);
+        t.set(&mut s, 5, 0).unwrap();
+        assert_eq!(t.pages(), 0);
+        assert_eq!(t.pages_needed(&s, 5, 1, |_| true), 4);
+        t.set(&mut s, 5, 0x1003).unwrap();
+        assert_eq!(t.pages(), 4);
+        assert_eq!(t.get(&s, 5), Some(0x1003));
+        // Same leaf: nothing more; next leaf: one more page.
+        assert_eq!(t.pages_needed(&s, 0, 512, |_| true), 0);
+        assert_eq!(t.pages_needed(&s, 0, 1024, |_| true), 1);
+        t.fill(&mut s, 0, 1024, 7).unwrap();
+        assert_eq!(t.pages(), 5);
+        assert_eq!(t.get(&s, 1023), Some(7));
+        t.release(&mut s);
+        assert_eq!(s.freed, 5);
+        assert_eq!(t.pages(), 0);
+    }
+
+    #[test]
+    fn set_reports_need_alloc_when_reserve_is_short() {
+        let mut t = GuestTable::new(1 << 20);
+        let mut s = ArrayStore::new(1);
+        // 2^20 entries: 3 levels; the root came from the reserve, two pages are missing.
+        assert_eq!(t.set(&mut s, 3, 1), Err(NeedAlloc { pages: 2 }));
+    }
+}

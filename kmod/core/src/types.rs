@@ -210,3 +210,32 @@ impl WindowGeometry {
         Some(page)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tce_bits() {
+        // PAPR: R = 0x1 (to device), W = 0x2 (from device).
+        assert_eq!(Tce(0x1001).perm(), Perm::Read);
+        assert_eq!(Tce(0x1002).perm(), Perm::Write);
+        assert_eq!(Tce(0x1003).perm(), Perm::ReadWrite);
+        assert!(Tce(0x1000).is_clear());
+        assert_eq!(Tce(0x1003).gpa(), 0x1000);
+        assert_eq!(Tce(0x1_0003).rpn(PageShift::SZ_64K), 1);
+        assert!(Perm::Write.device_writes() && !Perm::Read.device_writes());
+    }
+
+    #[test]
+    fn check_ioba_matches_iommu_tce_check_ioba() {
+        let g = WindowGeometry::new(PageShift::SZ_4K, 4, 8).unwrap();
+        assert_eq!(g.check_ioba(Ioba(4 << 12), 8), Some(4));
+        assert_eq!(g.check_ioba(Ioba(4 << 12), 9), None);
+        assert_eq!(g.check_ioba(Ioba(3 << 12), 1), None);
+        assert_eq!(g.check_ioba(Ioba((4 << 12) + 1), 1), None);
+        assert_eq!(g.check_ioba(Ioba(12 << 12), 0), Some(12));
+        assert_eq!(g.check_ioba(Ioba(5 << 12), u64::MAX), None);
+        assert_eq!(g.bus_len(), Some(8 << 12));
+    }
+}
