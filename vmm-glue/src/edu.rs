@@ -5,6 +5,9 @@
 //! 0x90 count, 0x98 command (bit 0 start/busy, bit 1 direction: 0 bus -> buffer, 1 buffer -> bus).
 //! The buffer sits at device address 0x40000. QEMU aborts on a DMA outside the buffer, so every request is
 //! checked here first.
+//!
+//! edu's MMIO is `DEVICE_NATIVE_ENDIAN` in QEMU: big-endian on `qemu-system-ppc64`, little-endian on x86.
+//! The byte order is read off the id register (0x010000ed) once and used for every access.
 
 use crate::error::{Error, Result};
 use crate::vfio::{Device, Region};
@@ -18,39 +21,48 @@ pub const BUF_SIZE: u64 = 4096;
 pub struct Edu<'a> {
     dev: &'a Device,
     bar: Region,
+    big_endian: bool,
 }
 
 impl<'a> Edu<'a> {
     pub fn new(dev: &'a Device) -> Result<Self> {
         let bar = dev.region(crate::sys::VFIO_PCI_BAR0_REGION_INDEX)?;
         dev.enable_bus_master()?;
-        let e = Edu { dev, bar };
+        let mut e = Edu { dev, bar, big_endian: false };
         let id = e.read32(0)?;
-        if id & 0xffff != 0x00ed {
-            return Err(Error::Edu(format!("unexpected id register {id:#x}")));
-        }
+        e.big_endian = match id {
+            0x0100_00ed => false,
+            0xed00_0001 => true,
+            _ => return Err(Error::Edu(format!("unexpected id register {id:#x}"))),
+        };
         Ok(e)
     }
 
     pub fn read32(&self, off: u64) -> Result<u32> {
         let mut b = [0u8; 4];
         self.dev.read(&self.bar, off, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+        Ok(if self.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+    }
+
+    fn write32(&self, off: u64, v: u32) -> Result<()> {
+        let b = if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
+        self.dev.write(&self.bar, off, &b)
     }
 
     fn write64(&self, off: u64, v: u64) -> Result<()> {
-        self.dev.write(&self.bar, off, &v.to_le_bytes())
+        let b = if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
+        self.dev.write(&self.bar, off, &b)
     }
 
     fn read64(&self, off: u64) -> Result<u64> {
         let mut b = [0u8; 8];
         self.dev.read(&self.bar, off, &mut b)?;
-        Ok(u64::from_le_bytes(b))
+        Ok(if self.big_endian { u64::from_be_bytes(b) } else { u64::from_le_bytes(b) })
     }
 
     /// The liveness check: writing x to 0x04 reads back !x.
     pub fn alive(&self) -> Result<bool> {
-        self.dev.write(&self.bar, 4, &0x1234_5678u32.to_le_bytes())?;
+        self.write32(4, 0x1234_5678)?;
         Ok(self.read32(4)? == !0x1234_5678u32)
     }
 

@@ -183,6 +183,28 @@ pub struct vfio_region_info {
     pub offset: u64,
 }
 
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct vfio_iommu_spapr_tce_create {
+    pub argsz: u32,
+    pub flags: u32,
+    pub page_shift: u32,
+    pub resv1: u32,
+    pub window_size: u64,
+    pub levels: u32,
+    pub resv2: u32,
+    /// Out: the bus address of the new window.
+    pub start_addr: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct vfio_iommu_spapr_tce_remove {
+    pub argsz: u32,
+    pub flags: u32,
+    pub start_addr: u64,
+}
+
 pub const VFIO_API_VERSION: i32 = 0;
 pub const VFIO_SPAPR_TCE_V2_IOMMU: u64 = 7;
 pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
@@ -199,6 +221,8 @@ pub const VFIO_DEVICE_GET_REGION_INFO: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 
 pub const VFIO_IOMMU_SPAPR_TCE_GET_INFO: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 12);
 pub const VFIO_IOMMU_SPAPR_REGISTER_MEMORY: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 17);
 pub const VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 18);
+pub const VFIO_IOMMU_SPAPR_TCE_CREATE: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 19);
+pub const VFIO_IOMMU_SPAPR_TCE_REMOVE: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 20);
 
 const _: () = {
     assert!(core::mem::size_of::<kvm_userspace_memory_region>() == 32);
@@ -214,6 +238,8 @@ const _: () = {
     assert!(core::mem::size_of::<vfio_iommu_spapr_tce_info>() == 32);
     assert!(core::mem::size_of::<vfio_iommu_spapr_register_memory>() == 24);
     assert!(core::mem::size_of::<vfio_region_info>() == 32);
+    assert!(core::mem::size_of::<vfio_iommu_spapr_tce_create>() == 40);
+    assert!(core::mem::size_of::<vfio_iommu_spapr_tce_remove>() == 16);
 };
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -282,6 +308,8 @@ pub unsafe fn munmap(p: *mut u8, len: usize) {
 }
 
 #[cfg(test)]
+// `Ioctl` is `c_ulong` on glibc targets and `c_int` on others: the casts are for the latter.
+#[allow(clippy::unnecessary_cast)]
 mod tests {
     use super::*;
 

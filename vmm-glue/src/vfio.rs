@@ -137,6 +137,32 @@ impl Container {
         Ok(())
     }
 
+    /// Creates a host DMA window (sPAPR v2 starts with none: the VMM creates even the default 32-bit one).
+    /// Returns its bus address.
+    pub fn create_window(&self, page_shift: u32, window_size: u64, levels: u32) -> Result<u64> {
+        let mut c = vfio_iommu_spapr_tce_create {
+            argsz: std::mem::size_of::<vfio_iommu_spapr_tce_create>() as u32,
+            page_shift,
+            window_size,
+            levels,
+            ..Default::default()
+        };
+        ioctl_mut(self.fd(), VFIO_IOMMU_SPAPR_TCE_CREATE, &mut c)
+            .map_err(verr("VFIO_IOMMU_SPAPR_TCE_CREATE", "container"))?;
+        Ok(c.start_addr)
+    }
+
+    pub fn remove_window(&self, start_addr: u64) -> Result<()> {
+        let r = vfio_iommu_spapr_tce_remove {
+            argsz: std::mem::size_of::<vfio_iommu_spapr_tce_remove>() as u32,
+            flags: 0,
+            start_addr,
+        };
+        ioctl_ref(self.fd(), VFIO_IOMMU_SPAPR_TCE_REMOVE, &r)
+            .map_err(verr("VFIO_IOMMU_SPAPR_TCE_REMOVE", "container"))?;
+        Ok(())
+    }
+
     pub fn unregister_memory(&self, vaddr: u64, size: u64) -> Result<()> {
         let r = vfio_iommu_spapr_register_memory {
             argsz: std::mem::size_of::<vfio_iommu_spapr_register_memory>() as u32,

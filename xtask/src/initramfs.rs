@@ -31,13 +31,15 @@ pub fn build(k: &Kernel, pvtce_ko: &Path, programs: &[PathBuf]) -> Result<PathBu
     if root.exists() {
         std::fs::remove_dir_all(&root).map_err(|e| e.to_string())?;
     }
-    for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "etc", "root"] {
         std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
     }
     copy(&cache().join("busybox-ppc64el/bin/busybox"), &root.join("bin/busybox"))?;
     // The kernel's modules (only the few this config builds), pvtce.ko beside them, and a fresh modules.dep.
-    let mods = k.modroot.join("lib/modules").join(&k.release);
     run(cmd("cp").arg("-a").arg(k.modroot.join("lib")).arg(&root))?;
+    let mods = root.join("lib/modules").join(&k.release);
+    // `build` points into the host's kernel build directory.
+    let _ = std::fs::remove_file(mods.join("build"));
     copy(pvtce_ko, &mods.join("extra/pvtce.ko"))?;
     run(cmd("depmod").arg("-b").arg(&root).arg(&k.release))?;
     for p in programs {
@@ -56,7 +58,8 @@ pub fn build(k: &Kernel, pvtce_ko: &Path, programs: &[PathBuf]) -> Result<PathBu
     Ok(img)
 }
 
-/// /init: mount, load modules, run the tests named on the kernel command line (`pvtce.run=a,b`), report,
+/// /init: mount, load modules, run the tests named on the kernel command line (`pvtce_run=a,b`; no dot, or the kernel would take it
+/// for a parameter of the pvtce module), report,
 /// power off. Every line the host parses starts with `PVTCE-`.
 fn init_script() -> String {
     let mods = MODULES.join(" ");
@@ -75,7 +78,7 @@ for m in {mods}; do
 done
 run=""
 for a in $(cat /proc/cmdline); do
-  case "$a" in pvtce.run=*) run="${{a#pvtce.run=}}";; esac
+  case "$a" in pvtce_run=*) run="${{a#pvtce_run=}}";; esac
 done
 [ -n "$run" ] || run=all
 /bin/pvtce-vmtests $(echo "$run" | tr ',' ' ')
