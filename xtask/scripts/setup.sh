@@ -10,7 +10,7 @@ log() { printf 'setup: %s\n' "$*"; }
 
 PKGS=(qemu-system-ppc gcc-powerpc64le-linux-gnu binutils-powerpc64le-linux-gnu linux-libc-dev-ppc64el-cross
       libc6-dev-ppc64el-cross clang-19 lld-19 llvm-19 libclang-19-dev bc bison flex libssl-dev libelf-dev cpio
-      xz-utils kmod python3 rsync file)
+      xz-utils kmod python3 rsync file qemu-user)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -137,6 +137,19 @@ fn host_tests(st: &mut Stages) -> Result<()> {
         run(cmd("cargo").current_dir(repo()).args(["test", "--workspace", "--exclude", "pvtce-vmtests"]))?;
         Ok(String::new())
     })?;
+    // The same unit tests built for ppc64le, run under qemu-user: ioctl numbers and layouts per architecture.
+    st.run("ppc64le-unit", || {
+        run(cmd("cargo").current_dir(repo()).args([
+            "test",
+            "--target",
+            initramfs::TARGET,
+            "-p",
+            "pvtce-uapi",
+            "-p",
+            "pvtce-vmm-glue",
+        ]))?;
+        Ok("under qemu-ppc64le".into())
+    })?;
     let short = repo().join("fuzz/run-short.sh");
     if short.exists() {
         st.run("fuzz-short", || {

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * pvtce: what pvtce adds to the sPAPR TCE uAPI. Windows are still created with KVM_CREATE_SPAPR_TCE_64 and
+ * linked with KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE (an unmodified VMM works as is); this header only adds:
+ *
+ * - PVTCE_WINDOW_INFO on a window's table fd (one that pvtce created): geometry and statistics.
+ * - /dev/pvtce, the control device: which implementation creates new windows (side-by-side runs against
+ *   Linux's built-in code), a read of a VFIO group's hardware table entries (for conformance tests), and
+ *   the list of windows with their statistics (for the pvtce CLI).
+ *
+ * Every struct starts with argsz (set by userspace to sizeof the struct it knows) and flags (0); structs
+ * only grow at the end; unknown flags are refused with EINVAL.
+ */
+#ifndef _UAPI_LINUX_PVTCE_H
+#define _UAPI_LINUX_PVTCE_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define PVTCE_IOCTL_TYPE 0xB9
+
+/* Geometry and counters of one window. */
+struct pvtce_window_info {
+	__u32 argsz;
+	__u32 flags;
+	__u64 liobn;
+	__u32 page_shift;
+	__u32 links;              /* hardware tables linked */
+	__u64 offset;             /* first bus page, in window pages */
+	__u64 size;               /* in window pages */
+	__u64 table_bytes;        /* memory of the guest-visible table */
+	__u64 h_put_tce;          /* hypercalls handled in the kernel, by kind */
+	__u64 h_put_tce_indirect;
+	__u64 h_stuff_tce;
+	__u64 h_get_tce;
+	__u64 declined;           /* answered H_TOO_HARD: the VMM finishes them */
+	__u64 rejected;           /* answered H_PARAMETER (or another PAPR error) */
+	__u64 tces_changed;       /* guest-visible entries written */
+	__u64 host_updates;       /* hardware entries exchanged */
+	__u64 host_kills;         /* invalidations issued */
+};
+
+#define PVTCE_WINDOW_INFO _IOWR(PVTCE_IOCTL_TYPE, 0x00, struct pvtce_window_info)
+
+/* Which implementation creates new windows (existing ones keep theirs). */
+#define PVTCE_MODE_BUILTIN 0 /* Linux's built-in code (pvtce declines) */
+#define PVTCE_MODE_PVTCE   1 /* pvtce (the default once loaded) */
+
+struct pvtce_mode {
+	__u32 argsz;
+	__u32 flags;
+	__u32 mode;   /* in: PVTCE_MODE_* */
+	__u32 old;    /* out: the mode before */
+};
+
+#define PVTCE_SET_MODE _IOWR(PVTCE_IOCTL_TYPE, 0x01, struct pvtce_mode)
+
+/* Reads hardware entries of a VFIO group's table: for tests that compare host tables. */
+struct pvtce_host_read {
+	__u32 argsz;
+	__u32 flags;
+	__s32 groupfd;  /* a VFIO group fd */
+	__u32 table;    /* index in the group's tables[] (0 or 1) */
+	__u64 first;    /* first entry, absolute (as the table numbers them) */
+	__u64 count;    /* entries; at most PVTCE_HOST_READ_MAX */
+	__u64 entries;  /* user pointer to count __u64: host physical address | W | R, or 0 */
+};
+
+#define PVTCE_HOST_READ_MAX 4096
+#define PVTCE_HOST_READ _IOWR(PVTCE_IOCTL_TYPE, 0x02, struct pvtce_host_read)
+
+/* Lists the windows pvtce holds (every VM): for the pvtce CLI. */
+struct pvtce_windows {
+	__u32 argsz;
+	__u32 flags;
+	__u32 capacity; /* in: entries room for at most this many pvtce_window_info */
+	__u32 count;    /* out: how many windows exist (may exceed capacity; only capacity are written) */
+	__u64 entries;  /* user pointer to capacity struct pvtce_window_info */
+};
+
+#define PVTCE_WINDOWS_MAX 1024
+#define PVTCE_LIST_WINDOWS _IOWR(PVTCE_IOCTL_TYPE, 0x03, struct pvtce_windows)
+
+#endif /* _UAPI_LINUX_PVTCE_H */
