@@ -204,7 +204,7 @@ fn real_main(args: &[String], st: &mut Stages) -> Result<()> {
         "demo" => {
             setup(st)?;
             let b = build_all(st)?;
-            let o = boot(st, &b, "smoke", "demo")?;
+            let o = boot(st, &b, "module-load,smoke", "demo")?;
             let (p, f, s) = report(&o);
             println!();
             println!("pvtce demo on {} (Debian {}):", b.kernel.release, b.kernel.debian);
