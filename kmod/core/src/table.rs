@@ -136,8 +136,8 @@ impl GuestTable {
         0
     }
 
-    /// Pages a run of stores would allocate. `values(i)` says whether entry `i` (ascending, in
-    /// `first..first + count`) gets a non-zero value; zero stores never allocate.
+    /// Pages a run of stores would allocate. `nonzero(i)` says whether entry `first + i` (for `i` in
+    /// `0..count`) gets a non-zero value; zero stores never allocate. Leaves that exist cost one walk.
     pub fn pages_needed<S: PageStore>(
         &self,
         store: &S,
@@ -149,30 +149,64 @@ impl GuestTable {
         // missing page counted per level (as the index prefix above that level).
         let mut last: [Option<u64>; MAX_LEVELS] = [None; MAX_LEVELS];
         let mut needed = 0usize;
-        let mut i = 0u64;
-        while i < count {
-            let Some(index) = first.checked_add(i) else { break };
-            if index >= self.size {
-                break;
-            }
-            if nonzero(i) {
-                let missing = self.missing_on_path(store, index);
-                for m in 0..missing {
-                    // Level (levels - missing + m) is missing; its pages cover (levels - level) * 9 bits.
-                    let level = self.levels - missing + m;
-                    let prefix = index.checked_shr((self.levels - level) * BITS_PER_LEVEL).unwrap_or(0);
-                    let seen = last.get_mut(level as usize);
-                    if let Some(seen) = seen {
-                        if *seen != Some(prefix) {
-                            *seen = Some(prefix);
-                            needed = needed.saturating_add(1);
+        let end = first.saturating_add(count).min(self.size);
+        let mut index = first;
+        while index < end {
+            let leaf_end = (index | (ENTRIES_PER_PAGE - 1)).saturating_add(1).min(end);
+            let missing = self.missing_on_path(store, index);
+            if missing > 0 {
+                // The first entry of this leaf's run that needs storing decides; the rest share its pages.
+                if let Some(hit) = (index..leaf_end).find(|i| nonzero(i - first)) {
+                    for m in 0..missing {
+                        // Level (levels - missing + m) is missing; its pages cover (levels - level) * 9 bits.
+                        let level = self.levels - missing + m;
+                        let prefix = hit.checked_shr((self.levels - level) * BITS_PER_LEVEL).unwrap_or(0);
+                        if let Some(seen) = last.get_mut(level as usize) {
+                            if *seen != Some(prefix) {
+                                *seen = Some(prefix);
+                                needed = needed.saturating_add(1);
+                            }
                         }
                     }
                 }
             }
-            i += 1;
+            index = leaf_end;
         }
         needed
+    }
+
+    /// Stores `value(i)` at `first + i` for `i` in `0..count`, one walk per leaf page. Zero values
+    /// below a missing leaf are skipped; a missing leaf with a non-zero value takes pages from the
+    /// reserve ([`NeedAlloc`] if it runs dry; entries before stay written).
+    pub fn write_run<S: PageStore>(
+        &mut self,
+        store: &mut S,
+        first: u64,
+        count: u64,
+        mut value: impl FnMut(u64) -> u64,
+    ) -> Result<(), NeedAlloc> {
+        let end = first.saturating_add(count).min(self.size);
+        let mut index = first;
+        while index < end {
+            let leaf_end = (index | (ENTRIES_PER_PAGE - 1)).saturating_add(1).min(end);
+            let leaf = match self.leaf(store, index) {
+                Some(leaf) => Some(leaf),
+                None => match (index..leaf_end).find(|i| value(i - first) != 0) {
+                    Some(hit) => {
+                        self.set(store, hit, value(hit - first))?;
+                        self.leaf(store, hit)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(leaf) = leaf {
+                for i in index..leaf_end {
+                    store.write(leaf, (i & (ENTRIES_PER_PAGE - 1)) as usize, value(i - first));
+                }
+            }
+            index = leaf_end;
+        }
+        Ok(())
     }
 
     /// Stores `value` at `index`, taking pages from the reserve for missing levels. Storing 0 below a
@@ -216,26 +250,7 @@ impl GuestTable {
     /// Stores `value` in `count` entries from `first`. A zero value skips missing leaves whole, so
     /// clearing a large unmapped range costs one walk per leaf page.
     pub fn fill<S: PageStore>(&mut self, store: &mut S, first: u64, count: u64, value: u64) -> Result<(), NeedAlloc> {
-        let end = first.saturating_add(count).min(self.size);
-        let mut index = first;
-        while index < end {
-            let leaf_end = (index | (ENTRIES_PER_PAGE - 1)).saturating_add(1).min(end);
-            let leaf = match self.leaf(store, index) {
-                Some(leaf) => Some(leaf),
-                None if value == 0 => None,
-                None => {
-                    self.set(store, index, value)?;
-                    self.leaf(store, index)
-                }
-            };
-            if let Some(leaf) = leaf {
-                for i in index..leaf_end {
-                    store.write(leaf, self.slot(i, self.levels - 1), value);
-                }
-            }
-            index = leaf_end;
-        }
-        Ok(())
+        self.write_run(store, first, count, |_| value)
     }
 
     /// Frees every page (window teardown). The table is empty afterwards.

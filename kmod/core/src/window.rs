@@ -289,10 +289,7 @@ impl Window {
 
         if count > 0 {
             self.apply_host(host, request, first, start, end);
-            let written = match request {
-                Request::Stuff { value, .. } => self.table.fill(store, rel + start, count, value.0),
-                _ => (start..end).try_for_each(|i| self.table.set(store, rel + i, request.entry(i).0)),
-            };
+            let written = self.table.write_run(store, rel + start, count, |j| request.entry(start + j).0);
             if let Err(need) = written {
                 // Cannot happen: the reserve was checked above and nothing else takes from it.
                 return Outcome::NeedAlloc(need);

@@ -46,6 +46,21 @@ pub struct Model {
     pub liobns: [u64; 2],
     pub slots: [Option<(u32, u64, u64)>; 2],
     pub page_shift_mask: u64,
+    /// (table, index) of every host entry the model changed since the harness last looked.
+    pub log: Vec<(u32, u64)>,
+}
+
+impl MWindow {
+    /// Everything but the entries (cheap to copy).
+    fn clone_shape(&self) -> MWindow {
+        MWindow {
+            shift: self.shift,
+            offset: self.offset,
+            size: self.size,
+            tces: BTreeMap::new(),
+            links: self.links.clone(),
+        }
+    }
 }
 
 impl Model {
@@ -63,6 +78,7 @@ impl Model {
             liobns,
             slots: [None, None],
             page_shift_mask: (1 << 12) | (1 << 16) | (1 << 21) | (1 << 24),
+            log: Vec::new(),
         };
         m.open_slot(0, 12, 0, 1 << 18);
         m
@@ -142,14 +158,15 @@ impl Model {
     }
 
     fn apply(&mut self, liobn: u64, page: u64, tce: u64) {
-        let w = self.windows[&liobn].clone();
-        for (id, _) in &w.links {
+        let (shift, links) = (self.windows[&liobn].shift, self.windows[&liobn].links.clone());
+        for (id, _) in &links {
             let hs = self.tables[id].shape.page_shift;
-            let sub = 1u64 << (w.shift - hs);
+            let sub = 1u64 << (shift - hs);
             let ua = if tce & 3 != 0 { self.ua_of(tce & !3) } else { None };
             for j in 0..sub {
                 let idx = page * sub + j;
                 let value = ua.and_then(|ua| self.hpa_of(ua as u128 + ((j as u128) << hs), hs)).map(|h| h | (tce & 3));
+                self.log.push((*id, idx));
                 let t = self.tables.get_mut(id).unwrap();
                 match value {
                     Some(v) => {
@@ -171,14 +188,15 @@ impl Model {
 
     /// Clears `n` entries from `page` quickly (STUFF with value 0 over a big range).
     fn clear_range(&mut self, liobn: u64, page: u64, n: u64) {
-        let w = self.windows[&liobn].clone();
-        for (id, _) in &w.links {
+        let (shift, links) = (self.windows[&liobn].shift, self.windows[&liobn].links.clone());
+        for (id, _) in &links {
             let hs = self.tables[id].shape.page_shift;
-            let sub = 1u64 << (w.shift - hs);
+            let sub = 1u64 << (shift - hs);
             let t = self.tables.get_mut(id).unwrap();
             let keys: Vec<u64> = t.entries.range(page * sub..(page + n) * sub).map(|(k, _)| *k).collect();
             for k in keys {
                 t.entries.remove(&k);
+                self.log.push((*id, k));
             }
         }
         let w = self.windows.get_mut(&liobn).unwrap();
@@ -210,12 +228,13 @@ impl Model {
             return None;
         }
         let Some(w) = self.windows.get(&liobn) else { return Some(res(TOO_HARD)) };
-        let w = w.clone();
+        let w = MWindow { tces: BTreeMap::new(), ..w.clone_shape() };
+        let tces_ref = &self.windows[&liobn].tces;
         let n;
         let entries: Vec<u64>;
         if nr == 0x1C {
             let Some(page) = Self::page_of(&w, ioba, 1) else { return Some(res(PARAM)) };
-            return Some(MResult { ret: 0, r4: w.tces.get(&page).copied().unwrap_or(0), applied: 0 });
+            return Some(MResult { ret: 0, r4: tces_ref.get(&page).copied().unwrap_or(0), applied: 0 });
         } else if nr == 0x20 {
             n = 1;
             entries = vec![arg];

@@ -73,8 +73,10 @@ pub struct SimHost {
     pub tables: BTreeMap<u32, SimTable>,
     /// Guest memory words by user address, as stored (big-endian TCEs).
     pub mem: BTreeMap<u64, u64>,
-    /// Track exchanged-but-not-killed entries (off in benchmarks).
+    /// Track exchanged-but-not-killed entries and log exchanges (off in benchmarks).
     pub track: bool,
+    /// (table, index) of every exchange since the harness last looked.
+    pub log: Vec<(u32, u64)>,
 }
 
 impl SimHost {
@@ -101,6 +103,7 @@ impl SimHost {
             tables,
             mem: BTreeMap::new(),
             track: true,
+            log: Vec::new(),
         }
     }
 
@@ -162,6 +165,7 @@ impl Host for SimHost {
         t.exchanges += 1;
         if self.track {
             t.dirty.insert(index);
+            self.log.push((id.0, index));
         }
         let old = if new.0 == 0 { t.entries.remove(&index) } else { t.entries.insert(index, new.0) };
         HostTce(old.unwrap_or(0))
