@@ -6,8 +6,8 @@ mod common;
 use common::harness::{run_bytes, Stats};
 use proptest::prelude::*;
 
-// Debug builds run a quarter of the cases (the model is slow unoptimised); `--release` runs all.
-const CASES: u32 = if cfg!(debug_assertions) { 1000 } else { 4000 };
+// Debug builds run fewer cases (the model is slow unoptimised); `--release` runs more.
+const CASES: u32 = if cfg!(debug_assertions) { 4000 } else { 20000 };
 
 fn add(total: &mut Stats, s: &Stats) {
     total.ops += s.ops;
