@@ -92,7 +92,7 @@ impl Host for FlatHost {
     fn table_ready(&self, _id: HostTableId, first: u64, count: u64) -> bool {
         first.checked_add(count).is_some_and(|end| end <= self.table.len() as u64)
     }
-    fn table_exchange(&mut self, _id: HostTableId, index: u64, new: HostTce) -> HostTce {
+    fn table_exchange(&mut self, _id: HostTableId, index: u64, new: HostTce, _ua: u64) -> HostTce {
         match self.table.get_mut(index as usize) {
             Some(slot) => HostTce(std::mem::replace(slot, new.0)),
             None => HostTce::EMPTY,

@@ -86,10 +86,12 @@ pub trait Host {
     fn table_ready(&self, id: HostTableId, first: u64, count: u64) -> bool;
 
     /// Exchanges entry `index` of table `id` without invalidation (Linux `iommu_tce_xchg_no_kill`) and
-    /// returns the old entry. The implementation drops the reference the old entry held and marks its
+    /// returns the old entry. `ua` is the user address `new` maps (0 for an empty entry): Linux records it
+    /// beside the entry (`it_userspace`) and counts a use of its preregistered region, which VFIO relies on
+    /// when it clears the table. The implementation drops the reference the old entry held and marks its
     /// page dirty when it allowed device writes. Called only for entries `table_ready` accepted (for
     /// mappings) under the same lock; clearing an entry below a missing level must do nothing.
-    fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce) -> HostTce;
+    fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce, ua: u64) -> HostTce;
 
     /// Invalidates `count` entries from `first` of table `id` (Linux `iommu_tce_kill`): once per batch.
     fn table_kill(&mut self, id: HostTableId, first: u64, count: u64);
@@ -196,7 +198,7 @@ mod tests {
         fn table_ready(&self, _: HostTableId, _: u64, _: u64) -> bool {
             true
         }
-        fn table_exchange(&mut self, _: HostTableId, _: u64, _: HostTce) -> HostTce {
+        fn table_exchange(&mut self, _: HostTableId, _: u64, _: HostTce, _: u64) -> HostTce {
             HostTce::EMPTY
         }
         fn table_kill(&mut self, _: HostTableId, _: u64, _: u64) {}

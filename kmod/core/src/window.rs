@@ -342,14 +342,11 @@ impl Window {
                 let base = (first + i) << diff;
                 let ua = if tce.is_clear() { None } else { host.gpa_to_ua(tce.gpa()) };
                 for j in 0..subpages {
-                    let new = match ua {
-                        Some(ua) => ua
-                            .checked_add(j << hs.get())
-                            .and_then(|ua_j| ua_to_hpa(host, ua_j, hs).ok())
-                            .map_or(HostTce::EMPTY, |hpa| HostTce::new(hpa, tce.perm())),
-                        None => HostTce::EMPTY,
-                    };
-                    host.table_exchange(link.id, base + j, new);
+                    let mapped = ua.and_then(|ua| ua.checked_add(j << hs.get())).and_then(|ua_j| {
+                        ua_to_hpa(host, ua_j, hs).ok().map(|hpa| (HostTce::new(hpa, tce.perm()), ua_j))
+                    });
+                    let (new, ua_j) = mapped.unwrap_or((HostTce::EMPTY, 0));
+                    host.table_exchange(link.id, base + j, new, ua_j);
                 }
             }
             host.table_kill(link.id, (first + start) << diff, (end - start) << diff);

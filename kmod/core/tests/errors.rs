@@ -362,8 +362,8 @@ impl Host for FaultingHost {
     fn table_ready(&self, id: HostTableId, first: u64, count: u64) -> bool {
         self.0.table_ready(id, first, count)
     }
-    fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce) -> HostTce {
-        self.0.table_exchange(id, index, new)
+    fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce, ua: u64) -> HostTce {
+        self.0.table_exchange(id, index, new, ua)
     }
     fn table_kill(&mut self, id: HostTableId, first: u64, count: u64) {
         self.0.table_kill(id, first, count)

@@ -149,7 +149,7 @@ impl Host for SimHost {
         let hi = (first + count - 1) >> super::world::UNREADY_BLOCK_SHIFT;
         t.unready.range(lo..=hi).next().is_none()
     }
-    fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce) -> HostTce {
+    fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce, _ua: u64) -> HostTce {
         let t = self.tables.get_mut(&id.0).expect("linked table exists");
         assert!(
             index >= t.shape.offset && index - t.shape.offset < t.shape.size,
