@@ -3,6 +3,8 @@
 //! Usage: `pvtce-vmtests [all | NAME...]`. Each test prints one line the host parses:
 //! `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`.
 
+mod pvtce;
+mod rig;
 mod smoke;
 
 use std::time::Instant;
@@ -10,7 +12,12 @@ use std::time::Instant;
 type TestFn = fn() -> Result<String, String>;
 
 /// Every in-VM test, in run order.
-const TESTS: &[(&str, TestFn)] = &[("module-load", smoke::module_load), ("smoke", smoke::smoke)];
+const TESTS: &[(&str, TestFn)] = &[
+    ("module-load", smoke::module_load),
+    ("smoke", smoke::smoke),
+    ("pvtce-4k", pvtce::pvtce_4k),
+    ("pvtce-64k", pvtce::pvtce_64k),
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
