@@ -57,6 +57,7 @@ unsafe extern "C" {
     fn pvtce_glue_table_geometry(tbl: *mut IommuTable, page_shift: *mut u32, offset: *mut u64, size: *mut u64);
     fn pvtce_glue_useraddrptr(tbl: *mut IommuTable, entry: c_long, alloc: bool) -> *mut u64;
     fn pvtce_glue_account_locked(kvm: *mut Kvm, pages: c_ulong, inc: bool) -> c_int;
+    fn pvtce_glue_host_read(groupfd: c_int, table: u32, first: u64, count: u64, out: *mut u64) -> c_long;
 
     // arch/powerpc/kernel/iommu.c
     fn iommu_tce_table_get(tbl: *mut IommuTable) -> *mut IommuTable;
@@ -145,6 +146,17 @@ impl Drop for KvmRef {
         // SAFETY: by the type invariant we hold one reference, dropped exactly once here.
         unsafe { pvtce_glue_kvm_put(self.ptr) }
     }
+}
+
+/// Reads `out.len()` hardware entries from `first` of table `table` of the VFIO group behind `groupfd`.
+pub(crate) fn host_read(groupfd: i32, table: u32, first: u64, out: &mut [u64]) -> Result {
+    // SAFETY: `out` is a valid, exclusively borrowed buffer of `out.len()` u64; the C side resolves and
+    // holds the fd itself and checks the range against the table.
+    let r = unsafe { pvtce_glue_host_read(groupfd, table, first, out.len() as u64, out.as_mut_ptr()) };
+    if r < 0 {
+        return Err(Error::from_errno(r as i32));
+    }
+    Ok(())
 }
 
 /// Guest physical address to the VMM's user address through the memslots.

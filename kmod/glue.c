@@ -13,6 +13,7 @@
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/uaccess.h>
+#include <linux/vfio.h>
 #include <asm/iommu.h>
 #include <asm/kvm_ppc.h>
 #include <asm/mmu_context.h>
@@ -41,6 +42,7 @@ struct iommu_table *pvtce_glue_group_table(struct iommu_group *grp, int i);
 void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size);
 __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
 int pvtce_glue_account_locked(struct kvm *kvm, unsigned long pages, bool inc);
+long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out);
 
 /* ---- the backend hooks ---- */
 
@@ -245,4 +247,46 @@ __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc)
 	if (!tbl->it_ops->useraddrptr)
 		return NULL;
 	return tbl->it_ops->useraddrptr(tbl, entry, alloc);
+}
+
+/*
+ * Reads hardware entries of a VFIO group's table (PVTCE_HOST_READ). The group file is held for the whole
+ * read, which keeps the group and its tables alive.
+ */
+long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out)
+{
+	struct iommu_table_group *table_group;
+	struct iommu_group *grp;
+	struct iommu_table *tbl;
+	long ret;
+	u64 i;
+	CLASS(fd, f)(groupfd);
+
+	if (fd_empty(f))
+		return -EBADF;
+	/* vfio_file_iommu_group() takes a reference on the group: dropped on every path below. */
+	grp = vfio_file_iommu_group(fd_file(f));
+	if (!grp)
+		return -EINVAL;
+	ret = -EINVAL;
+	table_group = iommu_group_get_iommudata(grp);
+	if (!table_group || table >= IOMMU_TABLE_GROUP_MAX_TABLES)
+		goto out;
+	ret = -ENOENT;
+	tbl = table_group->tables[table];
+	if (!tbl)
+		goto out;
+	ret = -EOPNOTSUPP;
+	if (!tbl->it_ops->get)
+		goto out;
+	ret = -EINVAL;
+	if (first < tbl->it_offset || count > tbl->it_size ||
+	    first - tbl->it_offset > tbl->it_size - count)
+		goto out;
+	for (i = 0; i < count; i++)
+		out[i] = tbl->it_ops->get(tbl, first + i);
+	ret = 0;
+out:
+	iommu_group_put(grp);
+	return ret;
 }

@@ -15,8 +15,9 @@ use crate::pvtce_core::error::HcallError;
 use crate::pvtce_core::host::{pick_group_table, HostGeometry, HostTableId, MAX_LINKS};
 use crate::pvtce_core::table::NeedAlloc;
 use crate::pvtce_core::types::{Ioba, Liobn, PageShift, Tce, WindowGeometry};
-use crate::pvtce_core::window::{Completion, Outcome, Request, Window, MAX_INDIRECT_TCES};
+use crate::pvtce_core::window::{Outcome, Request, Window};
 use crate::store::KernelStore;
+use crate::uapi::pvtce_window_info;
 use core::ffi::{c_long, c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
@@ -62,8 +63,6 @@ pub(crate) struct State {
     store: KernelStore,
     links: KVec<HostLink>,
     next_link_id: u32,
-    /// The H_PUT_TCE_INDIRECT list, copied once per call (kept off the kernel stack).
-    list: KBox<[u64; MAX_INDIRECT_TCES as usize]>,
     pub(crate) stats: Stats,
 }
 
@@ -118,26 +117,27 @@ fn create(kvm: *mut Kvm, liobn: u64, page_shift: u32, offset: u64, size: u64) ->
     let kvm_ref = unsafe { KvmRef::get(kvm) };
     let locked_pages = locked_pages_for(size);
     kvm_ref.account_locked(locked_pages, true)?;
-    let list = match KBox::new([0u64; MAX_INDIRECT_TCES as usize], GFP_KERNEL) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = kvm_ref.account_locked(locked_pages, false);
-            return Err(e.into());
-        }
-    };
     let state = State {
         window: Window::new(Liobn(liobn), geometry),
         store: KernelStore::new(),
         links: KVec::new(),
         next_link_id: 0,
-        list,
         stats: Stats::default(),
     };
     // From here on, dropping the window uncharges (see `Drop`).
-    let w = Arc::pin_init(
+    let w = match Arc::pin_init(
         try_pin_init!(KWindow { kvm: kvm_ref, liobn, geometry, locked_pages, state <- kernel::new_mutex!(state) }),
         GFP_KERNEL,
-    )?;
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            // The window never existed, so its drop will not uncharge: do it here.
+            // SAFETY: KVM calls the hook with a live `kvm`.
+            let k = unsafe { KvmRef::get(kvm) };
+            let _ = k.account_locked(locked_pages, false);
+            return Err(e);
+        }
+    };
     {
         let mut list = WINDOWS.lock();
         if list.len() >= MAX_WINDOWS {
@@ -322,8 +322,36 @@ pub(crate) extern "C" fn pvtce_rs_hcall(
     true
 }
 
+/// Counts a hypercall that ended before the core ran (an H_PUT_TCE_INDIRECT precheck or list copy).
+fn early(w: &KWindow, e: HcallError) -> (i64, u64) {
+    let mut s = w.state.lock();
+    s.stats.indirect += 1;
+    match e {
+        HcallError::TooHard => s.stats.declined += 1,
+        _ => s.stats.rejected += 1,
+    }
+    (e.as_i64(), 0)
+}
+
 fn hcall(w: &KWindow, nr: c_ulong, a1: u64, a2: u64, a3: u64) -> (i64, u64) {
     let ioba = Ioba(a1);
+    // H_PUT_TCE_INDIRECT: the request checks under the lock, then the list is translated and copied once,
+    // with no lock held (guest memory is read exactly once; a NeedAlloc retry reuses the copy).
+    let mut list: KVec<u64> = KVec::new();
+    if nr == H_PUT_TCE_INDIRECT {
+        let pre = w.state.lock().window.indirect_precheck(ioba, a2, a3);
+        if let Err(e) = pre {
+            return early(w, e);
+        }
+        // SAFETY: the hook holds kvm->srcu and the VM is alive while its vCPU runs the hypercall.
+        let Some(ua) = (unsafe { ffi::gpa_to_ua(w.kvm.as_ptr(), a2) }) else {
+            return early(w, HcallError::TooHard);
+        };
+        let n = a3 as usize; // <= 512: indirect_precheck
+        if list.resize(n, 0, GFP_KERNEL).is_err() || !ffi::copy_words_from_user(ua, &mut list) {
+            return early(w, HcallError::TooHard);
+        }
+    }
     for _ in 0..MAX_ALLOC_ROUNDS {
         let need = {
             let mut guard = w.state.lock();
@@ -338,33 +366,14 @@ fn hcall(w: &KWindow, nr: c_ulong, a1: u64, a2: u64, a3: u64) -> (i64, u64) {
                     }
                 };
             }
-            let mut host = KernelHost { kvm: w.kvm.as_ptr(), mm: w.kvm.mm(), links: &s.links, counts: Default::default() };
-            let outcome = match nr {
-                H_PUT_TCE => s.window.execute(&mut s.store, &mut host, &Request::Put { ioba, tce: Tce(a2) }, 0),
-                H_STUFF_TCE => {
-                    s.window.execute(&mut s.store, &mut host, &Request::Stuff { ioba, value: Tce(a2), npages: a3 }, 0)
-                }
-                H_PUT_TCE_INDIRECT => {
-                    if let Err(e) = s.window.indirect_precheck(ioba, a2, a3) {
-                        Outcome::Done(Completion { result: Err(e), applied: 0 })
-                    } else {
-                        use crate::pvtce_core::host::Host;
-                        match host.gpa_to_ua(a2) {
-                            None => Outcome::Done(Completion { result: Err(HcallError::TooHard), applied: 0 }),
-                            Some(ua) => {
-                                let n = a3 as usize; // <= 512: indirect_precheck
-                                let list = &mut s.list[..n];
-                                if !host.read_tce_list(ua, list) {
-                                    Outcome::Done(Completion { result: Err(HcallError::TooHard), applied: 0 })
-                                } else {
-                                    s.window.execute(&mut s.store, &mut host, &Request::Indirect { ioba, list }, 0)
-                                }
-                            }
-                        }
-                    }
-                }
+            let request = match nr {
+                H_PUT_TCE => Request::Put { ioba, tce: Tce(a2) },
+                H_STUFF_TCE => Request::Stuff { ioba, value: Tce(a2), npages: a3 },
+                H_PUT_TCE_INDIRECT => Request::Indirect { ioba, list: &list },
                 _ => return (HcallError::Parameter.as_i64(), 0),
             };
+            let mut host = KernelHost { kvm: w.kvm.as_ptr(), mm: w.kvm.mm(), links: &s.links, counts: Default::default() };
+            let outcome = s.window.execute_all_or_nothing(&mut s.store, &mut host, &request, 0);
             s.stats.host_updates += host.counts.updates;
             s.stats.host_kills += host.counts.kills;
             match outcome {
@@ -419,7 +428,6 @@ pub(crate) extern "C" fn pvtce_rs_window_ioctl(window: *mut c_void, cmd: u32, ar
 }
 
 fn window_info(w: &KWindow, arg: c_ulong) -> Result {
-    use crate::uapi::pvtce_window_info;
     let size = core::mem::size_of::<pvtce_window_info>();
     let (mut reader, mut writer) =
         kernel::uaccess::UserSlice::new(kernel::uaccess::UserPtr::from_addr(arg as usize), size).reader_writer();
@@ -427,30 +435,50 @@ fn window_info(w: &KWindow, arg: c_ulong) -> Result {
     if (req.argsz as usize) < size || req.flags != 0 {
         return Err(EINVAL);
     }
-    let out = {
-        let s = w.state.lock();
-        pvtce_window_info {
-            argsz: size as u32,
-            flags: 0,
-            liobn: w.liobn,
-            page_shift: w.geometry.page_shift().get(),
-            links: s.links.len() as u32,
-            offset: w.geometry.offset(),
-            size: w.geometry.size(),
-            table_bytes: s.window.bytes_used() as u64,
-            h_put_tce: s.stats.put,
-            h_put_tce_indirect: s.stats.indirect,
-            h_stuff_tce: s.stats.stuff,
-            h_get_tce: s.stats.get,
-            declined: s.stats.declined,
-            rejected: s.stats.rejected,
-            tces_changed: s.stats.tces_changed,
-            host_updates: s.stats.host_updates,
-            host_kills: s.stats.host_kills,
-        }
-    };
-    // The guard is dropped before touching user memory.
+    let out = info_of(w);
     writer.write(&out)
+}
+
+/// The window's geometry and counters; takes (and drops) the window lock.
+fn info_of(w: &KWindow) -> pvtce_window_info {
+    let s = w.state.lock();
+    pvtce_window_info {
+        argsz: core::mem::size_of::<pvtce_window_info>() as u32,
+        flags: 0,
+        liobn: w.liobn,
+        page_shift: w.geometry.page_shift().get(),
+        links: s.links.len() as u32,
+        offset: w.geometry.offset(),
+        size: w.geometry.size(),
+        table_bytes: s.window.bytes_used() as u64,
+        h_put_tce: s.stats.put,
+        h_put_tce_indirect: s.stats.indirect,
+        h_stuff_tce: s.stats.stuff,
+        h_get_tce: s.stats.get,
+        declined: s.stats.declined,
+        rejected: s.stats.rejected,
+        tces_changed: s.stats.tces_changed,
+        host_updates: s.stats.host_updates,
+        host_kills: s.stats.host_kills,
+    }
+}
+
+/// Up to `capacity` windows' info, and how many windows exist (`PVTCE_LIST_WINDOWS`).
+pub(crate) fn all_info(capacity: usize) -> Result<(KVec<pvtce_window_info>, usize)> {
+    // Take references under the registry lock, read each window under its own lock only.
+    let (windows, total) = {
+        let list = WINDOWS.lock();
+        let mut v: KVec<Arc<KWindow>> = KVec::with_capacity(capacity.min(list.len()), GFP_KERNEL)?;
+        for w in list.iter().take(capacity) {
+            v.push(w.clone(), GFP_KERNEL)?;
+        }
+        (v, list.len())
+    };
+    let mut out = KVec::with_capacity(windows.len(), GFP_KERNEL)?;
+    for w in windows.iter() {
+        out.push(info_of(w), GFP_KERNEL)?;
+    }
+    Ok((out, total))
 }
 
 /// A page of the guest-visible table for the table fd's mmap; not provided yet (SIGBUS).

@@ -58,9 +58,9 @@ pub fn build(k: &Kernel, pvtce_ko: &Path, programs: &[PathBuf]) -> Result<PathBu
     Ok(img)
 }
 
-/// /init: mount, load modules, run the tests named on the kernel command line (`pvtce_run=a,b`; no dot, or the kernel would take it
-/// for a parameter of the pvtce module), report,
-/// power off. Every line the host parses starts with `PVTCE-`.
+/// /init: mount, load modules, run the tests named on the kernel command line (`pvtce_run=a,b`; no dot, or
+/// the kernel would take it for a parameter of the pvtce module), report, power off. `pvtce_probe=` reaches
+/// the diagnostic probes as PVTCE_PROBE. Every line the host parses starts with `PVTCE-`.
 fn init_script() -> String {
     let mods = MODULES.join(" ");
     format!(
@@ -78,7 +78,10 @@ for m in {mods}; do
 done
 run=""
 for a in $(cat /proc/cmdline); do
-  case "$a" in pvtce_run=*) run="${{a#pvtce_run=}}";; esac
+  case "$a" in
+    pvtce_run=*) run="${{a#pvtce_run=}}";;
+    pvtce_probe=*) export PVTCE_PROBE="${{a#pvtce_probe=}}";;
+  esac
 done
 [ -n "$run" ] || run=all
 /bin/pvtce-vmtests $(echo "$run" | tr ',' ' ')

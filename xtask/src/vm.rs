@@ -84,7 +84,10 @@ pub fn qemu_args(vmlinux: &Path, initrd: &Path, run: &str) -> Vec<String> {
         "-initrd".into(),
         initrd.display().to_string(),
         "-append".into(),
-        format!("console=hvc0 panic=-1 oops=panic loglevel=6 pvtce_run={run}"),
+        format!(
+            "console=hvc0 panic=-1 oops=panic loglevel=6 pvtce_run={run}{}",
+            std::env::var("PVTCE_APPEND").map(|a| format!(" {a}")).unwrap_or_default()
+        ),
         // edu on its own host bridge forms its own IOMMU group (PE); a full dma_mask reaches 64-bit windows.
         "-device".into(),
         "spapr-pci-host-bridge,index=1,id=phb1".into(),

@@ -244,6 +244,31 @@ impl Window {
         request: &Request<'_>,
         start: u64,
     ) -> Outcome {
+        self.run(store, host, request, start, true)
+    }
+
+    /// [`Window::execute`] with Linux's rule for a batch whose validation fails: nothing is applied and the
+    /// error comes back with `applied == start` (Linux `kvmppc_h_put_tce_indirect` validates the whole list
+    /// before it writes an entry). The kernel module uses this: the stock uAPI cannot tell a VMM how far a
+    /// batch got, and an unmodified VMM redoes the whole hypercall after `H_TOO_HARD`.
+    pub fn execute_all_or_nothing<S: PageStore, H: Host + ?Sized>(
+        &mut self,
+        store: &mut S,
+        host: &mut H,
+        request: &Request<'_>,
+        start: u64,
+    ) -> Outcome {
+        self.run(store, host, request, start, false)
+    }
+
+    fn run<S: PageStore, H: Host + ?Sized>(
+        &mut self,
+        store: &mut S,
+        host: &mut H,
+        request: &Request<'_>,
+        start: u64,
+        partial: bool,
+    ) -> Outcome {
         let npages = request.npages();
         if let Request::Indirect { .. } = request {
             if npages > MAX_INDIRECT_TCES {
@@ -274,6 +299,9 @@ impl Window {
                     break;
                 }
             }
+        }
+        if let (Some(e), false) = (failure, partial) {
+            return Outcome::err(e, start);
         }
 
         let rel = first - self.geometry.offset();

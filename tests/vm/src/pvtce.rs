@@ -67,14 +67,28 @@ fn scenario(tce_shift: u32) -> Result<String, String> {
         if rig.dma_copy(ioba_b, b, ioba_a + 0x800, a + 0x800, 11)? {
             return Err("edu DMA to the cleared entry still reached L2 page A".into());
         }
+        // Clearing a range that covers the INDIRECT mappings empties their hardware entries too.
+        let host_first = ioba_b >> 12;
+        let fan = 1usize << (tce_shift - 12);
+        let before = rig.host_read_any(host_first, 4 * fan)?;
+        let (rets3, _) = rig.run(&[call(H_STUFF_TCE, [LIOBN, win, 0, 96])])?;
+        check("H_STUFF_TCE over 96 entries", rets3[0].r3, H_SUCCESS)?;
+        let after = rig.host_read_any(host_first, 4 * fan)?;
+        if after.iter().any(|&t| t != 0) || before.iter().all(|&t| t == 0) {
+            return Err(format!(
+                "hardware entries of the INDIRECT mappings: before clear {before:x?}, after {after:x?}"
+            ));
+        }
         if rig.exits != 0 {
             return Err(format!("{} TCE hypercall(s) exited to userspace", rig.exits));
         }
         let s = rig.pvtce_info()?.ok_or("window info vanished")?;
         let counts = (s.h_put_tce, s.h_put_tce_indirect, s.h_stuff_tce, s.h_get_tce, s.rejected, s.tces_changed);
-        // PUT x2 (one rejected), INDIRECT x2 (one rejected), STUFF x1, GET x3; 1 + 4 + 1 entries changed.
-        if counts != (2, 2, 1, 3, 2, 6) {
-            return Err(format!("pvtce statistics (put, indirect, stuff, get, rejected, changed) = {counts:?}, expected (2, 2, 1, 3, 2, 6)"));
+        // PUT x2 (one rejected), INDIRECT x2 (one rejected), STUFF x2, GET x3; 1 + 4 + 1 + 96 entries changed.
+        if counts != (2, 2, 2, 3, 2, 102) {
+            return Err(format!(
+                "pvtce statistics (put, indirect, stuff, get, rejected, changed) = {counts:?}, expected (2, 2, 2, 3, 2, 102)"
+            ));
         }
         if s.host_updates < 6 || s.host_kills < 3 {
             return Err(format!("host updates {} / kills {}: expected at least 6 / 3", s.host_updates, s.host_kills));

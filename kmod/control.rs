@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/dev/pvtce`, the control device (`uapi/include/linux/pvtce.h`):
+//! - `PVTCE_SET_MODE`: whether new windows are pvtce's or Linux's built-in ones (side-by-side runs).
+//! - `PVTCE_HOST_READ`: hardware entries of a VFIO group's table (conformance tests compare them).
+//! - `PVTCE_LIST_WINDOWS`: every window with its statistics (the pvtce CLI).
+//!
+//! Only root may open it (mode 0600): it reveals host physical addresses.
+
+use crate::ffi;
+use crate::uapi::{
+    pvtce_host_read, pvtce_mode, pvtce_window_info, pvtce_windows, PVTCE_HOST_READ, PVTCE_HOST_READ_MAX,
+    PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_SET_MODE, PVTCE_WINDOWS_MAX,
+};
+use crate::window::{self, MODE_PVTCE};
+use kernel::fs::File;
+use kernel::miscdevice::{MiscDevice, MiscDeviceRegistration};
+use kernel::prelude::*;
+use kernel::sync::atomic::Relaxed;
+use kernel::uaccess::{UserPtr, UserSlice};
+
+pub(crate) struct Control;
+
+fn read_checked<T: kernel::transmute::FromBytes>(arg: usize) -> Result<(T, kernel::uaccess::UserSliceWriter)> {
+    let size = core::mem::size_of::<T>();
+    let (mut r, w) = UserSlice::new(UserPtr::from_addr(arg), size).reader_writer();
+    Ok((r.read::<T>()?, w))
+}
+
+fn check_head(argsz: u32, flags: u32, size: usize) -> Result {
+    if (argsz as usize) < size || flags != 0 {
+        return Err(EINVAL);
+    }
+    Ok(())
+}
+
+#[vtable]
+impl MiscDevice for Control {
+    type Ptr = KBox<Self>;
+
+    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
+        Ok(KBox::new(Control, GFP_KERNEL)?)
+    }
+
+    fn ioctl(_me: &Control, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        match cmd {
+            PVTCE_SET_MODE => set_mode(arg),
+            PVTCE_HOST_READ => host_read(arg),
+            PVTCE_LIST_WINDOWS => list_windows(arg),
+            _ => Err(ENOTTY),
+        }
+        .map(|()| 0)
+    }
+}
+
+fn set_mode(arg: usize) -> Result {
+    let (mut m, mut w) = read_checked::<pvtce_mode>(arg)?;
+    check_head(m.argsz, m.flags, core::mem::size_of::<pvtce_mode>())?;
+    let pvtce = match m.mode {
+        PVTCE_MODE_PVTCE => true,
+        PVTCE_MODE_BUILTIN => false,
+        _ => return Err(EINVAL),
+    };
+    let old = MODE_PVTCE.xchg(pvtce, kernel::sync::atomic::Full);
+    m.old = if old { PVTCE_MODE_PVTCE } else { PVTCE_MODE_BUILTIN };
+    w.write(&m)
+}
+
+fn host_read(arg: usize) -> Result {
+    let (req, _) = read_checked::<pvtce_host_read>(arg)?;
+    check_head(req.argsz, req.flags, core::mem::size_of::<pvtce_host_read>())?;
+    if req.count == 0 || req.count > u64::from(PVTCE_HOST_READ_MAX) || req.table > 1 {
+        return Err(EINVAL);
+    }
+    let n = req.count as usize;
+    let mut buf: KVec<u64> = KVec::with_capacity(n, GFP_KERNEL)?;
+    buf.resize(n, 0, GFP_KERNEL)?;
+    ffi::host_read(req.groupfd, req.table, req.first, &mut buf)?;
+    let bytes = n.checked_mul(8).ok_or(EINVAL)?;
+    let mut w = UserSlice::new(UserPtr::from_addr(req.entries as usize), bytes).writer();
+    for v in buf.iter() {
+        w.write(v)?;
+    }
+    Ok(())
+}
+
+fn list_windows(arg: usize) -> Result {
+    let (mut req, mut head) = read_checked::<pvtce_windows>(arg)?;
+    check_head(req.argsz, req.flags, core::mem::size_of::<pvtce_windows>())?;
+    if req.capacity > PVTCE_WINDOWS_MAX {
+        return Err(EINVAL);
+    }
+    let infos = window::all_info(req.capacity as usize)?;
+    req.count = infos.1 as u32;
+    let size = core::mem::size_of::<pvtce_window_info>();
+    let bytes = infos.0.len().checked_mul(size).ok_or(EINVAL)?;
+    let mut w = UserSlice::new(UserPtr::from_addr(req.entries as usize), bytes).writer();
+    for i in infos.0.iter() {
+        w.write(i)?;
+    }
+    head.write(&req)
+}
+
+/// Registers the backend on creation, unregisters it on drop.
+pub(crate) struct Backend;
+
+impl Backend {
+    pub(crate) fn register() -> Result<Backend> {
+        // SAFETY: called once from the module's init, before the backend is registered (nothing can use the
+        // registry yet).
+        unsafe { window::WINDOWS.init() };
+        ffi::register_backend()?;
+        Ok(Backend)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // No window can be left: each window's file holds a reference on the module.
+        ffi::unregister_backend();
+    }
+}
+
+/// The mode a new window gets, for the module's load message.
+pub(crate) fn mode_name() -> &'static str {
+    if MODE_PVTCE.load(Relaxed) {
+        "pvtce"
+    } else {
+        "builtin"
+    }
+}
