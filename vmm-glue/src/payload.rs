@@ -75,9 +75,29 @@ pub fn load(mem: &GuestMem) -> Result<()> {
 /// arrives here too, as the original call).
 pub type HcallHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> u64 + 'a;
 
+/// What the VMM answers to a hypercall that exited: r3 and, when set, r4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub r3: u64,
+    pub r4: Option<u64>,
+}
+
+/// A hypercall handler that can also set r4 (H_GET_TCE through the fallback).
+pub type ReplyHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> Reply + 'a;
+
 /// Runs `calls` in L2; hypercalls the kernel passes up go to `on_hcall`. Returns the results and the timebase
 /// ticks the whole table took, measured inside L2.
 pub fn run(vcpu: &Vcpu, mem: &GuestMem, calls: &[Call], on_hcall: &mut HcallHandler<'_>) -> Result<(Vec<Ret>, u64)> {
+    run_full(vcpu, mem, calls, &mut |nr, args| Reply { r3: on_hcall(nr, args), r4: None })
+}
+
+/// [`run`] with a handler that may set r4.
+pub fn run_full(
+    vcpu: &Vcpu,
+    mem: &GuestMem,
+    calls: &[Call],
+    on_hcall: &mut ReplyHandler<'_>,
+) -> Result<(Vec<Ret>, u64)> {
     let n = calls.len().min(MAX_ENTRIES as usize);
     mem.write_u64(TABLE, n as u64)?;
     for (i, c) in calls.iter().take(n).enumerate() {
@@ -95,7 +115,10 @@ pub fn run(vcpu: &Vcpu, mem: &GuestMem, calls: &[Call], on_hcall: &mut HcallHand
             Exit::Mmio { addr, .. } => return Err(crate::Error::Edu(format!("L2 touched unexpected MMIO {addr:#x}"))),
             Exit::PaprHcall { nr, args } => {
                 let r = on_hcall(nr, &args);
-                vcpu.set_hcall_ret(r);
+                vcpu.set_hcall_ret(r.r3);
+                if let Some(r4) = r.r4 {
+                    vcpu.set_hcall_r4(r4);
+                }
             }
         }
     }

@@ -3,14 +3,26 @@
 //! Usage: `pvtce-vmtests [all | NAME...]`. Each test prints one line the host parses:
 //! `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`.
 
+mod cli;
+mod ddw;
+mod fallback;
 mod smoke;
+mod vmmrig;
 
 use std::time::Instant;
 
 type TestFn = fn() -> Result<String, String>;
 
 /// Every in-VM test, in run order.
-const TESTS: &[(&str, TestFn)] = &[("module-load", smoke::module_load), ("smoke", smoke::smoke)];
+const TESTS: &[(&str, TestFn)] = &[
+    ("module-load", smoke::module_load),
+    ("smoke", smoke::smoke),
+    ("ddw-64k", ddw::ddw_64k),
+    ("ddw-4k", ddw::ddw_4k),
+    ("rtas-errors", ddw::rtas_errors),
+    ("fallback", fallback::fallback),
+    ("cli", cli::cli),
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
