@@ -6,6 +6,8 @@
 mod cli;
 mod ddw;
 mod fallback;
+mod pvtce;
+mod rig;
 mod smoke;
 mod vmmrig;
 
@@ -17,6 +19,8 @@ type TestFn = fn() -> Result<String, String>;
 const TESTS: &[(&str, TestFn)] = &[
     ("module-load", smoke::module_load),
     ("smoke", smoke::smoke),
+    ("pvtce-4k", pvtce::pvtce_4k),
+    ("pvtce-64k", pvtce::pvtce_64k),
     ("ddw-64k", ddw::ddw_64k),
     ("ddw-4k", ddw::ddw_4k),
     ("rtas-errors", ddw::rtas_errors),

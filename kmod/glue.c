@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pvtce's C edge: what the Rust side cannot reach through the kernel crate. It holds no policy: it registers
+ * the KVM sPAPR TCE backend (patches/linux/0003) whose hooks call into Rust, gives the window its anon-inode
+ * file, and wraps the powerpc IOMMU/KVM inlines and struct fields that bindgen does not expose (struct
+ * iommu_table and iommu_table_group are opaque in kernel::bindings). Every function here is declared in
+ * kmod/ffi.rs and called only from there.
+ */
+#include <linux/anon_inodes.h>
+#include <linux/file.h>
+#include <linux/iommu.h>
+#include <linux/kvm_host.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/uaccess.h>
+#include <asm/iommu.h>
+#include <asm/kvm_ppc.h>
+#include <asm/mmu_context.h>
+
+/* Implemented in Rust (kmod/backend.rs). `window` is the pointer handed to pvtce_glue_window_fd(). */
+long pvtce_rs_create_table(struct kvm *kvm, u64 liobn, u32 page_shift, u64 offset, u64 size);
+bool pvtce_rs_has_liobn(struct kvm *kvm, u64 liobn);
+long pvtce_rs_attach(struct kvm *kvm, void *window, struct iommu_group *grp);
+void pvtce_rs_release_group(struct kvm *kvm, struct iommu_group *grp);
+bool pvtce_rs_hcall(struct kvm *kvm, unsigned long nr, unsigned long liobn, unsigned long a1,
+		    unsigned long a2, unsigned long a3, long *ret, unsigned long *r4);
+void pvtce_rs_window_release(void *window);
+struct page *pvtce_rs_window_page(void *window, unsigned long pgoff);
+long pvtce_rs_window_ioctl(void *window, unsigned int cmd, unsigned long arg);
+
+/* Prototypes for the functions Rust calls (kmod/ffi.rs), so that -Wmissing-prototypes stays quiet. */
+int pvtce_glue_register(void);
+void pvtce_glue_unregister(void);
+int pvtce_glue_window_fd(void *window);
+void pvtce_glue_kvm_get(struct kvm *kvm);
+void pvtce_glue_kvm_put(struct kvm *kvm);
+struct mm_struct *pvtce_glue_kvm_mm(struct kvm *kvm);
+int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua);
+int pvtce_glue_copy_from_user(void *dst, u64 ua, unsigned long len);
+struct iommu_table *pvtce_glue_group_table(struct iommu_group *grp, int i);
+void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size);
+__be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
+int pvtce_glue_account_locked(struct kvm *kvm, unsigned long pages, bool inc);
+
+/* ---- the backend hooks ---- */
+
+static long pvtce_create_table(struct kvm *kvm, struct kvm_create_spapr_tce_64 *args)
+{
+	return pvtce_rs_create_table(kvm, args->liobn, args->page_shift, args->offset, args->size);
+}
+
+static const struct file_operations pvtce_window_fops;
+
+static long pvtce_attach_group(struct kvm *kvm, int tablefd, struct iommu_group *grp)
+{
+	CLASS(fd, f)(tablefd);
+
+	if (fd_empty(f))
+		return -EBADF;
+	if (fd_file(f)->f_op != &pvtce_window_fops)
+		return -ENOIOCTLCMD;
+	/* The file holds the window alive for the duration of the call. */
+	return pvtce_rs_attach(kvm, fd_file(f)->private_data, grp);
+}
+
+/* The hypercalls run in the vCPU thread: current->mm is the VMM's and kvm->srcu protects the memslots. */
+static bool pvtce_hcall(struct kvm_vcpu *vcpu, unsigned long nr, unsigned long liobn, unsigned long a1,
+			unsigned long a2, unsigned long a3, long *ret)
+{
+	unsigned long r4 = 0;
+	bool handled;
+	int idx;
+
+	idx = srcu_read_lock(&vcpu->kvm->srcu);
+	handled = pvtce_rs_hcall(vcpu->kvm, nr, liobn, a1, a2, a3, ret, &r4);
+	srcu_read_unlock(&vcpu->kvm->srcu, idx);
+	if (handled && nr == H_GET_TCE && *ret == H_SUCCESS)
+		kvmppc_set_gpr(vcpu, 4, r4);
+	return handled;
+}
+
+static bool pvtce_h_put_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba,
+			    unsigned long tce, long *ret)
+{
+	return pvtce_hcall(vcpu, H_PUT_TCE, liobn, ioba, tce, 0, ret);
+}
+
+static bool pvtce_h_put_tce_indirect(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba,
+				     unsigned long tce_list, unsigned long npages, long *ret)
+{
+	return pvtce_hcall(vcpu, H_PUT_TCE_INDIRECT, liobn, ioba, tce_list, npages, ret);
+}
+
+static bool pvtce_h_stuff_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba,
+			      unsigned long tce_value, unsigned long npages, long *ret)
+{
+	return pvtce_hcall(vcpu, H_STUFF_TCE, liobn, ioba, tce_value, npages, ret);
+}
+
+static bool pvtce_h_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba, long *ret)
+{
+	return pvtce_hcall(vcpu, H_GET_TCE, liobn, ioba, 0, 0, ret);
+}
+
+static const struct kvmppc_tce_backend pvtce_backend = {
+	.create_table = pvtce_create_table,
+	.has_liobn = pvtce_rs_has_liobn,
+	.attach_group = pvtce_attach_group,
+	.release_group = pvtce_rs_release_group,
+	.h_put_tce = pvtce_h_put_tce,
+	.h_put_tce_indirect = pvtce_h_put_tce_indirect,
+	.h_stuff_tce = pvtce_h_stuff_tce,
+	.h_get_tce = pvtce_h_get_tce,
+};
+
+int pvtce_glue_register(void)
+{
+	return kvmppc_tce_backend_register(&pvtce_backend);
+}
+
+void pvtce_glue_unregister(void)
+{
+	kvmppc_tce_backend_unregister(&pvtce_backend);
+}
+
+/* ---- the window file: mmap of the guest-visible table, release ---- */
+
+static vm_fault_t pvtce_window_fault(struct vm_fault *vmf)
+{
+	struct page *page = pvtce_rs_window_page(vmf->vma->vm_file->private_data, vmf->pgoff);
+
+	if (!page)
+		return VM_FAULT_SIGBUS;
+	/*
+	 * Table pages are freed only when the window is, and the mapping holds the window's file: the page is
+	 * alive here, and the fault hands over a reference of its own.
+	 */
+	get_page(page);
+	vmf->page = page;
+	return 0;
+}
+
+static const struct vm_operations_struct pvtce_window_vm_ops = {
+	.fault = pvtce_window_fault,
+};
+
+static int pvtce_window_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	/* The guest-visible table is for reading (migration, reset); the guest changes it by hypercalls. */
+	if (vma->vm_flags & VM_WRITE)
+		return -EPERM;
+	vm_flags_clear(vma, VM_MAYWRITE);
+	vma->vm_ops = &pvtce_window_vm_ops;
+	return 0;
+}
+
+static int pvtce_window_release(struct inode *inode, struct file *file)
+{
+	pvtce_rs_window_release(file->private_data);
+	return 0;
+}
+
+static long pvtce_window_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	return pvtce_rs_window_ioctl(file->private_data, cmd, arg);
+}
+
+static const struct file_operations pvtce_window_fops = {
+	.owner = THIS_MODULE,
+	.mmap = pvtce_window_mmap,
+	.release = pvtce_window_release,
+	.unlocked_ioctl = pvtce_window_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+int pvtce_glue_window_fd(void *window)
+{
+	return anon_inode_getfd("pvtce-tce", &pvtce_window_fops, window, O_RDWR | O_CLOEXEC);
+}
+
+/* ---- KVM ---- */
+
+void pvtce_glue_kvm_get(struct kvm *kvm)
+{
+	kvm_get_kvm(kvm);
+}
+
+void pvtce_glue_kvm_put(struct kvm *kvm)
+{
+	kvm_put_kvm(kvm);
+}
+
+struct mm_struct *pvtce_glue_kvm_mm(struct kvm *kvm)
+{
+	return kvm->mm;
+}
+
+/* Guest physical to VMM user address through the memslots; the caller holds kvm->srcu. */
+int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua)
+{
+	unsigned long gfn = gpa >> PAGE_SHIFT;
+	struct kvm_memory_slot *memslot = __gfn_to_memslot(kvm_memslots(kvm), gfn);
+
+	if (!memslot)
+		return -EINVAL;
+	*ua = __gfn_to_hva_memslot(memslot, gfn) | (gpa & ~PAGE_MASK);
+	return 0;
+}
+
+/* Copies from the current task's (the VMM's) memory; 0 or -EFAULT. */
+int pvtce_glue_copy_from_user(void *dst, u64 ua, unsigned long len)
+{
+	return copy_from_user(dst, (const void __user *)ua, len) ? -EFAULT : 0;
+}
+
+int pvtce_glue_account_locked(struct kvm *kvm, unsigned long pages, bool inc)
+{
+	return account_locked_vm(kvm->mm, pages, inc);
+}
+
+/* ---- the group's hardware tables ---- */
+
+struct iommu_table *pvtce_glue_group_table(struct iommu_group *grp, int i)
+{
+	struct iommu_table_group *table_group = iommu_group_get_iommudata(grp);
+
+	if (!table_group || i < 0 || i >= IOMMU_TABLE_GROUP_MAX_TABLES)
+		return NULL;
+	return table_group->tables[i];
+}
+
+void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size)
+{
+	*page_shift = tbl->it_page_shift;
+	*offset = tbl->it_offset;
+	*size = tbl->it_size;
+}
+
+/*
+ * The user address kept beside each hardware entry (it_userspace), which VFIO's sPAPR v2 code also uses to
+ * drop its accounting when it clears the table.
+ */
+__be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc)
+{
+	if (!tbl->it_ops->useraddrptr)
+		return NULL;
+	return tbl->it_ops->useraddrptr(tbl, entry, alloc);
+}

@@ -1,0 +1,465 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Guest DMA windows: the objects behind the table fds pvtce creates, their registry, and the entry points
+//! KVM's sPAPR TCE backend hooks call (through kmod/glue.c).
+//!
+//! # Lock order
+//! `kvm->lock` (held by KVM around `create_table`) → [`WINDOWS`] → [`KWindow::state`]. The hypercall path
+//! takes `WINDOWS` only to find the window and drops it before taking the window's lock. Nothing is
+//! allocated under `state` except the bookkeeping of an already-allocated reserve; table pages are
+//! allocated with no lock held. The last reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
+
+use crate::ffi::{self, IommuGroup, Kvm, KvmRef, TableRef};
+use crate::host::{HostLink, KernelHost};
+use crate::pvtce_core::error::HcallError;
+use crate::pvtce_core::host::{pick_group_table, HostGeometry, HostTableId, MAX_LINKS};
+use crate::pvtce_core::table::NeedAlloc;
+use crate::pvtce_core::types::{Ioba, Liobn, PageShift, Tce, WindowGeometry};
+use crate::pvtce_core::window::{Completion, Outcome, Request, Window, MAX_INDIRECT_TCES};
+use crate::store::KernelStore;
+use core::ffi::{c_long, c_ulong, c_void};
+use kernel::prelude::*;
+use kernel::sync::{Arc, ArcBorrow, Mutex};
+use kernel::types::ForeignOwnable;
+
+pub(crate) const H_GET_TCE: c_ulong = 0x1C;
+pub(crate) const H_PUT_TCE: c_ulong = 0x20;
+pub(crate) const H_STUFF_TCE: c_ulong = 0x138;
+pub(crate) const H_PUT_TCE_INDIRECT: c_ulong = 0x13C;
+const H_SUCCESS: i64 = 0;
+
+/// Most windows pvtce holds at once, over all VMs (each is at most a few KiB until used; PAPR gives a PE at
+/// most two, and a VM a handful of PEs).
+pub(crate) const MAX_WINDOWS: usize = 1024;
+/// Most `NeedAlloc` rounds one hypercall may take (each adds what the core asked for, so one is enough
+/// unless another vCPU took the pages in between).
+const MAX_ALLOC_ROUNDS: usize = 4;
+
+kernel::sync::global_lock! {
+    // SAFETY: initialised in the module's init before any hook can run (the backend is registered after).
+    pub(crate) unsafe(uninit) static WINDOWS: Mutex<KVec<Arc<KWindow>>> = KVec::new();
+}
+
+/// Which implementation creates new windows (`PVTCE_SET_MODE`); existing windows keep theirs.
+pub(crate) static MODE_PVTCE: kernel::sync::atomic::Atomic<bool> = kernel::sync::atomic::Atomic::new(true);
+
+/// Counters of one window (`PVTCE_WINDOW_INFO`), under the window lock.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Stats {
+    pub(crate) put: u64,
+    pub(crate) indirect: u64,
+    pub(crate) stuff: u64,
+    pub(crate) get: u64,
+    pub(crate) declined: u64,
+    pub(crate) rejected: u64,
+    pub(crate) tces_changed: u64,
+    pub(crate) host_updates: u64,
+    pub(crate) host_kills: u64,
+}
+
+pub(crate) struct State {
+    window: Window,
+    store: KernelStore,
+    links: KVec<HostLink>,
+    next_link_id: u32,
+    /// The H_PUT_TCE_INDIRECT list, copied once per call (kept off the kernel stack).
+    list: KBox<[u64; MAX_INDIRECT_TCES as usize]>,
+    pub(crate) stats: Stats,
+}
+
+/// One guest DMA window.
+#[pin_data(PinnedDrop)]
+pub(crate) struct KWindow {
+    pub(crate) kvm: KvmRef,
+    pub(crate) liobn: u64,
+    pub(crate) geometry: WindowGeometry,
+    /// Pages charged to the VMM's locked memory (as Linux charges: the flat table's size).
+    locked_pages: usize,
+    #[pin]
+    pub(crate) state: Mutex<State>,
+}
+
+/// Linux `kvmppc_stt_pages(kvmppc_tce_pages(size))`: what the built-in code charges for a window.
+fn locked_pages_for(size: u64) -> usize {
+    let page = kernel::page::PAGE_SIZE as u64;
+    let tce_pages = size.saturating_mul(8).div_ceil(page);
+    // One more page for the descriptor, as the built-in code's struct with its page array rounds up to.
+    usize::try_from(tce_pages.saturating_add(tce_pages.saturating_mul(8).div_ceil(page))).unwrap_or(usize::MAX)
+}
+
+fn find(kvm: *mut Kvm, liobn: u64) -> Option<Arc<KWindow>> {
+    let list = WINDOWS.lock();
+    list.iter().find(|w| w.kvm.as_ptr() == kvm && w.liobn == liobn).cloned()
+}
+
+fn errno(e: Error) -> c_long {
+    e.to_errno() as c_long
+}
+
+/// `create_table` hook: called with `kvm->lock` held, after Linux's argument checks and its own LIOBN check.
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_create_table(kvm: *mut Kvm, liobn: u64, page_shift: u32, offset: u64, size: u64) -> c_long {
+    if !MODE_PVTCE.load(kernel::sync::atomic::Relaxed) {
+        return errno(ENOIOCTLCMD);
+    }
+    match create(kvm, liobn, page_shift, offset, size) {
+        Ok(fd) => fd as c_long,
+        Err(e) => errno(e),
+    }
+}
+
+fn create(kvm: *mut Kvm, liobn: u64, page_shift: u32, offset: u64, size: u64) -> Result<i32> {
+    let shift = PageShift::new(page_shift).ok_or(EINVAL)?;
+    let geometry = WindowGeometry::new(shift, offset, size).map_err(|_| EINVAL)?;
+    if find(kvm, liobn).is_some() {
+        return Err(EBUSY);
+    }
+    // SAFETY: KVM calls the hook with a live `kvm` (it holds kvm->lock).
+    let kvm_ref = unsafe { KvmRef::get(kvm) };
+    let locked_pages = locked_pages_for(size);
+    kvm_ref.account_locked(locked_pages, true)?;
+    let list = match KBox::new([0u64; MAX_INDIRECT_TCES as usize], GFP_KERNEL) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = kvm_ref.account_locked(locked_pages, false);
+            return Err(e.into());
+        }
+    };
+    let state = State {
+        window: Window::new(Liobn(liobn), geometry),
+        store: KernelStore::new(),
+        links: KVec::new(),
+        next_link_id: 0,
+        list,
+        stats: Stats::default(),
+    };
+    // From here on, dropping the window uncharges (see `Drop`).
+    let w = Arc::pin_init(
+        try_pin_init!(KWindow { kvm: kvm_ref, liobn, geometry, locked_pages, state <- kernel::new_mutex!(state) }),
+        GFP_KERNEL,
+    )?;
+    {
+        let mut list = WINDOWS.lock();
+        if list.len() >= MAX_WINDOWS {
+            return Err(ENOSPC);
+        }
+        list.push(w.clone(), GFP_KERNEL)?;
+    }
+    let ptr = w.clone().into_foreign();
+    // SAFETY: `ptr` owns one reference on the window, given back in `pvtce_rs_window_release`.
+    match unsafe { ffi::window_fd(ptr) } {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            // SAFETY: `ptr` came from `into_foreign` just above and the file was not created.
+            drop(unsafe { Arc::<KWindow>::from_foreign(ptr) });
+            unregister(&w);
+            Err(e)
+        }
+    }
+}
+
+fn unregister(w: &Arc<KWindow>) {
+    let mut list = WINDOWS.lock();
+    if let Some(i) = list.iter().position(|x| Arc::ptr_eq(x, w)) {
+        let _ = list.remove(i);
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for KWindow {
+    fn drop(self: Pin<&mut Self>) {
+        let _ = self.kvm.account_locked(self.locked_pages, false);
+        // `kvm` (the VM reference) drops after this, with no lock held (see the lock order).
+    }
+}
+
+/// The table fd was closed: unlink every hardware table, free the table, drop the registry's reference.
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_window_release(window: *mut c_void) {
+    // SAFETY: `window` came from `into_foreign` in `create`, and the file's release runs once.
+    let w = unsafe { Arc::<KWindow>::from_foreign(window) };
+    unregister(&w);
+    let links = {
+        let mut s = w.state.lock();
+        let s = &mut *s;
+        s.window.release(&mut s.store);
+        core::mem::take(&mut s.links)
+    };
+    // Table references (iommu_tce_table_put) and the window itself go with no lock held.
+    drop(links);
+    drop(w);
+}
+
+/// Whether pvtce has a window with this LIOBN in this VM (`has_liobn` hook, kvm->lock held).
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_has_liobn(kvm: *mut Kvm, liobn: u64) -> bool {
+    find(kvm, liobn).is_some()
+}
+
+/// Links the window to a group's hardware table (`attach_group` hook).
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_attach(kvm: *mut Kvm, window: *mut c_void, grp: *mut IommuGroup) -> c_long {
+    // SAFETY: the hook holds the window's file for the duration of the call, and with it a reference.
+    let w: ArcBorrow<'_, KWindow> = unsafe { <Arc<KWindow> as ForeignOwnable>::borrow(window) };
+    // As Linux: a table fd of another VM is not found among this VM's windows.
+    if w.kvm.as_ptr() != kvm {
+        return errno(EINVAL);
+    }
+    match attach(&w, grp) {
+        Ok(()) => 0,
+        Err(e) => errno(e),
+    }
+}
+
+fn attach(w: &KWindow, grp: *mut IommuGroup) -> Result {
+    // Take both candidate tables (with references) before the window lock.
+    let mut cands: KVec<TableRef> = KVec::new();
+    for i in 0..2 {
+        // SAFETY: KVM's VFIO device holds the group while it calls the hook.
+        if let Some(t) = unsafe { TableRef::of_group(grp, i) } {
+            cands.push(t, GFP_KERNEL)?;
+        }
+    }
+    let mut s = w.state.lock();
+    let s = &mut *s;
+    // Already linked to one of these tables: one more reference (Linux keeps a kref).
+    for c in cands.iter() {
+        if let Some(l) = s.links.iter().find(|l| l.table.as_ptr() == c.as_ptr()) {
+            let id = l.id;
+            let host = KernelHost { kvm: w.kvm.as_ptr(), mm: w.kvm.mm(), links: &s.links, counts: Default::default() };
+            s.window.link(&host, id).map_err(|_| EINVAL)?;
+            return Ok(());
+        }
+    }
+    let mut geoms: KVec<(HostTableId, HostGeometry)> = KVec::new();
+    for (n, c) in cands.iter().enumerate() {
+        let g = c.geometry();
+        if let Some(page_shift) = PageShift::new(g.page_shift) {
+            geoms.push((HostTableId(n as u32), HostGeometry { page_shift, offset: g.offset, size: g.size }), GFP_KERNEL)?;
+        }
+    }
+    let pick = pick_group_table(s.window.geometry(), &geoms).map_err(|_| EINVAL)?;
+    if s.links.len() >= MAX_LINKS {
+        return Err(ENOSPC);
+    }
+    let table = cands.into_iter().nth(pick.0 as usize).ok_or(EINVAL)?;
+    let id = HostTableId(s.next_link_id);
+    s.next_link_id = s.next_link_id.wrapping_add(1);
+    s.links.push(HostLink { id, table, group: grp as usize }, GFP_KERNEL)?;
+    let host = KernelHost { kvm: w.kvm.as_ptr(), mm: w.kvm.mm(), links: &s.links, counts: Default::default() };
+    if let Err(_e) = s.window.link(&host, id) {
+        s.links.pop();
+        return Err(EINVAL);
+    }
+    Ok(())
+}
+
+/// The group left the KVM VFIO device: drop every link of this VM's windows to its tables.
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_release_group(kvm: *mut Kvm, grp: *mut IommuGroup) {
+    let windows: KVec<Arc<KWindow>> = {
+        let list = WINDOWS.lock();
+        let mut v = KVec::new();
+        for w in list.iter().filter(|w| w.kvm.as_ptr() == kvm) {
+            if v.push(w.clone(), GFP_KERNEL).is_err() {
+                break;
+            }
+        }
+        v
+    };
+    for w in windows.iter() {
+        let mut gone = KVec::new();
+        {
+            let mut s = w.state.lock();
+            let s = &mut *s;
+            let ids: KVec<HostTableId> = {
+                let mut ids = KVec::new();
+                for l in s.links.iter().filter(|l| l.group == grp as usize) {
+                    let _ = ids.push(l.id, GFP_KERNEL);
+                }
+                ids
+            };
+            for id in ids.iter() {
+                // Linux drops every reference the group held on the link at once.
+                while s.window.unlink(*id) {
+                    if !s.window.links().any(|l| l.id == *id) {
+                        break;
+                    }
+                }
+                if let Some(i) = s.links.iter().position(|l| l.id == *id) {
+                    if let Ok(l) = s.links.remove(i) {
+                        let _ = gone.push(l, GFP_KERNEL);
+                    }
+                }
+            }
+        }
+        drop(gone);
+    }
+    drop(windows);
+}
+
+/// A TCE hypercall for `kvm` (the hooks hold `kvm->srcu`): false if the LIOBN is not a pvtce window.
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_hcall(
+    kvm: *mut Kvm,
+    nr: c_ulong,
+    liobn: c_ulong,
+    a1: c_ulong,
+    a2: c_ulong,
+    a3: c_ulong,
+    ret: *mut c_long,
+    r4: *mut c_ulong,
+) -> bool {
+    let Some(w) = find(kvm, liobn) else {
+        return false;
+    };
+    let (code, value) = hcall(&w, nr, a1, a2, a3);
+    // SAFETY: glue.c passes pointers to its locals.
+    unsafe {
+        *ret = code as c_long;
+        *r4 = value as c_ulong;
+    }
+    true
+}
+
+fn hcall(w: &KWindow, nr: c_ulong, a1: u64, a2: u64, a3: u64) -> (i64, u64) {
+    let ioba = Ioba(a1);
+    for _ in 0..MAX_ALLOC_ROUNDS {
+        let need = {
+            let mut guard = w.state.lock();
+            let s = &mut *guard;
+            if nr == H_GET_TCE {
+                s.stats.get += 1;
+                return match s.window.get_tce(&s.store, ioba) {
+                    Ok(v) => (H_SUCCESS, v),
+                    Err(e) => {
+                        s.stats.rejected += 1;
+                        (e.as_i64(), 0)
+                    }
+                };
+            }
+            let mut host = KernelHost { kvm: w.kvm.as_ptr(), mm: w.kvm.mm(), links: &s.links, counts: Default::default() };
+            let outcome = match nr {
+                H_PUT_TCE => s.window.execute(&mut s.store, &mut host, &Request::Put { ioba, tce: Tce(a2) }, 0),
+                H_STUFF_TCE => {
+                    s.window.execute(&mut s.store, &mut host, &Request::Stuff { ioba, value: Tce(a2), npages: a3 }, 0)
+                }
+                H_PUT_TCE_INDIRECT => {
+                    if let Err(e) = s.window.indirect_precheck(ioba, a2, a3) {
+                        Outcome::Done(Completion { result: Err(e), applied: 0 })
+                    } else {
+                        use crate::pvtce_core::host::Host;
+                        match host.gpa_to_ua(a2) {
+                            None => Outcome::Done(Completion { result: Err(HcallError::TooHard), applied: 0 }),
+                            Some(ua) => {
+                                let n = a3 as usize; // <= 512: indirect_precheck
+                                let list = &mut s.list[..n];
+                                if !host.read_tce_list(ua, list) {
+                                    Outcome::Done(Completion { result: Err(HcallError::TooHard), applied: 0 })
+                                } else {
+                                    s.window.execute(&mut s.store, &mut host, &Request::Indirect { ioba, list }, 0)
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => return (HcallError::Parameter.as_i64(), 0),
+            };
+            s.stats.host_updates += host.counts.updates;
+            s.stats.host_kills += host.counts.kills;
+            match outcome {
+                Outcome::Done(c) => {
+                    match nr {
+                        H_PUT_TCE => s.stats.put += 1,
+                        H_STUFF_TCE => s.stats.stuff += 1,
+                        _ => s.stats.indirect += 1,
+                    }
+                    s.stats.tces_changed += c.applied;
+                    return match c.result {
+                        Ok(_) => (H_SUCCESS, 0),
+                        Err(HcallError::TooHard) => {
+                            s.stats.declined += 1;
+                            (HcallError::TooHard.as_i64(), 0)
+                        }
+                        Err(e) => {
+                            s.stats.rejected += 1;
+                            (e.as_i64(), 0)
+                        }
+                    };
+                }
+                Outcome::NeedAlloc(NeedAlloc { pages }) => pages,
+            }
+        };
+        // Allocate with no lock held, then hand the pages over and retry.
+        let Ok(blocks) = KernelStore::alloc(need) else {
+            break;
+        };
+        let mut s = w.state.lock();
+        if s.store.add(blocks).is_err() {
+            break;
+        }
+    }
+    let mut s = w.state.lock();
+    s.stats.declined += 1;
+    (HcallError::TooHard.as_i64(), 0)
+}
+
+/// `PVTCE_WINDOW_INFO` on a window's table fd.
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_window_ioctl(window: *mut c_void, cmd: u32, arg: c_ulong) -> c_long {
+    // SAFETY: the file holds a reference on the window for the duration of the ioctl.
+    let w: ArcBorrow<'_, KWindow> = unsafe { <Arc<KWindow> as ForeignOwnable>::borrow(window) };
+    match cmd {
+        crate::uapi::PVTCE_WINDOW_INFO => match window_info(&w, arg) {
+            Ok(()) => 0,
+            Err(e) => errno(e),
+        },
+        _ => errno(ENOTTY),
+    }
+}
+
+fn window_info(w: &KWindow, arg: c_ulong) -> Result {
+    use crate::uapi::pvtce_window_info;
+    let size = core::mem::size_of::<pvtce_window_info>();
+    let (mut reader, mut writer) =
+        kernel::uaccess::UserSlice::new(kernel::uaccess::UserPtr::from_addr(arg as usize), size).reader_writer();
+    let req: pvtce_window_info = reader.read()?;
+    if (req.argsz as usize) < size || req.flags != 0 {
+        return Err(EINVAL);
+    }
+    let out = {
+        let s = w.state.lock();
+        pvtce_window_info {
+            argsz: size as u32,
+            flags: 0,
+            liobn: w.liobn,
+            page_shift: w.geometry.page_shift().get(),
+            links: s.links.len() as u32,
+            offset: w.geometry.offset(),
+            size: w.geometry.size(),
+            table_bytes: s.window.bytes_used() as u64,
+            h_put_tce: s.stats.put,
+            h_put_tce_indirect: s.stats.indirect,
+            h_stuff_tce: s.stats.stuff,
+            h_get_tce: s.stats.get,
+            declined: s.stats.declined,
+            rejected: s.stats.rejected,
+            tces_changed: s.stats.tces_changed,
+            host_updates: s.stats.host_updates,
+            host_kills: s.stats.host_kills,
+        }
+    };
+    // The guard is dropped before touching user memory.
+    writer.write(&out)
+}
+
+/// A page of the guest-visible table for the table fd's mmap; not provided yet (SIGBUS).
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_window_page(_window: *mut c_void, _pgoff: c_ulong) -> *mut ffi::Page {
+    core::ptr::null_mut()
+}
+
+/// Used by the module's exit: windows still registered (should be none: their files hold the module).
+pub(crate) fn count() -> usize {
+    WINDOWS.lock().len()
+}

@@ -1,0 +1,154 @@
+//! The test rig: edu bound to vfio-pci in a sPAPR v2 container with preregistered guest RAM, a KVM-HV L2
+//! guest running the hypercall-table payload, a host window and a guest window over it, linked through the
+//! KVM VFIO device. Whichever TCE backend is active when the guest window is created (Linux's built-in code,
+//! or pvtce when it is loaded in `PVTCE_MODE_PVTCE`) owns it.
+
+use pvtce_vmm_glue::{edu, kvm, mem::GuestMem, payload, vfio};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+pub const H_GET_TCE: u64 = 0x1C;
+pub const H_PUT_TCE: u64 = 0x20;
+pub const H_STUFF_TCE: u64 = 0x138;
+pub const H_PUT_TCE_INDIRECT: u64 = 0x13C;
+pub const H_SUCCESS: i64 = 0;
+pub const H_PARAMETER: i64 = -4;
+pub const LIOBN: u64 = 0x8000_0000;
+pub const TCE_R: u64 = 1;
+pub const TCE_W: u64 = 2;
+pub const RAM: usize = 16 << 20;
+/// Where the guest keeps H_PUT_TCE_INDIRECT lists (4K aligned, inside RAM, above the payload's table).
+pub const LIST_GPA: u64 = 0x2_0000;
+
+/// "what: error: cause: cause ..." with the whole source chain (the errno is usually at the end).
+pub fn e<E: std::error::Error>(what: &'static str) -> impl FnOnce(E) -> String {
+    move |err| {
+        let mut s = format!("{what}: {err}");
+        let mut src = err.source();
+        while let Some(c) = src {
+            s.push_str(&format!(": {c}"));
+            src = c.source();
+        }
+        s
+    }
+}
+
+pub fn sh(cmd: &str) -> Result<String, String> {
+    let o = Command::new("/bin/sh").arg("-c").arg(cmd).output().map_err(|err| format!("sh: {err}"))?;
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    if o.status.success() {
+        Ok(out.trim().to_string())
+    } else {
+        Err(format!("`{cmd}` failed: {}", out.trim()))
+    }
+}
+
+/// Field order matters for drop: the vCPU and VM go before the VFIO container and the memory they use.
+pub struct Rig {
+    pub vcpu: kvm::Vcpu,
+    pub table: kvm::TceTable,
+    /// Held for the link's lifetime (dropping it releases the group from KVM).
+    _kdev: kvm::VfioDevice,
+    _vm: kvm::Vm,
+    pub v: vfio::Owned,
+    pub mem: GuestMem,
+    pub bdf: String,
+    /// Bus address of the window (host and guest).
+    pub win: u64,
+    pub win_size: u64,
+    /// Hypercalls that exited to userspace.
+    pub exits: u32,
+}
+
+impl Rig {
+    /// A window of `2^tce_shift`-byte TCEs, `win_size` bytes, over a host window of the same page size.
+    pub fn new(tce_shift: u32, win_size: u64) -> Result<Rig, String> {
+        let bdf = vfio::find_pci(edu::VENDOR, edu::DEVICE).map_err(e("find edu"))?;
+        let v = vfio::setup(&bdf).map_err(e("VFIO setup"))?;
+        let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
+        v.container.register_memory(mem.host_addr(), RAM as u64).map_err(e("REGISTER_MEMORY"))?;
+        // sPAPR v2 ownership leaves the group without a usable window: create one, as QEMU does, and mirror
+        // it with the guest window. On the nested pseries L1 the host places it at 1 << 59 (measured).
+        let win = v.container.create_window(tce_shift, win_size, 1).map_err(e("VFIO_IOMMU_SPAPR_TCE_CREATE"))?;
+        let k = kvm::Kvm::open().map_err(e("open /dev/kvm"))?;
+        let vm = k.create_vm().map_err(e("create VM"))?;
+        let table = vm
+            .create_tce_table(LIOBN, tce_shift, win >> tce_shift, win_size >> tce_shift)
+            .map_err(e("KVM_CREATE_SPAPR_TCE_64"))?;
+        let kdev = vm.create_vfio_device().map_err(e("KVM VFIO device"))?;
+        kdev.add_group(v.group.fd()).map_err(e("KVM_DEV_VFIO_FILE_ADD"))?;
+        kdev.link_tce(v.group.fd(), &table).map_err(e("link window to group"))?;
+        vm.set_memory(0, 0, RAM as u64, mem.host_addr()).map_err(e("memory slot"))?;
+        vm.enable_hcall(H_STUFF_TCE).map_err(e("enable H_STUFF_TCE"))?;
+        vm.enable_hcall(H_PUT_TCE_INDIRECT).map_err(e("enable H_PUT_TCE_INDIRECT"))?;
+        vm.configure_radix().map_err(e("radix"))?;
+        let vcpu = vm.create_vcpu(0).map_err(e("vCPU"))?;
+        vcpu.enable_papr().map_err(e("PAPR"))?;
+        payload::load(&mem).map_err(e("load payload"))?;
+        vcpu.set_entry(payload::ENTRY).map_err(e("entry"))?;
+        Ok(Rig { vcpu, table, _kdev: kdev, _vm: vm, v, mem, bdf, win, win_size, exits: 0 })
+    }
+
+    /// Runs `calls` in L2; returns (r3, r4) per call and the timebase ticks the table took. Hypercalls that
+    /// exit to userspace are counted and answered H_TOO_HARD... by nobody: the tests expect none.
+    pub fn run(&mut self, calls: &[payload::Call]) -> Result<(Vec<payload::Ret>, u64), String> {
+        let mut exits = 0u32;
+        let mut on_hcall = |_nr: u64, _a: &[u64; 9]| {
+            exits += 1;
+            u64::MAX
+        };
+        let r = payload::run(&self.vcpu, &self.mem, calls, &mut on_hcall).map_err(e("run L2"))?;
+        self.exits += exits;
+        Ok(r)
+    }
+
+    pub fn edu(&self) -> Result<edu::Edu<'_>, String> {
+        let edu = edu::Edu::new(&self.v.device).map_err(e("edu"))?;
+        if !edu.alive().map_err(e("edu liveness"))? {
+            return Err("edu liveness check failed".into());
+        }
+        Ok(edu)
+    }
+
+    /// edu reads 256 bytes at bus `from` and writes them to bus `to`; true if `to`'s L2 page `to_gpa` then
+    /// holds exactly the bytes at `from_gpa`.
+    pub fn dma_copy(&self, from: u64, from_gpa: u64, to: u64, to_gpa: u64, fill: u8) -> Result<bool, String> {
+        let pattern: Vec<u8> = (0..256u32).map(|i| (i * 7 + u32::from(fill)) as u8).collect();
+        self.mem.write(from_gpa, &pattern).map_err(e("pattern"))?;
+        self.mem.write(to_gpa, &[0u8; 256]).map_err(e("clear"))?;
+        let edu = self.edu()?;
+        edu.bus_to_buf(from, 0, 256).map_err(e("DMA bus->edu"))?;
+        edu.buf_to_bus(0, to, 256).map_err(e("DMA edu->bus"))?;
+        let mut got = vec![0u8; 256];
+        self.mem.read(to_gpa, &mut got).map_err(e("read back"))?;
+        Ok(got == pattern)
+    }
+
+    /// Writes an H_PUT_TCE_INDIRECT list (big-endian words) at [`LIST_GPA`].
+    pub fn write_list(&self, tces: &[u64]) -> Result<(), String> {
+        let bytes: Vec<u8> = tces.iter().flat_map(|t| t.to_be_bytes()).collect();
+        self.mem.write(LIST_GPA, &bytes).map_err(e("TCE list"))
+    }
+
+    /// pvtce's statistics of the guest window, or None if Linux's built-in code owns it (ENOTTY).
+    pub fn pvtce_info(&self) -> Result<Option<pvtce_uapi::pvtce_window_info>, String> {
+        let mut info = pvtce_uapi::pvtce_window_info {
+            argsz: std::mem::size_of::<pvtce_uapi::pvtce_window_info>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: PVTCE_WINDOW_INFO reads and writes exactly one pvtce_window_info, which `info` is.
+        let r = unsafe { libc::ioctl(self.table.fd.as_raw_fd(), pvtce_uapi::PVTCE_WINDOW_INFO, &mut info) };
+        if r == 0 {
+            return Ok(Some(info));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOTTY) {
+            return Ok(None);
+        }
+        Err(format!("PVTCE_WINDOW_INFO: {err}"))
+    }
+}
+
+pub fn call(nr: u64, args: [u64; 4]) -> payload::Call {
+    payload::Call { nr, args: [args[0], args[1], args[2], args[3], 0] }
+}
