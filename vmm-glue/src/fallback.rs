@@ -321,10 +321,13 @@ mod tests {
     use pvtce_core::types::PageShift;
     use std::cell::RefCell;
 
+    /// One recorded VFIO call: 'm'ap or 'u'nmap, vaddr, iova, size, read, write.
+    type Recorded = (char, u64, u64, u64, bool, bool);
+
     /// Records VFIO calls instead of making them.
     #[derive(Default)]
     struct Rec {
-        calls: RefCell<Vec<(char, u64, u64, u64, bool, bool)>>,
+        calls: RefCell<Vec<Recorded>>,
         fail_iova: Option<u64>,
     }
 

@@ -92,8 +92,15 @@ impl Drop for TableView {
 impl TceTable {
     /// Maps the guest-visible table read-only (KVM allocates its pages on first touch: reading an entry
     /// that was never written gives 0).
+    ///
+    /// Refused (EOPNOTSUPP) for a window pvtce.ko owns: its fault handler does not provide the pages yet and
+    /// answers SIGBUS on the first read (kmod/window.rs), which would kill the VMM. Read such a window with
+    /// H_GET_TCE from the guest instead.
     pub fn view(&self) -> Result<TableView> {
         let liobn = self.liobn;
+        if self.info()?.is_some() {
+            return Err(Error::TableMap { liobn, len: 0, source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP) });
+        }
         let bytes = self.size_pages.checked_mul(8).and_then(|b| usize::try_from(b).ok());
         let page = host_page_size();
         let len = bytes.and_then(|b| b.checked_next_multiple_of(page)).ok_or(Error::TableMap {
@@ -343,5 +350,38 @@ impl Drop for Vcpu {
     fn drop(&mut self) {
         // SAFETY: by the type invariant `run`/`run_size` is our mapping, and no reference into it escapes.
         unsafe { sys::munmap(self.run, self.run_size) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_on(path: &str, size_pages: u64) -> TceTable {
+        let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        TceTable { fd: OwnedFd::from(f), liobn: 0x8000_0000, page_shift: 12, offset_pages: 0, size_pages }
+    }
+
+    // qemu-user (the ppc64le runner) answers the pvtce ioctl ENOSYS itself, so these run on the host only.
+    #[cfg(not(target_arch = "powerpc64"))]
+    #[test]
+    fn a_table_that_is_not_pvtce_s_has_no_info_and_maps() {
+        // /dev/zero stands for a table fd of Linux's C path: PVTCE_WINDOW_INFO is ENOTTY, mmap works.
+        let t = table_on("/dev/zero", 10);
+        assert!(t.info().unwrap().is_none());
+        let v = t.view().unwrap();
+        assert_eq!((v.get(0), v.get(9), v.get(10)), (Some(0), Some(0), None));
+        assert_eq!(v.entries(), 10);
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_mapped_reports_its_liobn() {
+        // /dev/null takes no mmap: ENODEV, reported with the window's LIOBN.
+        let t = table_on("/dev/null", 10);
+        match t.view() {
+            Err(Error::TableMap { liobn: 0x8000_0000, .. }) | Err(Error::WindowInfo { liobn: 0x8000_0000, .. }) => {}
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("/dev/null mapped"),
+        }
     }
 }

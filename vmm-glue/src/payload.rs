@@ -71,6 +71,21 @@ pub fn load(mem: &GuestMem) -> Result<()> {
     mem.write(ENTRY, &program())
 }
 
+/// Makes `vm` a PAPR guest running the program out of `mem`: `mem` as slot 0 at guest physical 0, the two
+/// TCE hypercalls that are off by default (H_STUFF_TCE, H_PUT_TCE_INDIRECT) on, radix, and vCPU 0 with PAPR
+/// enabled, starting at [`ENTRY`].
+pub fn boot(vm: &crate::kvm::Vm, mem: &GuestMem) -> Result<Vcpu> {
+    vm.set_memory(0, 0, mem.len() as u64, mem.host_addr())?;
+    vm.enable_hcall(pvtce_core::hcall::H_STUFF_TCE)?;
+    vm.enable_hcall(pvtce_core::hcall::H_PUT_TCE_INDIRECT)?;
+    vm.configure_radix()?;
+    let vcpu = vm.create_vcpu(0)?;
+    vcpu.enable_papr()?;
+    load(mem)?;
+    vcpu.set_entry(ENTRY)?;
+    Ok(vcpu)
+}
+
 /// A hypercall that exited to userspace: the handler returns the value for r3 (H_TOO_HARD from the kernel
 /// arrives here too, as the original call).
 pub type HcallHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> u64 + 'a;

@@ -78,18 +78,42 @@ fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
     }
     let rets: Vec<(i64, Option<u64>)> =
         calls.iter().zip(&rets).map(|(c, r)| (r.r3, (c.nr == H_GET_TCE && r.r3 == 0).then_some(r.r4))).collect();
-    let table: Vec<u64> = match hp.window(Liobn(L0)).and_then(|w| w.table.as_ref()) {
-        Some(t) => {
+    // The guest reads the entries back with H_GET_TCE (answered where the window lives).
+    let gets: Vec<Call> = ENTRIES.iter().map(|i| c(H_GET_TCE, [L0, i << 12, 0, 0])).collect();
+    let (back, _) = run(&rig, &mut ddw, &mut hp, &gets)?;
+    if let Some(r) = back.iter().find(|r| r.r3 != H_SUCCESS) {
+        return Err(format!("H_GET_TCE read-back returned {}", r.r3));
+    }
+    let table: Vec<u64> = back.iter().map(|r| r.r4).collect();
+    // And the VMM's view agrees: the table fd's mmap (Linux's windows) or the fallback's own table.
+    let vmm: Option<Vec<u64>> = match hp.window(Liobn(L0)).and_then(|w| w.table.as_ref()) {
+        Some(t) if t.info().map_err(e("PVTCE_WINDOW_INFO"))?.is_none() => {
             let v = t.view().map_err(e("table mmap"))?;
-            ENTRIES.iter().map(|i| v.get(*i).unwrap_or(u64::MAX)).collect()
+            Some(ENTRIES.iter().map(|i| v.get(*i).unwrap_or(u64::MAX)).collect())
         }
-        None => ENTRIES.iter().map(|i| hp.fallback.entry(Liobn(L0), *i).unwrap_or(u64::MAX)).collect(),
+        Some(_) => None,
+        None => Some(ENTRIES.iter().map(|i| hp.fallback.entry(Liobn(L0), *i).unwrap_or(u64::MAX)).collect()),
     };
+    if let Some(v) = vmm {
+        if v != table {
+            return Err(format!("the VMM's view of the table {v:x?} differs from H_GET_TCE's {table:x?}"));
+        }
+    }
     if let Some(t) = &shadow {
-        // The unlinked kernel window saw nothing: its hypercalls were off.
-        let v = t.view().map_err(e("unlinked table mmap"))?;
-        if ENTRIES.iter().any(|i| v.get(*i) != Some(0)) {
-            return Err("the unlinked kernel window changed although its hypercalls were off".into());
+        // The unlinked kernel window saw nothing: its hypercalls were off (pvtce: its counters are zero;
+        // Linux: its table is).
+        match t.info().map_err(e("PVTCE_WINDOW_INFO"))? {
+            Some(i) => {
+                if i.h_put_tce + i.h_put_tce_indirect + i.h_stuff_tce + i.h_get_tce + i.tces_changed != 0 {
+                    return Err(format!("the unlinked pvtce window counted hypercalls that were off: {i:?}"));
+                }
+            }
+            None => {
+                let v = t.view().map_err(e("unlinked table mmap"))?;
+                if ENTRIES.iter().any(|i| v.get(*i) != Some(0)) {
+                    return Err("the unlinked kernel window changed although its hypercalls were off".into());
+                }
+            }
         }
     }
     // The host table holds P1 at 0x4_0000 (read-write): edu copies through it inside P1.
@@ -100,7 +124,16 @@ fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
 }
 
 pub fn fallback() -> Result<String, String> {
-    let k = one(Path::Kernel, false).map_err(|x| format!("kernel path: {x}"))?;
+    compare("Linux's C path")
+}
+
+/// The same comparison with pvtce.ko as the kernel path.
+pub fn fallback_pvtce() -> Result<String, String> {
+    with_pvtce(|| compare("pvtce"))
+}
+
+fn compare(kernel: &str) -> Result<String, String> {
+    let k = one(Path::Kernel, false).map_err(|x| format!("kernel path ({kernel}): {x}"))?;
     let want: Vec<i64> = vec![0, 0, -4, -4, 0, 0, -4, -4, 0, 0, -4, -4, -4, -4, 0, 0, -4, -4];
     let got: Vec<i64> = k.rets.iter().map(|r| r.0).collect();
     if got != want {
@@ -121,7 +154,7 @@ pub fn fallback() -> Result<String, String> {
         }
     }
     Ok(format!(
-        "{n} calls: returns {got:?} and GETs {:x?} identical; tables {:x?} identical; exits kernel {} / fallback {} / unlinked {}; edu DMA via ioba 0x40000 reached L2 page {P1:#x} in all three",
+        "kernel path {kernel}; {n} calls: returns {got:?} and GETs {:x?} identical; tables {:x?} identical; exits kernel {} / fallback {} / unlinked {}; edu DMA via ioba 0x40000 reached L2 page {P1:#x} in all three",
         k.rets.iter().filter_map(|r| r.1).collect::<Vec<_>>(),
         k.table,
         k.exits,

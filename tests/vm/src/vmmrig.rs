@@ -9,14 +9,7 @@ use pvtce_vmm_glue::rtas::{self, Ddw, RtasCall};
 use pvtce_vmm_glue::windows::HostPe;
 use pvtce_vmm_glue::{edu, kvm, mem::GuestMem, vfio};
 
-pub const H_GET_TCE: u64 = 0x1C;
-pub const H_PUT_TCE: u64 = 0x20;
-pub const H_STUFF_TCE: u64 = 0x138;
-pub const H_PUT_TCE_INDIRECT: u64 = 0x13C;
-pub const H_SUCCESS: i64 = 0;
-pub const H_PARAMETER: i64 = -4;
-
-pub const RAM: usize = 16 << 20;
+pub use crate::rig::{e, H_GET_TCE, H_PARAMETER, H_PUT_TCE, H_PUT_TCE_INDIRECT, H_STUFF_TCE, H_SUCCESS, RAM};
 /// The PE's two LIOBNs: slot 0 (default window) and slot 1 (the DDW).
 pub const L0: u64 = 0x8000_0000;
 pub const L1: u64 = 0x8000_0001;
@@ -25,19 +18,6 @@ pub const RTAS_BUF: u64 = 0x3_0000;
 pub const LIST: u64 = 0x4_0000;
 pub const BUID_HI: u32 = (rtas::BUID >> 32) as u32;
 pub const BUID_LO: u32 = rtas::BUID as u32;
-
-/// "what: error: cause: cause ..." with the whole source chain (the errno is usually at the end).
-pub fn e<E: std::error::Error>(what: &'static str) -> impl FnOnce(E) -> String {
-    move |err| {
-        let mut s = format!("{what}: {err}");
-        let mut src = err.source();
-        while let Some(c) = src {
-            s.push_str(&format!(": {c}"));
-            src = c.source();
-        }
-        s
-    }
-}
 
 pub struct Rig {
     pub v: vfio::Owned,
@@ -64,14 +44,7 @@ impl Rig {
         if add_group {
             kdev.add_group(v.group.fd()).map_err(e("KVM_DEV_VFIO_FILE_ADD"))?;
         }
-        vm.set_memory(0, 0, RAM as u64, mem.host_addr()).map_err(e("memory slot"))?;
-        vm.enable_hcall(H_STUFF_TCE).map_err(e("enable H_STUFF_TCE"))?;
-        vm.enable_hcall(H_PUT_TCE_INDIRECT).map_err(e("enable H_PUT_TCE_INDIRECT"))?;
-        vm.configure_radix().map_err(e("radix"))?;
-        let vcpu = vm.create_vcpu(0).map_err(e("vCPU"))?;
-        vcpu.enable_papr().map_err(e("PAPR"))?;
-        payload::load(&mem).map_err(e("load payload"))?;
-        vcpu.set_entry(payload::ENTRY).map_err(e("entry"))?;
+        let vcpu = payload::boot(&vm, &mem).map_err(e("L2 vCPU"))?;
         Ok(Rig { v, info, mem, vm, kdev, vcpu })
     }
 }
@@ -198,4 +171,14 @@ pub fn check_copied(rig: &Rig, gpa: u64, want: &[u8]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Runs `f` with pvtce.ko loaded, so the kernel windows it creates are pvtce's; unloads it afterwards (the
+/// windows are gone by then).
+pub fn with_pvtce(f: impl FnOnce() -> Result<String, String>) -> Result<String, String> {
+    crate::rig::sh("modprobe pvtce")?;
+    let r = f();
+    let unload = crate::rig::sh("rmmod pvtce");
+    let r = r?;
+    unload.map(|_| r)
 }
