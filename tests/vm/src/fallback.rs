@@ -53,6 +53,8 @@ struct Outcome {
     rets: Vec<(i64, Option<u64>)>,
     table: Vec<u64>,
     exits: u32,
+    /// L2 timebase ticks for the sequence.
+    tb: u64,
 }
 
 fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
@@ -120,7 +122,7 @@ fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
     let pat = pattern(&rig, P1, 0x5a)?;
     edu_copy(&rig, 0x4_0000, 256)?;
     check_copied(&rig, P1, &pat)?;
-    Ok(Outcome { rets, table, exits: exits.tce })
+    Ok(Outcome { rets, table, exits: exits.tce, tb: exits.tb })
 }
 
 pub fn fallback() -> Result<String, String> {
@@ -154,11 +156,14 @@ fn compare(kernel: &str) -> Result<String, String> {
         }
     }
     Ok(format!(
-        "kernel path {kernel}; {n} calls: returns {got:?} and GETs {:x?} identical; tables {:x?} identical; exits kernel {} / fallback {} / unlinked {}; edu DMA via ioba 0x40000 reached L2 page {P1:#x} in all three",
+        "kernel path {kernel}; {n} calls: returns {got:?} and GETs {:x?} identical; tables {:x?} identical; exits kernel {} / fallback {} / unlinked {}; edu DMA via ioba 0x40000 reached L2 page {P1:#x} in all three; L2 tb ticks kernel {} / fallback {} ({:.1}x)",
         k.rets.iter().filter_map(|r| r.1).collect::<Vec<_>>(),
         k.table,
         k.exits,
         f.exits,
-        u.exits
+        u.exits,
+        k.tb,
+        f.tb,
+        f.tb as f64 / k.tb.max(1) as f64
     ))
 }

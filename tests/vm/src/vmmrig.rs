@@ -79,6 +79,8 @@ pub struct Exits {
     pub rtas: u32,
     pub tce: u32,
     pub other: u32,
+    /// Timebase ticks the whole table took, measured in L2.
+    pub tb: u64,
 }
 
 /// Runs `calls` in L2 with H_RTAS answered by `ddw` over `hp` and TCE hypercalls that exit answered by the
@@ -110,10 +112,11 @@ pub fn run(rig: &Rig, ddw: &mut Ddw, hp: &mut HostPe<'_>, calls: &[Call]) -> Res
             }
         }
     };
-    let (rets, _) = payload::run_full(&rig.vcpu, &rig.mem, calls, &mut handler).map_err(e("run L2"))?;
+    let (rets, tb) = payload::run_full(&rig.vcpu, &rig.mem, calls, &mut handler).map_err(e("run L2"))?;
     if let Some(x) = err {
         return Err(x);
     }
+    exits.tb = tb;
     Ok((rets, exits))
 }
 
