@@ -421,6 +421,25 @@ mod tests {
         assert_eq!(f.handle(H_PUT_TCE, &args(&[LIOBN, BUS, (1 << 20) | 3])).unwrap().r3 as i64, -4);
     }
 
+    // The kernel answered H_TOO_HARD after applying 2 of 4 entries: the fallback does the other two only.
+    #[test]
+    fn resumes_a_batch_at_applied() {
+        let mem = GuestMem::new(1 << 20).unwrap();
+        let rec = Rec::default();
+        let mut f = setup(&mem, &rec, PageShift::SZ_64K);
+        let list: Vec<u8> = (1..=4u64).flat_map(|k| ((k << 16) | 3).to_be_bytes()).collect();
+        mem.write(0x8000, &list).unwrap();
+        let r = f.handle_from(H_PUT_TCE_INDIRECT, &args(&[LIOBN, BUS, 0x8000, 4]), 2).unwrap();
+        assert_eq!(r.r3, 0);
+        let iovas: Vec<u64> = rec.calls.borrow().iter().map(|c| c.2).collect();
+        assert_eq!(iovas, vec![BUS + 0x2_0000, BUS + 0x3_0000]);
+        let entries: Vec<Option<u64>> = (0..4).map(|i| f.entry(Liobn(LIOBN), i)).collect();
+        assert_eq!(entries, vec![Some(0), Some(0), Some(0x3_0003), Some(0x4_0003)]);
+        // A start past the batch is the caller's mistake: H_PARAMETER, nothing done.
+        assert_eq!(f.handle_from(H_PUT_TCE_INDIRECT, &args(&[LIOBN, BUS, 0x8000, 4]), 5).unwrap().r3 as i64, -4);
+        assert_eq!(rec.calls.borrow().len(), 2);
+    }
+
     #[test]
     fn vfio_failure_is_recorded_and_remove_forgets() {
         let mem = GuestMem::new(1 << 20).unwrap();

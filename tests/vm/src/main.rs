@@ -25,6 +25,8 @@ const TESTS: &[(&str, TestFn)] = &[
     ("ddw-4k", ddw::ddw_4k),
     ("rtas-errors", ddw::rtas_errors),
     ("fallback", fallback::fallback),
+    ("ddw-64k-fallback", ddw::ddw_64k_fallback),
+    ("ddw-4k-fallback", ddw::ddw_4k_fallback),
     ("ddw-64k-pvtce", ddw::ddw_64k_pvtce),
     ("ddw-4k-pvtce", ddw::ddw_4k_pvtce),
     ("fallback-pvtce", fallback::fallback_pvtce),
