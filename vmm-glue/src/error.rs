@@ -44,6 +44,57 @@ pub enum Error {
     Edu(String),
     #[error("vCPU: unexpected exit reason {0}")]
     UnexpectedExit(u32),
+    #[error("VFIO_IOMMU_MAP_DMA of {size:#x} bytes at iova {iova:#x} from vaddr {vaddr:#x}")]
+    MapDma {
+        iova: u64,
+        size: u64,
+        vaddr: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("VFIO_IOMMU_UNMAP_DMA of {size:#x} bytes at iova {iova:#x}")]
+    UnmapDma {
+        iova: u64,
+        size: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("VFIO_EEH_PE_OP op {op}")]
+    EehPeOp {
+        op: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("VFIO_IOMMU_SPAPR_TCE_CREATE page shift {page_shift}, {window_size:#x} bytes")]
+    CreateHostWindow {
+        page_shift: u32,
+        window_size: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("VFIO_IOMMU_SPAPR_TCE_REMOVE at {start:#x}")]
+    RemoveHostWindow {
+        start: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the host placed a {page_shift}-shift window at {got:#x}, the guest window is at {want:#x}")]
+    HostWindowPlacement { page_shift: u32, want: u64, got: u64 },
+    #[error("PVTCE_WINDOW_INFO on the table of LIOBN {liobn:#x}")]
+    WindowInfo {
+        liobn: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mmap of the TCE table of LIOBN {liobn:#x} ({len:#x} bytes)")]
+    TableMap {
+        liobn: u64,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("RTAS buffer at {gpa:#x}: {why}")]
+    RtasArgs { gpa: u64, why: &'static str },
     #[error("device region {index} access at {offset:#x}")]
     Region {
         index: u32,

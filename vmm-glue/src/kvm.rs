@@ -55,6 +55,91 @@ pub struct VfioDevice {
     fd: OwnedFd,
 }
 
+/// A read-only view of a window's guest-visible table (the table fd's mmap): what H_GET_TCE answers.
+///
+/// # Invariants
+/// `ptr` is a live read-only shared mapping of `len` bytes (at least `entries * 8`) until drop.
+pub struct TableView {
+    ptr: *mut u8,
+    len: usize,
+    entries: u64,
+}
+
+impl TableView {
+    /// Entry `index` (window-relative) as KVM stores it (native-endian), `None` past the end.
+    pub fn get(&self, index: u64) -> Option<u64> {
+        if index >= self.entries {
+            return None;
+        }
+        // SAFETY: `index < entries` so the 8 bytes lie inside the mapping (type invariant); the kernel may
+        // change the entry concurrently, hence a volatile read of plain data; the mapping is page aligned and
+        // so is every 8-byte slot.
+        Some(unsafe { std::ptr::read_volatile(self.ptr.add(index as usize * 8).cast::<u64>()) })
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+}
+
+impl Drop for TableView {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant `ptr`/`len` is our mapping; no reference into it escapes.
+        unsafe { sys::munmap(self.ptr, self.len) };
+    }
+}
+
+impl TceTable {
+    /// Maps the guest-visible table read-only (KVM allocates its pages on first touch: reading an entry
+    /// that was never written gives 0).
+    ///
+    /// Refused (EOPNOTSUPP) for a window pvtce.ko owns: its fault handler does not provide the pages yet and
+    /// answers SIGBUS on the first read (kmod/window.rs), which would kill the VMM. Read such a window with
+    /// H_GET_TCE from the guest instead.
+    pub fn view(&self) -> Result<TableView> {
+        let liobn = self.liobn;
+        if self.info()?.is_some() {
+            return Err(Error::TableMap { liobn, len: 0, source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP) });
+        }
+        let bytes = self.size_pages.checked_mul(8).and_then(|b| usize::try_from(b).ok());
+        let page = host_page_size();
+        let len = bytes.and_then(|b| b.checked_next_multiple_of(page)).ok_or(Error::TableMap {
+            liobn,
+            len: 0,
+            source: std::io::Error::from_raw_os_error(libc::EOVERFLOW),
+        })?;
+        let ptr = sys::mmap_ro(self.fd.as_fd(), len).map_err(|source| Error::TableMap { liobn, len, source })?;
+        // INVARIANT: `ptr` maps `len >= size_pages * 8` bytes.
+        Ok(TableView { ptr, len, entries: self.size_pages })
+    }
+
+    /// pvtce's statistics of this window (PVTCE_WINDOW_INFO). `Ok(None)` when the table fd answers ENOTTY:
+    /// the window was created by Linux's own code, not by pvtce.
+    pub fn info(&self) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
+        window_info(self.fd.as_fd(), self.liobn)
+    }
+}
+
+/// PVTCE_WINDOW_INFO on any table fd (see [`TceTable::info`]).
+pub fn window_info(fd: BorrowedFd<'_>, liobn: u64) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
+    let mut i = pvtce_uapi::pvtce_window_info {
+        argsz: std::mem::size_of::<pvtce_uapi::pvtce_window_info>() as u32,
+        ..Default::default()
+    };
+    match ioctl_mut(fd, pvtce_uapi::PVTCE_WINDOW_INFO, &mut i) {
+        Ok(_) => Ok(Some(i)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => Ok(None),
+        Err(source) => Err(Error::WindowInfo { liobn, source }),
+    }
+}
+
+/// The host's page size (64 KiB on the pvtce L1).
+pub fn host_page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).unwrap_or(4096)
+}
+
 impl Vm {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -81,6 +166,12 @@ impl Vm {
     /// Lets the kernel handle hypercall `nr` (H_STUFF_TCE and H_PUT_TCE_INDIRECT are off by default).
     pub fn enable_hcall(&self, nr: u64) -> Result<()> {
         self.enable_cap(KVM_CAP_PPC_ENABLE_HCALL, [nr, 1, 0, 0])
+    }
+
+    /// Sends hypercall `nr` to userspace (KVM_EXIT_PAPR_HCALL) instead of handling it in the kernel; with all
+    /// four TCE hypercalls off, an existing kernel window is bypassed and the VMM answers them.
+    pub fn disable_hcall(&self, nr: u64) -> Result<()> {
+        self.enable_cap(KVM_CAP_PPC_ENABLE_HCALL, [nr, 0, 0, 0])
     }
 
     /// Radix guest with a (empty) process table: enough for a real-mode payload under nested KVM-HV.
@@ -247,11 +338,50 @@ impl Vcpu {
     pub fn set_hcall_ret(&self, ret: u64) {
         self.set_run_u64(KVM_RUN_UNION + 8, ret);
     }
+
+    /// Sets what the guest finds in r4 after the hypercall (KVM copies `papr_hcall.args[0..9]` back to
+    /// r4..r12 on the next KVM_RUN; H_GET_TCE returns its TCE there).
+    pub fn set_hcall_r4(&self, r4: u64) {
+        self.set_run_u64(KVM_RUN_UNION + 16, r4);
+    }
 }
 
 impl Drop for Vcpu {
     fn drop(&mut self) {
         // SAFETY: by the type invariant `run`/`run_size` is our mapping, and no reference into it escapes.
         unsafe { sys::munmap(self.run, self.run_size) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_on(path: &str, size_pages: u64) -> TceTable {
+        let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        TceTable { fd: OwnedFd::from(f), liobn: 0x8000_0000, page_shift: 12, offset_pages: 0, size_pages }
+    }
+
+    // qemu-user (the ppc64le runner) answers the pvtce ioctl ENOSYS itself, so these run on the host only.
+    #[cfg(not(target_arch = "powerpc64"))]
+    #[test]
+    fn a_table_that_is_not_pvtce_s_has_no_info_and_maps() {
+        // /dev/zero stands for a table fd of Linux's C path: PVTCE_WINDOW_INFO is ENOTTY, mmap works.
+        let t = table_on("/dev/zero", 10);
+        assert!(t.info().unwrap().is_none());
+        let v = t.view().unwrap();
+        assert_eq!((v.get(0), v.get(9), v.get(10)), (Some(0), Some(0), None));
+        assert_eq!(v.entries(), 10);
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_mapped_reports_its_liobn() {
+        // /dev/null takes no mmap: ENODEV, reported with the window's LIOBN.
+        let t = table_on("/dev/null", 10);
+        match t.view() {
+            Err(Error::TableMap { liobn: 0x8000_0000, .. }) | Err(Error::WindowInfo { liobn: 0x8000_0000, .. }) => {}
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("/dev/null mapped"),
+        }
     }
 }

@@ -6,14 +6,20 @@
 //! - [`edu`]: QEMU's `edu` test device driven through VFIO, used to prove DMA mappings.
 //! - [`asm`] and [`payload`]: the L2 guest program that issues hypercalls from a table in guest memory.
 //! - [`mem`]: shmem-backed guest RAM.
+//! - [`rtas`]: `H_RTAS` and the four dynamic DMA window calls over pvtce-core's policy.
+//! - [`windows`]: a PE's windows made real (VFIO host window + kernel window and link, or the fallback).
+//! - [`fallback`]: TCE hypercalls finished in userspace with pvtce-core, the host table written with VFIO.
 
 pub mod asm;
 pub mod edu;
 pub mod error;
+pub mod fallback;
 pub mod kvm;
 pub mod mem;
 pub mod payload;
+pub mod rtas;
 pub mod sys;
 pub mod vfio;
+pub mod windows;
 
 pub use error::{Error, Result};

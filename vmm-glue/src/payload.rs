@@ -71,13 +71,48 @@ pub fn load(mem: &GuestMem) -> Result<()> {
     mem.write(ENTRY, &program())
 }
 
+/// Makes `vm` a PAPR guest running the program out of `mem`: `mem` as slot 0 at guest physical 0, the two
+/// TCE hypercalls that are off by default (H_STUFF_TCE, H_PUT_TCE_INDIRECT) on, radix, and vCPU 0 with PAPR
+/// enabled, starting at [`ENTRY`].
+pub fn boot(vm: &crate::kvm::Vm, mem: &GuestMem) -> Result<Vcpu> {
+    vm.set_memory(0, 0, mem.len() as u64, mem.host_addr())?;
+    vm.enable_hcall(pvtce_core::hcall::H_STUFF_TCE)?;
+    vm.enable_hcall(pvtce_core::hcall::H_PUT_TCE_INDIRECT)?;
+    vm.configure_radix()?;
+    let vcpu = vm.create_vcpu(0)?;
+    vcpu.enable_papr()?;
+    load(mem)?;
+    vcpu.set_entry(ENTRY)?;
+    Ok(vcpu)
+}
+
 /// A hypercall that exited to userspace: the handler returns the value for r3 (H_TOO_HARD from the kernel
 /// arrives here too, as the original call).
 pub type HcallHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> u64 + 'a;
 
+/// What the VMM answers to a hypercall that exited: r3 and, when set, r4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub r3: u64,
+    pub r4: Option<u64>,
+}
+
+/// A hypercall handler that can also set r4 (H_GET_TCE through the fallback).
+pub type ReplyHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> Reply + 'a;
+
 /// Runs `calls` in L2; hypercalls the kernel passes up go to `on_hcall`. Returns the results and the timebase
 /// ticks the whole table took, measured inside L2.
 pub fn run(vcpu: &Vcpu, mem: &GuestMem, calls: &[Call], on_hcall: &mut HcallHandler<'_>) -> Result<(Vec<Ret>, u64)> {
+    run_full(vcpu, mem, calls, &mut |nr, args| Reply { r3: on_hcall(nr, args), r4: None })
+}
+
+/// [`run`] with a handler that may set r4.
+pub fn run_full(
+    vcpu: &Vcpu,
+    mem: &GuestMem,
+    calls: &[Call],
+    on_hcall: &mut ReplyHandler<'_>,
+) -> Result<(Vec<Ret>, u64)> {
     let n = calls.len().min(MAX_ENTRIES as usize);
     mem.write_u64(TABLE, n as u64)?;
     for (i, c) in calls.iter().take(n).enumerate() {
@@ -95,7 +130,10 @@ pub fn run(vcpu: &Vcpu, mem: &GuestMem, calls: &[Call], on_hcall: &mut HcallHand
             Exit::Mmio { addr, .. } => return Err(crate::Error::Edu(format!("L2 touched unexpected MMIO {addr:#x}"))),
             Exit::PaprHcall { nr, args } => {
                 let r = on_hcall(nr, &args);
-                vcpu.set_hcall_ret(r);
+                vcpu.set_hcall_ret(r.r3);
+                if let Some(r4) = r.r4 {
+                    vcpu.set_hcall_r4(r4);
+                }
             }
         }
     }

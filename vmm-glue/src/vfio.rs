@@ -137,8 +137,12 @@ impl Container {
         Ok(())
     }
 
-    /// Creates a host DMA window (sPAPR v2 starts with none: the VMM creates even the default 32-bit one).
-    /// Returns its bus address.
+    /// Creates a host DMA window. Returns its bus address.
+    ///
+    /// On a container whose group was just attached, the kernel first creates the pending default window
+    /// (4K pages, the 32-bit window's size; `def_window_pending` in vfio_iommu_spapr_tce.c) in slot 0, so the
+    /// first call makes two windows: the default one at bus 0 and the requested one in slot 1 (1 << 59 on
+    /// pseries). [`Container::drop_pending_default`] first makes the first call create exactly one window.
     pub fn create_window(&self, page_shift: u32, window_size: u64, levels: u32) -> Result<u64> {
         let mut c = vfio_iommu_spapr_tce_create {
             argsz: std::mem::size_of::<vfio_iommu_spapr_tce_create>() as u32,
@@ -147,8 +151,11 @@ impl Container {
             levels,
             ..Default::default()
         };
-        ioctl_mut(self.fd(), VFIO_IOMMU_SPAPR_TCE_CREATE, &mut c)
-            .map_err(verr("VFIO_IOMMU_SPAPR_TCE_CREATE", "container"))?;
+        ioctl_mut(self.fd(), VFIO_IOMMU_SPAPR_TCE_CREATE, &mut c).map_err(|source| Error::CreateHostWindow {
+            page_shift,
+            window_size,
+            source,
+        })?;
         Ok(c.start_addr)
     }
 
@@ -159,8 +166,53 @@ impl Container {
             start_addr,
         };
         ioctl_ref(self.fd(), VFIO_IOMMU_SPAPR_TCE_REMOVE, &r)
-            .map_err(verr("VFIO_IOMMU_SPAPR_TCE_REMOVE", "container"))?;
+            .map_err(|source| Error::RemoveHostWindow { start: start_addr, source })?;
         Ok(())
+    }
+
+    /// Cancels the default window the kernel would create on the first window or map ioctl
+    /// (`VFIO_IOMMU_SPAPR_TCE_REMOVE` at bus 0 while it is pending is exactly that, as QEMU does).
+    pub fn drop_pending_default(&self) -> Result<()> {
+        self.remove_window(0)
+    }
+
+    /// Maps `[vaddr, vaddr + size)` (preregistered memory) at `iova` (VFIO_IOMMU_MAP_DMA): writes the host
+    /// table entries of the window holding `iova`. Outside every window: ENXIO.
+    pub fn map_dma(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
+        let mut flags = 0;
+        if read {
+            flags |= VFIO_DMA_MAP_FLAG_READ;
+        }
+        if write {
+            flags |= VFIO_DMA_MAP_FLAG_WRITE;
+        }
+        let m = vfio_iommu_type1_dma_map {
+            argsz: std::mem::size_of::<vfio_iommu_type1_dma_map>() as u32,
+            flags,
+            vaddr,
+            iova,
+            size,
+        };
+        ioctl_ref(self.fd(), VFIO_IOMMU_MAP_DMA, &m).map_err(|source| Error::MapDma { iova, size, vaddr, source })?;
+        Ok(())
+    }
+
+    /// Clears the host table entries of `[iova, iova + size)` (VFIO_IOMMU_UNMAP_DMA).
+    pub fn unmap_dma(&self, iova: u64, size: u64) -> Result<()> {
+        let u = vfio_iommu_type1_dma_unmap {
+            argsz: std::mem::size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+            flags: 0,
+            iova,
+            size,
+        };
+        ioctl_ref(self.fd(), VFIO_IOMMU_UNMAP_DMA, &u).map_err(|source| Error::UnmapDma { iova, size, source })?;
+        Ok(())
+    }
+
+    /// VFIO_EEH_PE_OP on the container (its single group's PE). Emulated host bridges have no EEH: ENODEV.
+    pub fn eeh_pe_op(&self, op: u32) -> Result<i32> {
+        let o = vfio_eeh_pe_op { argsz: std::mem::size_of::<vfio_eeh_pe_op>() as u32, flags: 0, op };
+        ioctl_ref(self.fd(), VFIO_EEH_PE_OP, &o).map_err(|source| Error::EehPeOp { op, source })
     }
 
     pub fn unregister_memory(&self, vaddr: u64, size: u64) -> Result<()> {

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 /// The in-VM programs, cross-compiled for powerpc64le (static glibc).
 pub const TARGET: &str = "powerpc64le-unknown-linux-gnu";
-pub const PROGRAMS: &[&str] = &["pvtce-vmtests"];
+pub const PROGRAMS: &[&str] = &["pvtce-vmtests", "pvtce"];
 
 pub fn userspace() -> Result<Vec<PathBuf>> {
     let mut c = cmd("cargo");
-    c.current_dir(repo()).args(["build", "--release", "--target", TARGET, "-p", "pvtce-vmtests"]);
+    c.current_dir(repo()).args(["build", "--release", "--target", TARGET, "-p", "pvtce-vmtests", "-p", "pvtce-vmm-glue"]);
     run(&mut c)?;
     Ok(PROGRAMS.iter().map(|p| repo().join("target").join(TARGET).join("release").join(p)).collect())
 }

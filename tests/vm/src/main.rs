@@ -3,10 +3,14 @@
 //! Usage: `pvtce-vmtests [all | NAME...]`. Each test prints one line the host parses:
 //! `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`.
 
+mod cli;
 mod conformance;
+mod ddw;
+mod fallback;
 mod pvtce;
 mod rig;
 mod smoke;
+mod vmmrig;
 
 use std::time::Instant;
 
@@ -18,6 +22,16 @@ const TESTS: &[(&str, TestFn)] = &[
     ("smoke", smoke::smoke),
     ("pvtce-4k", pvtce::pvtce_4k),
     ("pvtce-64k", pvtce::pvtce_64k),
+    ("ddw-64k", ddw::ddw_64k),
+    ("ddw-4k", ddw::ddw_4k),
+    ("rtas-errors", ddw::rtas_errors),
+    ("fallback", fallback::fallback),
+    ("ddw-64k-fallback", ddw::ddw_64k_fallback),
+    ("ddw-4k-fallback", ddw::ddw_4k_fallback),
+    ("ddw-64k-pvtce", ddw::ddw_64k_pvtce),
+    ("ddw-4k-pvtce", ddw::ddw_4k_pvtce),
+    ("fallback-pvtce", fallback::fallback_pvtce),
+    ("cli", cli::cli),
 ];
 
 /// Run only when named: `conformance` still finds an unexplained divergence (docs/conformance.md), and
