@@ -68,12 +68,12 @@ fn scenario(tce_shift: u32) -> Result<String, String> {
             return Err("edu DMA to the cleared entry still reached L2 page A".into());
         }
         // Clearing a range that covers the INDIRECT mappings empties their hardware entries too.
-        let host_first = ioba_b >> 12;
-        let fan = 1usize << (tce_shift - 12);
-        let before = rig.host_read_any(host_first, 4 * fan)?;
+        // The host window has the TCE's page size: its entries are numbered in those pages.
+        let host_first = ioba_b >> tce_shift;
+        let before = rig.host_read_any(host_first, 4)?;
         let (rets3, _) = rig.run(&[call(H_STUFF_TCE, [LIOBN, win, 0, 96])])?;
         check("H_STUFF_TCE over 96 entries", rets3[0].r3, H_SUCCESS)?;
-        let after = rig.host_read_any(host_first, 4 * fan)?;
+        let after = rig.host_read_any(host_first, 4)?;
         if after.iter().any(|&t| t != 0) || before.iter().all(|&t| t == 0) {
             return Err(format!(
                 "hardware entries of the INDIRECT mappings: before clear {before:x?}, after {after:x?}"
