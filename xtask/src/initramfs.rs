@@ -10,7 +10,16 @@ pub const PROGRAMS: &[&str] = &["pvtce-vmtests", "pvtce"];
 
 pub fn userspace() -> Result<Vec<PathBuf>> {
     let mut c = cmd("cargo");
-    c.current_dir(repo()).args(["build", "--release", "--target", TARGET, "-p", "pvtce-vmtests", "-p", "pvtce-vmm-glue"]);
+    c.current_dir(repo()).args([
+        "build",
+        "--release",
+        "--target",
+        TARGET,
+        "-p",
+        "pvtce-vmtests",
+        "-p",
+        "pvtce-vmm-glue",
+    ]);
     run(&mut c)?;
     Ok(PROGRAMS.iter().map(|p| repo().join("target").join(TARGET).join("release").join(p)).collect())
 }
