@@ -7,6 +7,7 @@ mod cli;
 mod conformance;
 mod ddw;
 mod fallback;
+mod faults;
 mod pvtce;
 mod rig;
 mod smoke;
@@ -32,6 +33,8 @@ const TESTS: &[(&str, TestFn)] = &[
     ("ddw-4k-pvtce", ddw::ddw_4k_pvtce),
     ("fallback-pvtce", fallback::fallback_pvtce),
     ("cli", cli::cli),
+    ("fault-sigkill", faults::sigkill),
+    ("fault-vm-destroy", faults::vm_destroy),
 ];
 
 /// Run only when named: `conformance` still finds an unexplained divergence (docs/conformance.md), and
@@ -43,6 +46,14 @@ fn main() {
     // A conformance child: one path's sequences in a process of its own.
     if args.first().map(String::as_str) == Some("__conformance-path") {
         let r = conformance::child(args.get(1).map(String::as_str).unwrap_or(""));
+        if let Err(e) = &r {
+            eprintln!("{e}");
+        }
+        std::process::exit(i32::from(r.is_err()));
+    }
+    // A child VMM for the fault tests.
+    if args.first().map(String::as_str) == Some("__fault-child") {
+        let r = faults::child(args.get(1).map(String::as_str).unwrap_or(""));
         if let Err(e) = &r {
             eprintln!("{e}");
         }

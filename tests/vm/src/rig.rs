@@ -50,8 +50,8 @@ pub struct Rig {
     pub vcpu: kvm::Vcpu,
     pub table: kvm::TceTable,
     /// Held for the link's lifetime (dropping it releases the group from KVM).
-    _kdev: kvm::VfioDevice,
-    _vm: kvm::Vm,
+    pub _kdev: kvm::VfioDevice,
+    pub _vm: kvm::Vm,
     pub v: vfio::Owned,
     pub mem: GuestMem,
     pub bdf: String,
@@ -182,6 +182,34 @@ impl Rig {
         }
         Err(format!("PVTCE_WINDOW_INFO: {err}"))
     }
+}
+
+/// How many windows pvtce holds (every VM), from `PVTCE_LIST_WINDOWS`.
+pub fn window_count() -> Result<u32, String> {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/pvtce").map_err(e("open /dev/pvtce"))?;
+    let mut l = pvtce_uapi::pvtce_windows {
+        argsz: std::mem::size_of::<pvtce_uapi::pvtce_windows>() as u32,
+        flags: 0,
+        capacity: 0,
+        count: 0,
+        entries: 0,
+    };
+    // SAFETY: PVTCE_LIST_WINDOWS reads and writes one pvtce_windows; capacity 0 writes no entries.
+    if unsafe { libc::ioctl(f.as_raw_fd(), pvtce_uapi::PVTCE_LIST_WINDOWS, &mut l) } != 0 {
+        return Err(format!("PVTCE_LIST_WINDOWS: {}", std::io::Error::last_os_error()));
+    }
+    Ok(l.count)
+}
+
+/// Pages pinned with FOLL_PIN and not released yet, over the whole system (/proc/vmstat).
+pub fn pins_outstanding() -> Result<i64, String> {
+    let v = std::fs::read_to_string("/proc/vmstat").map_err(e("read /proc/vmstat"))?;
+    let get = |k: &str| -> Result<i64, String> {
+        v.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.trim().parse().ok()))
+            .ok_or_else(|| format!("no {k} in /proc/vmstat"))
+    };
+    Ok(get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?)
 }
 
 /// `PVTCE_SET_MODE` on /dev/pvtce: which implementation creates new windows; returns the old mode.
