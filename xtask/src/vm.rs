@@ -69,9 +69,10 @@ pub fn qemu_args(vmlinux: &Path, initrd: &Path, run: &str) -> Vec<String> {
         "pseries,cap-nested-hv=on,x-vof=on,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off".into(),
         "-accel".into(),
         "tcg,thread=multi".into(),
-        // Nested HV under TCG needs one thread per core.
+        // Nested HV under TCG needs one thread per core. `PVTCE_SMP` (set by `cargo xtask bench` for its
+        // scaling figures) gives L1 more vCPUs; the tests run with 2.
         "-smp".into(),
-        "2,threads=1".into(),
+        format!("{},threads=1", std::env::var("PVTCE_SMP").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(2)),
         "-m".into(),
         "4G".into(),
         "-nodefaults".into(),

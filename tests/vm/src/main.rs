@@ -3,6 +3,7 @@
 //! Usage: `pvtce-vmtests [all | NAME...]`. Each test prints one line the host parses:
 //! `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`.
 
+mod bench;
 mod cli;
 mod conformance;
 mod ddw;
@@ -38,14 +39,24 @@ const TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// Run only when named: `conformance` still finds an unexplained divergence (docs/conformance.md), and
-/// `conf-probe` runs one path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`) for diagnosis.
-const PROBES: &[(&str, TestFn)] = &[("conformance", conformance::conformance), ("conf-probe", conformance::probe)];
+/// `conf-probe` runs one path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`) for diagnosis; `bench` is
+/// `cargo xtask bench`'s measurement run (docs/bench/README.md).
+const PROBES: &[(&str, TestFn)] =
+    &[("conformance", conformance::conformance), ("conf-probe", conformance::probe), ("bench", bench::bench)];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // A conformance child: one path's sequences in a process of its own.
     if args.first().map(String::as_str) == Some("__conformance-path") {
         let r = conformance::child(args.get(1).map(String::as_str).unwrap_or(""));
+        if let Err(e) = &r {
+            eprintln!("{e}");
+        }
+        std::process::exit(i32::from(r.is_err()));
+    }
+    // A piece of the benchmark in a VMM process of its own.
+    if args.first().map(String::as_str) == Some("__bench") {
+        let r = bench::child(&args[1..]);
         if let Err(e) = &r {
             eprintln!("{e}");
         }

@@ -1,0 +1,400 @@
+//! The in-VM half of `cargo xtask bench` (a probe: it runs only when named, never in `all`).
+//!
+//! One boot, and the same L2 tables of TCE hypercalls run against three paths, in a
+//! fresh VMM rig each (the order rotates every repetition):
+//!
+//! - `userspace`: no kernel window for the LIOBNs: every TCE hypercall exits to this VMM, whose fallback
+//!   (pvtce-core) writes the host table with VFIO MAP/UNMAP, as QEMU does without acceleration;
+//! - `linux`: kernel windows with pvtce.ko not loaded: Linux's C path owns them;
+//! - `pvtce`: kernel windows with pvtce.ko loaded (its default mode, `PVTCE_MODE_PVTCE`).
+//!
+//! Each path gets the 32-bit default window (4K pages at bus 0) and a 64-bit DDW (64K pages at 1 << 59)
+//! made through RTAS, and on each: H_PUT_TCE map + unmap pairs, H_PUT_TCE_INDIRECT of 512 fresh entries,
+//! H_STUFF_TCE clearing 512 mapped entries, H_GET_TCE. Times are L2 timebase ticks around a whole table
+//! (512 MHz, emulated under TCG). Then the floor: VFIO MAP/UNMAP of N pages vs 1 page timed in L1 (the
+//! host-table update without any hypercall), the memory of a 1 TiB 4K window, and, when L1 has the vCPUs,
+//! hypercall throughput with 1, 2 and 4 L2 vCPUs, each in its own VM with its own (unlinked) window.
+//!
+//! Every figure is one line `PVTCE-BENCH key=value ...` on the console; the host computes medians, spreads
+//! and ratios. Nothing here judges a time.
+
+use crate::rig::{e, sh};
+use crate::vmmrig::*;
+use pvtce_vmm_glue::payload::{self, Call};
+use pvtce_vmm_glue::windows::{HostPe, Path};
+use pvtce_vmm_glue::{kvm, mem::GuestMem};
+use std::time::Instant;
+
+const BUS64: u64 = 1 << 59;
+/// First guest page the workloads map (above the payload, its table, the RTAS buffers and the list).
+const DATA: u64 = 0x80_0000;
+/// Distinct guest pages the workloads cycle through (64 x 64K = 4 MiB, inside the 16 MiB of RAM).
+const PAGES: u64 = 64;
+const PAIRS: u64 = 256;
+const INDIRECT: u64 = 512;
+/// INDIRECT-512 (and STUFF-512) calls per table.
+const BATCHES: u64 = 8;
+const GETS: u64 = 512;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Userspace,
+    Linux,
+    Pvtce,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Userspace => "userspace",
+            Which::Linux => "linux",
+            Which::Pvtce => "pvtce",
+        }
+    }
+}
+
+fn c(nr: u64, a: [u64; 4]) -> Call {
+    Call { nr, args: [a[0], a[1], a[2], a[3], 0] }
+}
+
+fn tce(i: u64, shift: u32) -> u64 {
+    (DATA + ((i % PAGES) << shift)) | 3
+}
+
+fn opt(key: &str) -> Option<u64> {
+    let p = std::env::var("PVTCE_PROBE").unwrap_or_default();
+    p.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// A table that must succeed call by call; returns the L2 ticks and the TCE exits.
+fn timed(
+    rig: &Rig,
+    ddw: &mut pvtce_vmm_glue::rtas::Ddw,
+    hp: &mut HostPe<'_>,
+    calls: &[Call],
+) -> Result<(u64, u32), String> {
+    let (rets, ex) = run(rig, ddw, hp, calls)?;
+    if let Some((i, r)) = rets.iter().enumerate().find(|(_, r)| r.r3 != H_SUCCESS) {
+        return Err(format!("call {i} ({:#x} {:x?}) returned {}", calls[i].nr, calls[i].args, r.r3));
+    }
+    Ok((ex.tb, ex.tce))
+}
+
+/// `(ticks, exits)` as [`timed`] returns them.
+fn emit(which: Which, win: &str, work: &str, rep: u32, units: u64, calls: u64, (ticks, exits): (u64, u32)) {
+    println!(
+        "PVTCE-BENCH kind=hcall path={} win={win} work={work} rep={rep} units={units} calls={calls} ticks={ticks} exits={exits}",
+        which.name()
+    );
+}
+
+/// pvtce.ko is loaded for the pvtce path only: the Linux path is Linux's C code with no module in the
+/// kernel at all, as in the `ddw-*` tests (the userspace path makes no kernel window, so either is fine).
+fn load_for(which: Which) -> Result<(), String> {
+    let loaded = std::fs::metadata("/sys/module/pvtce").is_ok();
+    match (which, loaded) {
+        (Which::Pvtce, false) => sh("modprobe pvtce").map(drop),
+        (Which::Linux, true) => sh("rmmod pvtce").map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// One path, one repetition: a fresh rig, both windows, every workload.
+fn one_path(which: Which, rep: u32) -> Result<(), String> {
+    let path = if which == Which::Userspace { Path::Fallback } else { Path::Kernel };
+    let rig = &Rig::new(path == Path::Kernel)?;
+    let hp =
+        &mut HostPe::open(&rig.vm, &rig.kdev, &rig.v.container, &rig.v.group, &rig.mem, path).map_err(e("host PE"))?;
+    let ddw = &mut new_ddw();
+    ddw.boot(hp).map_err(e("default window"))?;
+    // The 64-bit window as RTAS would make it (pvtce-core's policy, then host window + kernel window), without
+    // the H_RTAS round trip, which is not what is measured here.
+    let booted: Vec<_> = ddw.pe.windows().collect();
+    let created = ddw
+        .pe
+        .create(16, 32)
+        .map_err(|s| format!("DDW policy refused 64K/2^32: {s:?}; windows at boot {booted:x?}"))?;
+    pvtce_vmm_glue::rtas::DdwBackend::create(hp, &created).map_err(e("64-bit window"))?;
+    if created.geometry.bus_start() != BUS64 {
+        return Err(format!("the 64-bit window is at {:#x}", created.geometry.bus_start()));
+    }
+    // The windows are whose they should be.
+    for l in [L0, L1] {
+        let w = hp.window(pvtce_core::types::Liobn(l)).ok_or("window missing")?;
+        let owner = match &w.table {
+            None => Which::Userspace,
+            Some(t) => match t.info().map_err(e("PVTCE_WINDOW_INFO"))? {
+                Some(_) => Which::Pvtce,
+                None => Which::Linux,
+            },
+        };
+        if owner != which {
+            return Err(format!("LIOBN {l:#x} is {}'s, expected {}'s", owner.name(), which.name()));
+        }
+    }
+    for (win, liobn, base, shift) in [("4k", L0, 0u64, 12u32), ("64k", L1, BUS64, 16)] {
+        let ioba = |i: u64| base + (i << shift);
+        // H_PUT_TCE map + unmap pairs.
+        let calls: Vec<Call> = (0..PAIRS)
+            .flat_map(|i| [c(H_PUT_TCE, [liobn, ioba(i), tce(i, shift), 0]), c(H_PUT_TCE, [liobn, ioba(i), 0, 0])])
+            .collect();
+        let tx = timed(rig, ddw, hp, &calls)?;
+        emit(which, win, "put_pair", rep, PAIRS, calls.len() as u64, tx);
+        // H_PUT_TCE_INDIRECT of 512 fresh entries, BATCHES times on disjoint ranges.
+        let list: Vec<u8> = (0..INDIRECT).flat_map(|i| tce(i, shift).to_be_bytes()).collect();
+        rig.mem.write(LIST, &list).map_err(e("list"))?;
+        let range = |k: u64| ioba(1024 + k * INDIRECT);
+        let calls: Vec<Call> = (0..BATCHES).map(|k| c(H_PUT_TCE_INDIRECT, [liobn, range(k), LIST, INDIRECT])).collect();
+        let tx = timed(rig, ddw, hp, &calls)?;
+        emit(which, win, "indirect512", rep, BATCHES * INDIRECT, BATCHES, tx);
+        // H_GET_TCE over mapped entries.
+        let calls: Vec<Call> = (0..GETS).map(|i| c(H_GET_TCE, [liobn, range(0) + (i << shift), 0, 0])).collect();
+        let tx = timed(rig, ddw, hp, &calls)?;
+        emit(which, win, "get", rep, GETS, GETS, tx);
+        // H_STUFF_TCE clearing the 512-entry mapped ranges.
+        let calls: Vec<Call> = (0..BATCHES).map(|k| c(H_STUFF_TCE, [liobn, range(k), 0, INDIRECT])).collect();
+        let tx = timed(rig, ddw, hp, &calls)?;
+        emit(which, win, "stuff512", rep, BATCHES * INDIRECT, BATCHES, tx);
+        // The same with one entry per call, for the per-entry slope of the kernel paths.
+        let calls: Vec<Call> = (0..BATCHES)
+            .flat_map(|k| [c(H_PUT_TCE_INDIRECT, [liobn, range(k), LIST, 1]), c(H_STUFF_TCE, [liobn, range(k), 0, 1])])
+            .collect();
+        let tx = timed(rig, ddw, hp, &calls)?;
+        emit(which, win, "indirect1_stuff1", rep, BATCHES, BATCHES * 2, tx);
+    }
+    if which == Which::Userspace && opt("floor").unwrap_or(1) != 0 {
+        floor(rig, rep)?;
+    }
+    Ok(())
+}
+
+/// The host-table update alone: VFIO MAP_DMA / UNMAP_DMA of N pages and of 1 page on the host windows, timed
+/// in L1 (no hypercall; the sPAPR v2 driver does the same per-entry work as the kernel paths: preregistered
+/// ua -> hpa, `iommu_tce_xchg_no_kill`, one kill per call). Reported in timebase ticks (ns x 0.512).
+fn floor(rig: &Rig, rep: u32) -> Result<(), String> {
+    let c = &rig.v.container;
+    for (win, base, shift, n) in [("4k", 0u64, 12u32, 512u64), ("64k", BUS64, 16, 128)] {
+        let iova = base + (8192u64 << shift);
+        let ua = rig.mem.host_addr() + DATA;
+        for pages in [1u64, n] {
+            let len = pages << shift;
+            let mut map = 0f64;
+            let mut unmap = 0f64;
+            const ROUNDS: u32 = 8;
+            for _ in 0..ROUNDS {
+                let t = Instant::now();
+                c.map_dma(ua, iova, len, true, true).map_err(e("floor MAP_DMA"))?;
+                map += t.elapsed().as_nanos() as f64;
+                let t = Instant::now();
+                c.unmap_dma(iova, len).map_err(e("floor UNMAP_DMA"))?;
+                unmap += t.elapsed().as_nanos() as f64;
+            }
+            let tick = |ns: f64| (ns * 0.512 / f64::from(ROUNDS)).round() as u64;
+            println!(
+                "PVTCE-BENCH kind=floor win={win} rep={rep} pages={pages} map_ticks={} unmap_ticks={}",
+                tick(map),
+                tick(unmap)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn vmlck_kib() -> Result<u64, String> {
+    let s = std::fs::read_to_string("/proc/self/status").map_err(e("/proc/self/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmLck".into())
+}
+
+fn memfree_kib() -> Result<u64, String> {
+    let s = std::fs::read_to_string("/proc/meminfo").map_err(e("/proc/meminfo"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("MemFree:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no MemFree".into())
+}
+
+/// A 1 TiB window of 4K pages (2^28 entries), unlinked, in a VM of its own: VmLck (what KVM charges to
+/// locked_vm) and MemFree before and after creating it and after mapping 1% of it contiguously with
+/// H_PUT_TCE_INDIRECT; pvtce's `table_bytes` where pvtce owns it.
+fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
+    const ENTRIES: u64 = 1 << 28;
+    let k = kvm::Kvm::open().map_err(e("open /dev/kvm"))?;
+    let vm = k.create_vm().map_err(e("create VM"))?;
+    let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
+    let vcpu = payload::boot(&vm, &mem).map_err(e("L2 vCPU"))?;
+    let (lck0, free0) = (vmlck_kib()?, memfree_kib()?);
+    let t = vm.create_tce_table(0x9000_0000, 12, 0, ENTRIES).map_err(e("1 TiB window"))?;
+    let (lck1, free1) = (vmlck_kib()?, memfree_kib()?);
+    let bytes = |t: &kvm::TceTable| -> Result<Option<u64>, String> {
+        Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| i.table_bytes))
+    };
+    let empty = bytes(&t)?;
+    let list: Vec<u8> = (0..INDIRECT).flat_map(|i| tce(i, 12).to_be_bytes()).collect();
+    mem.write(LIST, &list).map_err(e("list"))?;
+    let mapped = ENTRIES * pct_mapped / 100;
+    let calls_needed = mapped.div_ceil(INDIRECT);
+    let mut done = 0u64;
+    while done < calls_needed {
+        let n = (calls_needed - done).min(payload::MAX_ENTRIES);
+        let calls: Vec<Call> = (done..done + n)
+            .map(|k| c(H_PUT_TCE_INDIRECT, [0x9000_0000, (k * INDIRECT) << 12, LIST, INDIRECT]))
+            .collect();
+        let mut other = 0u32;
+        let (rets, _) = payload::run(&vcpu, &mem, &calls, &mut |nr, _| {
+            if nr == 0 || (nr as i64) < 0 {
+                nr
+            } else {
+                other += 1;
+                H_PARAMETER as u64
+            }
+        })
+        .map_err(e("run L2"))?;
+        if other != 0 || rets.iter().any(|r| r.r3 != H_SUCCESS) {
+            return Err(format!("1% mapping: {other} exits, returns {:?}", rets.iter().find(|r| r.r3 != 0)));
+        }
+        done += n;
+    }
+    let (lck2, free2) = (vmlck_kib()?, memfree_kib()?);
+    let full = bytes(&t)?;
+    let o = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!(
+        "PVTCE-BENCH kind=memory path={} entries={ENTRIES} mapped={} vmlck_kib=[{lck0},{lck1},{lck2}] memfree_drop_kib=[{},{}] table_bytes_empty={} table_bytes_mapped={}",
+        which.name(),
+        calls_needed * INDIRECT,
+        free0.saturating_sub(free1),
+        free0.saturating_sub(free2),
+        o(empty),
+        o(full)
+    );
+    drop(t);
+    Ok(())
+}
+
+/// `n` L2 vCPUs, each in its own VM (own memory, own unlinked 4K window, same LIOBN), each on its own L1
+/// thread, all running tables of H_PUT_TCE pairs for the same number of rounds; prints the total hypercall
+/// throughput over the slowest thread's wall time, and each vCPU's L2 ticks.
+fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> {
+    let barrier = std::sync::Barrier::new(n);
+    let results: Vec<Result<(f64, u64, u64), String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                let b = &barrier;
+                s.spawn(move || -> Result<(f64, u64, u64), String> {
+                    let k = kvm::Kvm::open().map_err(e("open /dev/kvm"))?;
+                    let vm = k.create_vm().map_err(e("create VM"))?;
+                    let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
+                    let vcpu = payload::boot(&vm, &mem).map_err(e("L2 vCPU"))?;
+                    let _t = vm.create_tce_table(L0, 12, 0, (1 << 30) >> 12).map_err(e("window"))?;
+                    let calls: Vec<Call> = (0..PAIRS)
+                        .flat_map(|i| [c(H_PUT_TCE, [L0, i << 12, tce(i, 12), 0]), c(H_PUT_TCE, [L0, i << 12, 0, 0])])
+                        .collect();
+                    let mut handler =
+                        |nr: u64, _: &[u64; 9]| if nr == 0 || (nr as i64) < 0 { nr } else { H_PARAMETER as u64 };
+                    // One warm-up table (first-touch allocation of the guest table), then the timed rounds.
+                    payload::run(&vcpu, &mem, &calls, &mut handler).map_err(e("run L2"))?;
+                    b.wait();
+                    let t = Instant::now();
+                    let mut ticks = 0u64;
+                    for _ in 0..rounds {
+                        let (rets, tb) = payload::run(&vcpu, &mem, &calls, &mut handler).map_err(e("run L2"))?;
+                        if rets.iter().any(|r| r.r3 != H_SUCCESS) {
+                            return Err("a PUT failed".into());
+                        }
+                        ticks += tb;
+                    }
+                    Ok((t.elapsed().as_secs_f64(), ticks, calls.len() as u64 * u64::from(rounds)))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into()))).collect()
+    });
+    let mut wall = 0f64;
+    let mut calls = 0u64;
+    let mut ticks = Vec::new();
+    for r in results {
+        let (w, t, c) = r?;
+        wall = wall.max(w);
+        calls += c;
+        ticks.push(t.to_string());
+    }
+    println!(
+        "PVTCE-BENCH kind=scaling path={} vcpus={n} rep={rep} calls={calls} wall_ns={} l2_ticks=[{}]",
+        which.name(),
+        (wall * 1e9) as u64,
+        ticks.join(",")
+    );
+    Ok(())
+}
+
+/// Runs one piece of the benchmark in a child process (`__bench ARGS`) with stdout going to the console: every
+/// rig gets a fresh VMM process, as every path would in real use (the conformance probe does the same).
+fn in_child(args: &[String]) -> Result<(), String> {
+    let st = std::process::Command::new("/proc/self/exe")
+        .arg("__bench")
+        .args(args)
+        .status()
+        .map_err(|err| format!("start the bench child: {err}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("bench child {args:?} failed ({st})"))
+    }
+}
+
+fn which(name: &str) -> Result<Which, String> {
+    [Which::Userspace, Which::Linux, Which::Pvtce]
+        .into_iter()
+        .find(|w| w.name() == name)
+        .ok_or_else(|| format!("unknown path {name}"))
+}
+
+/// A bench child: `path WHICH REP`, `memory WHICH PCT`, or `scaling WHICH N ROUNDS REP`.
+pub fn child(args: &[String]) -> Result<(), String> {
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let n = |i: usize| a(i).parse::<u64>().map_err(|_| format!("bad number {:?}", a(i)));
+    match a(0) {
+        "path" => one_path(which(a(1))?, n(2)? as u32),
+        "memory" => memory(which(a(1))?, n(2)?),
+        "scaling" => scaling(which(a(1))?, n(2)? as usize, n(3)? as u32, n(4)? as u32),
+        other => Err(format!("unknown bench child {other:?}")),
+    }
+}
+
+pub fn bench() -> Result<String, String> {
+    let reps = opt("reps").unwrap_or(5) as u32;
+    let r = (|| -> Result<String, String> {
+        let order = [Which::Userspace, Which::Linux, Which::Pvtce];
+        for rep in 0..reps {
+            for k in 0..3 {
+                let w = order[(k + rep as usize) % 3];
+                load_for(w)?;
+                in_child(&["path".into(), w.name().into(), rep.to_string()])
+                    .map_err(|x| format!("{} rep {rep}: {x}", w.name()))?;
+            }
+        }
+        if opt("memory").unwrap_or(1) != 0 {
+            for w in [Which::Linux, Which::Pvtce] {
+                load_for(w)?;
+                in_child(&["memory".into(), w.name().into(), "1".into()])?;
+            }
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max = opt("scaling").unwrap_or(4) as usize;
+        let rounds = opt("rounds").unwrap_or(4);
+        for rep in 0..reps.min(3) {
+            for n in [1usize, 2, 4].into_iter().filter(|&n| n <= max && n <= cpus) {
+                for w in [Which::Pvtce, Which::Linux] {
+                    load_for(w)?;
+                    in_child(&["scaling".into(), w.name().into(), n.to_string(), rounds.to_string(), rep.to_string()])?;
+                }
+            }
+        }
+        Ok(format!("{reps} repetitions of 3 paths x 2 windows; L1 has {cpus} CPUs"))
+    })();
+    let unload = load_for(Which::Linux);
+    let d = r?;
+    unload.map(|_| d)
+}
