@@ -5,10 +5,13 @@
 //! - `module`, `initramfs`: build pvtce.ko and the L1 initramfs.
 //! - `vm [TESTS]`: boot the emulated machine and run the named in-VM tests (default: all).
 //! - `demo`: everything above, then the smoke scenario with a readable summary.
+//! - `bench`: one boot running the in-VM benchmark (three TCE paths, two windows), plus the native criterion
+//!   benchmark of pvtce-core; writes docs/bench/ (see docs/bench/README.md). Never part of `test`.
 //! - `test`: host tests (unit, property, fuzz replay, formatting, clippy), then every in-VM test.
 //!
 //! Each stage prints one line as it starts and one as it ends, with its time.
 
+mod bench;
 mod initramfs;
 mod kernel;
 mod util;
@@ -17,7 +20,7 @@ mod vm;
 use std::time::Duration;
 use util::*;
 
-const USAGE: &str = "usage: cargo xtask <setup|kernel|module|initramfs|vm [TESTS]|demo|test>";
+const USAGE: &str = "usage: cargo xtask <setup|kernel|module|initramfs|vm [TESTS]|demo|bench|test>";
 
 fn setup(st: &mut Stages) -> Result<()> {
     st.run("setup", || {
@@ -215,6 +218,52 @@ fn real_main(args: &[String], st: &mut Stages) -> Result<()> {
             if o.failed() || p == 0 {
                 return Err("demo failed".into());
             }
+            Ok(())
+        }
+        "bench" => {
+            setup(st)?;
+            let b = build_all(st)?;
+            // L1 vCPUs for the scaling figures (PVTCE_SMP, default 4 here; the tests keep 2) and the repetitions
+            // (PVTCE_BENCH_REPS, default 5) reach the probe through the kernel command line.
+            let smp = std::env::var("PVTCE_SMP").unwrap_or_else(|_| "4".into());
+            let reps = std::env::var("PVTCE_BENCH_REPS").unwrap_or_else(|_| "5".into());
+            let probe = format!(
+                "pvtce_probe=reps={reps}{}",
+                std::env::var("PVTCE_BENCH_PROBE").map(|p| format!(",{p}")).unwrap_or_default()
+            );
+            let append = match std::env::var("PVTCE_APPEND") {
+                Ok(a) => format!("{a} {probe}"),
+                Err(_) => probe,
+            };
+            // Single-threaded here: nothing else reads the environment concurrently.
+            std::env::set_var("PVTCE_SMP", &smp);
+            std::env::set_var("PVTCE_APPEND", &append);
+            let o = boot(st, &b, "bench", "bench")?;
+            let (_, f, _) = report(&o);
+            if o.failed() || f > 0 {
+                return Err("the in-VM benchmark run failed".into());
+            }
+            let mut core = String::new();
+            st.run("core-bench", || {
+                core = bench::core_bench();
+                Ok("criterion on pvtce-core".into())
+            })?;
+            let mut summary = String::new();
+            st.run("bench-report", || {
+                summary = bench::report(&o.log, &core)?;
+                Ok("docs/bench/".into())
+            })?;
+            println!("{summary}");
+            Ok(())
+        }
+        // Re-renders docs/bench/ from a saved console log of a bench run (no VM, no criterion run).
+        "bench-report" => {
+            let log = args.get(1).ok_or("usage: cargo xtask bench-report CONSOLE_LOG [CORE_REPORT_TXT]")?;
+            let core = match args.get(2) {
+                Some(p) => util::read(std::path::Path::new(p))?,
+                None => "not run (bench-report)".into(),
+            };
+            println!("{}", bench::report(std::path::Path::new(log), &core)?);
             Ok(())
         }
         "test" => {

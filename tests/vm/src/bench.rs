@@ -80,10 +80,33 @@ fn timed(
     Ok((ex.tb, ex.tce))
 }
 
-/// `(ticks, exits)` as [`timed`] returns them.
-fn emit(which: Which, win: &str, work: &str, rep: u32, units: u64, calls: u64, (ticks, exits): (u64, u32)) {
+/// `(ticks, exits, pvtce's host updates and kills during the table)`.
+type Timed = (u64, u32, Option<(u64, u64)>);
+
+/// [`timed`] plus, on a pvtce window, how many host-table updates and invalidations the table caused.
+fn timed_stats(
+    rig: &Rig,
+    ddw: &mut pvtce_vmm_glue::rtas::Ddw,
+    hp: &mut HostPe<'_>,
+    liobn: u64,
+    calls: &[Call],
+) -> Result<Timed, String> {
+    let info = |hp: &HostPe<'_>| -> Result<Option<(u64, u64)>, String> {
+        match hp.window(pvtce_core::types::Liobn(liobn)).and_then(|w| w.table.as_ref()) {
+            Some(t) => Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| (i.host_updates, i.host_kills))),
+            None => Ok(None),
+        }
+    };
+    let before = info(hp)?;
+    let (t, x) = timed(rig, ddw, hp, calls)?;
+    let after = info(hp)?;
+    Ok((t, x, before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1))))
+}
+
+fn emit(which: Which, win: &str, work: &str, rep: u32, units: u64, calls: u64, (ticks, exits, host): Timed) {
+    let host = host.map_or(String::new(), |(u, k)| format!(" host_updates={u} host_kills={k}"));
     println!(
-        "PVTCE-BENCH kind=hcall path={} win={win} work={work} rep={rep} units={units} calls={calls} ticks={ticks} exits={exits}",
+        "PVTCE-BENCH kind=hcall path={} win={win} work={work} rep={rep} units={units} calls={calls} ticks={ticks} exits={exits}{host}",
         which.name()
     );
 }
@@ -138,28 +161,28 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
         let calls: Vec<Call> = (0..PAIRS)
             .flat_map(|i| [c(H_PUT_TCE, [liobn, ioba(i), tce(i, shift), 0]), c(H_PUT_TCE, [liobn, ioba(i), 0, 0])])
             .collect();
-        let tx = timed(rig, ddw, hp, &calls)?;
+        let tx = timed_stats(rig, ddw, hp, liobn, &calls)?;
         emit(which, win, "put_pair", rep, PAIRS, calls.len() as u64, tx);
         // H_PUT_TCE_INDIRECT of 512 fresh entries, BATCHES times on disjoint ranges.
         let list: Vec<u8> = (0..INDIRECT).flat_map(|i| tce(i, shift).to_be_bytes()).collect();
         rig.mem.write(LIST, &list).map_err(e("list"))?;
         let range = |k: u64| ioba(1024 + k * INDIRECT);
         let calls: Vec<Call> = (0..BATCHES).map(|k| c(H_PUT_TCE_INDIRECT, [liobn, range(k), LIST, INDIRECT])).collect();
-        let tx = timed(rig, ddw, hp, &calls)?;
+        let tx = timed_stats(rig, ddw, hp, liobn, &calls)?;
         emit(which, win, "indirect512", rep, BATCHES * INDIRECT, BATCHES, tx);
         // H_GET_TCE over mapped entries.
         let calls: Vec<Call> = (0..GETS).map(|i| c(H_GET_TCE, [liobn, range(0) + (i << shift), 0, 0])).collect();
-        let tx = timed(rig, ddw, hp, &calls)?;
+        let tx = timed_stats(rig, ddw, hp, liobn, &calls)?;
         emit(which, win, "get", rep, GETS, GETS, tx);
         // H_STUFF_TCE clearing the 512-entry mapped ranges.
         let calls: Vec<Call> = (0..BATCHES).map(|k| c(H_STUFF_TCE, [liobn, range(k), 0, INDIRECT])).collect();
-        let tx = timed(rig, ddw, hp, &calls)?;
+        let tx = timed_stats(rig, ddw, hp, liobn, &calls)?;
         emit(which, win, "stuff512", rep, BATCHES * INDIRECT, BATCHES, tx);
         // The same with one entry per call, for the per-entry slope of the kernel paths.
         let calls: Vec<Call> = (0..BATCHES)
             .flat_map(|k| [c(H_PUT_TCE_INDIRECT, [liobn, range(k), LIST, 1]), c(H_STUFF_TCE, [liobn, range(k), 0, 1])])
             .collect();
-        let tx = timed(rig, ddw, hp, &calls)?;
+        let tx = timed_stats(rig, ddw, hp, liobn, &calls)?;
         emit(which, win, "indirect1_stuff1", rep, BATCHES, BATCHES * 2, tx);
     }
     if which == Which::Userspace && opt("floor").unwrap_or(1) != 0 {
