@@ -90,17 +90,11 @@ impl Drop for TableView {
 }
 
 impl TceTable {
-    /// Maps the guest-visible table read-only (KVM allocates its pages on first touch: reading an entry
-    /// that was never written gives 0).
-    ///
-    /// Refused (EOPNOTSUPP) for a window pvtce.ko owns: its fault handler does not provide the pages yet and
-    /// answers SIGBUS on the first read (kmod/window.rs), which would kill the VMM. Read such a window with
-    /// H_GET_TCE from the guest instead.
+    /// Maps the guest-visible table read-only (the kernel provides its pages on first touch: reading an
+    /// entry that was never written gives 0). Works for Linux's windows and for pvtce's, whose mapping is
+    /// read-only (kmod/window.rs `Shadow`).
     pub fn view(&self) -> Result<TableView> {
         let liobn = self.liobn;
-        if self.info()?.is_some() {
-            return Err(Error::TableMap { liobn, len: 0, source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP) });
-        }
         let bytes = self.size_pages.checked_mul(8).and_then(|b| usize::try_from(b).ok());
         let page = host_page_size();
         let len = bytes.and_then(|b| b.checked_next_multiple_of(page)).ok_or(Error::TableMap {
