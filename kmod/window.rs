@@ -91,7 +91,25 @@ impl Shadow {
     }
 }
 
+impl Shadow {
+    fn get(&self, slot: u64) -> u64 {
+        let mut v = [0u8; 8];
+        // SAFETY: `v` is 8 writable bytes and `slot < TCES_PER_PAGE` keeps the read inside the page; the
+        // VMM may write the entry through its mapping concurrently, and then this reads the old or the new
+        // aligned entry, as Linux's reads of its own mapped table do.
+        let _ = unsafe { self.page.read_raw(v.as_mut_ptr(), (slot * 8) as usize, 8) };
+        u64::from_ne_bytes(v)
+    }
+}
+
 impl State {
+    /// The shadow entry for window-relative entry `idx`, if the VMM mapped that range: what the VMM wrote
+    /// there since wins, as with Linux whose mapped pages are the table itself.
+    fn shadow_get(&self, idx: u64) -> Option<u64> {
+        let pgoff = idx / TCES_PER_PAGE;
+        self.shadows.iter().find(|sh| sh.pgoff == pgoff).map(|sh| sh.get(idx % TCES_PER_PAGE))
+    }
+
     /// Rewrites the shadow entries of window-relative entries `first..first + count` from the guest table.
     fn refresh_shadows(&self, first: u64, count: u64) {
         let end = first.saturating_add(count);
@@ -399,7 +417,11 @@ fn hcall(w: &KWindow, nr: c_ulong, a1: u64, a2: u64, a3: u64) -> (i64, u64) {
             if nr == H_GET_TCE {
                 s.stats.get += 1;
                 return match s.window.get_tce(&s.store, ioba) {
-                    Ok(v) => (H_SUCCESS, v),
+                    Ok(v) => {
+                        // The ioba passed the window check.
+                        let idx = (a1 >> w.geometry.page_shift().get()) - w.geometry.offset();
+                        (H_SUCCESS, s.shadow_get(idx).unwrap_or(v))
+                    }
                     Err(e) => {
                         s.stats.rejected += 1;
                         (e.as_i64(), 0)

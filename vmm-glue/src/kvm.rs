@@ -107,6 +107,30 @@ impl TceTable {
         Ok(TableView { ptr, len, entries: self.size_pages })
     }
 
+    /// Writes entry `index` (window-relative, native-endian) through a read-write mapping of the table, as
+    /// QEMU does when it restores a table on incoming migration.
+    pub fn write_entry(&self, index: u64, value: u64) -> Result<()> {
+        let liobn = self.liobn;
+        if index >= self.size_pages {
+            return Err(Error::TableMap { liobn, len: 0, source: std::io::Error::from_raw_os_error(libc::EINVAL) });
+        }
+        let page = host_page_size() as u64;
+        let byte = index * 8;
+        let off = byte / page * page;
+        let len = page as usize;
+        let ptr = sys::mmap_shared(Some(self.fd.as_fd()), len, off as i64).map_err(|source| Error::TableMap {
+            liobn,
+            len,
+            source,
+        })?;
+        // SAFETY: `ptr` maps `len` bytes and `byte - off < len` is 8-byte aligned; the kernel may read the
+        // entry concurrently, hence a volatile store of plain data.
+        unsafe { std::ptr::write_volatile(ptr.add((byte - off) as usize).cast::<u64>(), value) };
+        // SAFETY: `ptr`/`len` is the mapping made above; no reference into it remains.
+        unsafe { sys::munmap(ptr, len) };
+        Ok(())
+    }
+
     /// pvtce's statistics of this window (PVTCE_WINDOW_INFO). `Ok(None)` when the table fd answers ENOTTY:
     /// the window was created by Linux's own code, not by pvtce.
     pub fn info(&self) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
