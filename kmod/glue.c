@@ -148,10 +148,11 @@ static const struct vm_operations_struct pvtce_window_vm_ops = {
 
 static int pvtce_window_mmap(struct file *file, struct vm_area_struct *vma)
 {
-	/* The guest-visible table is for reading (migration, reset); the guest changes it by hypercalls. */
-	if (vma->vm_flags & VM_WRITE)
-		return -EPERM;
-	vm_flags_clear(vma, VM_MAYWRITE);
+	/*
+	 * As Linux's table fd: readable and writable (QEMU maps it read-write and writes it back on incoming
+	 * migration). What the VMM writes is what H_GET_TCE returns for those entries; the hardware is not
+	 * touched, as with Linux.
+	 */
 	vma->vm_ops = &pvtce_window_vm_ops;
 	return 0;
 }

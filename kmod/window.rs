@@ -5,9 +5,9 @@
 //!
 //! # Lock order
 //! `kvm->lock` (held by KVM around `create_table`) → [`WINDOWS`] → [`KWindow::state`]. The hypercall path
-//! takes `WINDOWS` only to find the window and drops it before taking the window's lock. Nothing is
-//! allocated under `state` except the bookkeeping of an already-allocated reserve; table pages are
-//! allocated with no lock held. The last reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
+//! takes `WINDOWS` only to find the window and drops it before taking the window's lock. Table pages are
+//! allocated with no lock held; under `state` only the bookkeeping of an already-allocated reserve and
+//! the mmap fault's shadow page (a mutex: sleeping is allowed). The last reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
 
 use crate::ffi::{self, IommuGroup, Kvm, KvmRef, TableRef};
 use crate::host::{HostLink, KernelHost};
@@ -64,6 +64,63 @@ pub(crate) struct State {
     links: KVec<HostLink>,
     next_link_id: u32,
     pub(crate) stats: Stats,
+    /// Pages of the table fd's mmap (see [`Shadow`]).
+    shadows: KVec<Shadow>,
+}
+
+/// Entries in one PAGE_SIZE page of the table fd's mapping (Linux's layout: a flat native-endian array,
+/// `kvmppc_tce_put`'s `tbl[idx % TCES_PER_PAGE] = tce`).
+const TCES_PER_PAGE: u64 = (kernel::page::PAGE_SIZE / 8) as u64;
+
+/// One page of the table fd's mmap, in Linux's flat layout: made when the VMM's mapping first touches it and
+/// written through by every hypercall that changes its range, so the mapping is live like Linux's. The
+/// guest-visible table itself stays sparse; only ranges the VMM maps cost a page.
+struct Shadow {
+    pgoff: u64,
+    page: kernel::page::Page,
+}
+
+impl Shadow {
+    fn set(&self, slot: u64, tce: u64) {
+        let v = tce.to_ne_bytes();
+        // SAFETY: `v` is 8 readable bytes and `slot < TCES_PER_PAGE` keeps the write inside the page. The only
+        // kernel-side access to shadow pages is under the window lock, which the caller holds. The VMM may read
+        // the page through its mapping at any time, as it may Linux's own table pages: it sees the old or the
+        // new aligned 8-byte entry; no Rust reference into the page exists.
+        let _ = unsafe { self.page.write_raw(v.as_ptr(), (slot * 8) as usize, 8) };
+    }
+}
+
+impl Shadow {
+    fn get(&self, slot: u64) -> u64 {
+        let mut v = [0u8; 8];
+        // SAFETY: `v` is 8 writable bytes and `slot < TCES_PER_PAGE` keeps the read inside the page; the
+        // VMM may write the entry through its mapping concurrently, and then this reads the old or the new
+        // aligned entry, as Linux's reads of its own mapped table do.
+        let _ = unsafe { self.page.read_raw(v.as_mut_ptr(), (slot * 8) as usize, 8) };
+        u64::from_ne_bytes(v)
+    }
+}
+
+impl State {
+    /// The shadow entry for window-relative entry `idx`, if the VMM mapped that range: what the VMM wrote
+    /// there since wins, as with Linux whose mapped pages are the table itself.
+    fn shadow_get(&self, idx: u64) -> Option<u64> {
+        let pgoff = idx / TCES_PER_PAGE;
+        self.shadows.iter().find(|sh| sh.pgoff == pgoff).map(|sh| sh.get(idx % TCES_PER_PAGE))
+    }
+
+    /// Rewrites the shadow entries of window-relative entries `first..first + count` from the guest table.
+    fn refresh_shadows(&self, first: u64, count: u64) {
+        let end = first.saturating_add(count);
+        for sh in self.shadows.iter() {
+            let lo = sh.pgoff * TCES_PER_PAGE;
+            let hi = lo + TCES_PER_PAGE;
+            for idx in first.max(lo)..end.min(hi) {
+                sh.set(idx - lo, self.window.table().get(&self.store, idx).unwrap_or(0));
+            }
+        }
+    }
 }
 
 /// One guest DMA window.
@@ -123,6 +180,7 @@ fn create(kvm: *mut Kvm, liobn: u64, page_shift: u32, offset: u64, size: u64) ->
         links: KVec::new(),
         next_link_id: 0,
         stats: Stats::default(),
+        shadows: KVec::new(),
     };
     // From here on, dropping the window uncharges (see `Drop`).
     let w = match Arc::pin_init(
@@ -359,7 +417,11 @@ fn hcall(w: &KWindow, nr: c_ulong, a1: u64, a2: u64, a3: u64) -> (i64, u64) {
             if nr == H_GET_TCE {
                 s.stats.get += 1;
                 return match s.window.get_tce(&s.store, ioba) {
-                    Ok(v) => (H_SUCCESS, v),
+                    Ok(v) => {
+                        // The ioba passed the window check.
+                        let idx = (a1 >> w.geometry.page_shift().get()) - w.geometry.offset();
+                        (H_SUCCESS, s.shadow_get(idx).unwrap_or(v))
+                    }
                     Err(e) => {
                         s.stats.rejected += 1;
                         (e.as_i64(), 0)
@@ -384,6 +446,11 @@ fn hcall(w: &KWindow, nr: c_ulong, a1: u64, a2: u64, a3: u64) -> (i64, u64) {
                         _ => s.stats.indirect += 1,
                     }
                     s.stats.tces_changed += c.applied;
+                    if c.applied > 0 && !s.shadows.is_empty() {
+                        // `applied > 0` means the ioba passed the window check.
+                        let first = (a1 >> w.geometry.page_shift().get()) - w.geometry.offset();
+                        s.refresh_shadows(first, c.applied);
+                    }
                     return match c.result {
                         Ok(_) => (H_SUCCESS, 0),
                         Err(HcallError::TooHard) => {
@@ -481,10 +548,37 @@ pub(crate) fn all_info(capacity: usize) -> Result<(KVec<pvtce_window_info>, usiz
     Ok((out, total))
 }
 
-/// A page of the guest-visible table for the table fd's mmap; not provided yet (SIGBUS).
+/// The page at `pgoff` of the table fd's mapping (a [`Shadow`], made on first use), or NULL (SIGBUS) past the
+/// window's end or when no page can be had. glue.c takes the reference the fault hands over.
 #[no_mangle]
-pub(crate) extern "C" fn pvtce_rs_window_page(_window: *mut c_void, _pgoff: c_ulong) -> *mut ffi::Page {
-    core::ptr::null_mut()
+pub(crate) extern "C" fn pvtce_rs_window_page(window: *mut c_void, pgoff: c_ulong) -> *mut ffi::Page {
+    // SAFETY: the mapping holds the window's file, and with it a reference on the window.
+    let w: ArcBorrow<'_, KWindow> = unsafe { <Arc<KWindow> as ForeignOwnable>::borrow(window) };
+    let pgoff = pgoff as u64;
+    let Some(first) = pgoff.checked_mul(TCES_PER_PAGE).filter(|f| *f < w.geometry.size()) else {
+        return core::ptr::null_mut();
+    };
+    let mut guard = w.state.lock();
+    let s = &mut *guard;
+    if let Some(sh) = s.shadows.iter().find(|sh| sh.pgoff == pgoff) {
+        return sh.page.as_ptr().cast();
+    }
+    // A page fault may sleep: allocating under the window mutex is allowed (never under a spinlock).
+    let Ok(page) = kernel::page::Page::alloc_page(GFP_KERNEL | __GFP_ZERO) else {
+        return core::ptr::null_mut();
+    };
+    let sh = Shadow { pgoff, page };
+    let n = TCES_PER_PAGE.min(w.geometry.size() - first);
+    for i in 0..n {
+        if let Some(t) = s.window.table().get(&s.store, first + i).filter(|t| *t != 0) {
+            sh.set(i, t);
+        }
+    }
+    let ptr = sh.page.as_ptr().cast();
+    if s.shadows.push(sh, GFP_KERNEL).is_err() {
+        return core::ptr::null_mut();
+    }
+    ptr
 }
 
 /// Used by the module's exit: windows still registered (should be none: their files hold the module).

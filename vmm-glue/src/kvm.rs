@@ -90,17 +90,11 @@ impl Drop for TableView {
 }
 
 impl TceTable {
-    /// Maps the guest-visible table read-only (KVM allocates its pages on first touch: reading an entry
-    /// that was never written gives 0).
-    ///
-    /// Refused (EOPNOTSUPP) for a window pvtce.ko owns: its fault handler does not provide the pages yet and
-    /// answers SIGBUS on the first read (kmod/window.rs), which would kill the VMM. Read such a window with
-    /// H_GET_TCE from the guest instead.
+    /// Maps the guest-visible table read-only (the kernel provides its pages on first touch: reading an
+    /// entry that was never written gives 0). Works for Linux's windows and for pvtce's, whose mapping is
+    /// read-only (kmod/window.rs `Shadow`).
     pub fn view(&self) -> Result<TableView> {
         let liobn = self.liobn;
-        if self.info()?.is_some() {
-            return Err(Error::TableMap { liobn, len: 0, source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP) });
-        }
         let bytes = self.size_pages.checked_mul(8).and_then(|b| usize::try_from(b).ok());
         let page = host_page_size();
         let len = bytes.and_then(|b| b.checked_next_multiple_of(page)).ok_or(Error::TableMap {
@@ -111,6 +105,30 @@ impl TceTable {
         let ptr = sys::mmap_ro(self.fd.as_fd(), len).map_err(|source| Error::TableMap { liobn, len, source })?;
         // INVARIANT: `ptr` maps `len >= size_pages * 8` bytes.
         Ok(TableView { ptr, len, entries: self.size_pages })
+    }
+
+    /// Writes entry `index` (window-relative, native-endian) through a read-write mapping of the table, as
+    /// QEMU does when it restores a table on incoming migration.
+    pub fn write_entry(&self, index: u64, value: u64) -> Result<()> {
+        let liobn = self.liobn;
+        if index >= self.size_pages {
+            return Err(Error::TableMap { liobn, len: 0, source: std::io::Error::from_raw_os_error(libc::EINVAL) });
+        }
+        let page = host_page_size() as u64;
+        let byte = index * 8;
+        let off = byte / page * page;
+        let len = page as usize;
+        let ptr = sys::mmap_shared(Some(self.fd.as_fd()), len, off as i64).map_err(|source| Error::TableMap {
+            liobn,
+            len,
+            source,
+        })?;
+        // SAFETY: `ptr` maps `len` bytes and `byte - off < len` is 8-byte aligned; the kernel may read the
+        // entry concurrently, hence a volatile store of plain data.
+        unsafe { std::ptr::write_volatile(ptr.add((byte - off) as usize).cast::<u64>(), value) };
+        // SAFETY: `ptr`/`len` is the mapping made above; no reference into it remains.
+        unsafe { sys::munmap(ptr, len) };
+        Ok(())
     }
 
     /// pvtce's statistics of this window (PVTCE_WINDOW_INFO). `Ok(None)` when the table fd answers ENOTTY:

@@ -77,6 +77,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command quietly, sending its output to `log`; on failure the log's tail is printed.
 pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
+    if let Some(d) = log.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
     let f = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let f2 = f.try_clone().map_err(|e| e.to_string())?;
     let st = cmd.stdout(Stdio::from(f)).stderr(Stdio::from(f2)).status().map_err(|e| format!("{}: {e}", show(cmd)))?;

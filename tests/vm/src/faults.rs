@@ -33,6 +33,28 @@ pub fn child(kind: &str) -> Result<(), String> {
                 i += 1;
             }
         }
+        "unbind" => {
+            // Close the device fd only (unbinding waits for it); keep the group, container, window and VM.
+            let Rig { vcpu, table, _kdev, _vm, v, mem, win, .. } = rig;
+            let pvtce_vmm_glue::vfio::Owned { container, group, device, .. } = v;
+            drop(device);
+            println!("ready");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(e("wait for the unbind"))?;
+            // The device is gone from vfio-pci: the window keeps working on its guest table, and whatever the
+            // hardware side answers, nothing may crash or WARN. (A number of 0 or below is the re-executed
+            // `sc 1` of rig.rs: hand it back.)
+            let calls = [
+                call(H_PUT_TCE, [LIOBN, win + (40 << 12), 0x45_0000 | TCE_R, 0]),
+                call(H_STUFF_TCE, [LIOBN, win, 0, 64]),
+                call(H_GET_TCE, [LIOBN, win + (40 << 12), 0, 0]),
+            ];
+            let mut on_hcall = |nr: u64, _a: &[u64; 9]| if nr == 0 || (nr as i64) < 0 { nr } else { EXITED as u64 };
+            let (r, _) = pvtce_vmm_glue::payload::run(&vcpu, &mem, &calls, &mut on_hcall).map_err(e("run L2"))?;
+            println!("after-unbind {} {} {} {:#x}", r[0].r3, r[1].r3, r[2].r3, r[2].r4);
+            drop((vcpu, table, _kdev, _vm, group, container, mem));
+            Ok(())
+        }
         "vm-destroy" => {
             // Close everything of the VM but the window; the window keeps the VM alive until it goes.
             let Rig { vcpu, table, _kdev, _vm, v, mem, .. } = rig;
@@ -106,6 +128,41 @@ pub fn sigkill() -> Result<String, String> {
     child.kill().map_err(e("SIGKILL"))?;
     let st = child.wait().map_err(e("wait"))?;
     let r = after(baseline, &format!("SIGKILL mid-sequence ({st})"));
+    let _ = sh("rmmod pvtce");
+    r
+}
+
+/// The device is unbound from vfio-pci while its group is linked to a pvtce window and mapped.
+pub fn unbind() -> Result<String, String> {
+    sh("modprobe pvtce")?;
+    let baseline = pins_outstanding()?;
+    let bdf = pvtce_vmm_glue::vfio::find_pci(pvtce_vmm_glue::edu::VENDOR, pvtce_vmm_glue::edu::DEVICE)
+        .map_err(e("find edu"))?;
+    let mut child = Command::new("/proc/self/exe")
+        .args(["__fault-child", "unbind"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(e("start the child VMM"))?;
+    let out = child.stdout.take().ok_or("no child stdout")?;
+    let mut lines = BufReader::new(out).lines();
+    if lines.next().and_then(|l| l.ok()).as_deref() != Some("ready") {
+        return Err("child did not get ready".into());
+    }
+    pvtce_vmm_glue::vfio::unbind(&bdf).map_err(e("unbind edu from vfio-pci"))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().ok_or("no child stdin")?;
+        writeln!(stdin, "go").map_err(e("tell the child"))?;
+    }
+    let after_line = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    let st = child.wait().map_err(e("wait"))?;
+    if !st.success() || !after_line.starts_with("after-unbind") {
+        return Err(format!("the child VMM failed after the unbind ({st}): {after_line:?}"));
+    }
+    // Bind it back for the reuse check (and the tests after this one).
+    pvtce_vmm_glue::vfio::bind_vfio_pci(&bdf).map_err(e("bind edu to vfio-pci again"))?;
+    let r = after(baseline, &format!("device unbound while linked ({})", after_line.trim()));
     let _ = sh("rmmod pvtce");
     r
 }

@@ -36,6 +36,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("cli", cli::cli),
     ("fault-sigkill", faults::sigkill),
     ("fault-vm-destroy", faults::vm_destroy),
+    ("fault-unbind", faults::unbind),
 ];
 
 /// Run only when named: `conformance` still finds an unexplained divergence (docs/conformance.md), and
