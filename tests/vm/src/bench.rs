@@ -66,31 +66,48 @@ fn opt(key: &str) -> Option<u64> {
     p.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
+/// [`crate::vmmrig::run`] for TCE tables, plus the rig's rule for a re-executed `sc 1` (see
+/// [`crate::rig::Rig::run`]): a "hypercall" numbered 0 or negative is the previous call's result and goes back
+/// unchanged. Returns the results, the L2 ticks and the TCE hypercalls that exited.
+fn run_tces(rig: &Rig, hp: &mut HostPe<'_>, calls: &[Call]) -> Result<(Vec<payload::Ret>, u64, u32), String> {
+    let mut exits = 0u32;
+    let mut other = None;
+    let mut handler = |nr: u64, args: &[u64; 9]| {
+        if nr == 0 || (nr as i64) < 0 {
+            return payload::Reply { r3: nr, r4: None };
+        }
+        match hp.fallback.handle(nr, args) {
+            Some(r) => {
+                exits += 1;
+                r
+            }
+            None => {
+                other = Some(nr);
+                payload::Reply { r3: (-2i64) as u64, r4: None }
+            }
+        }
+    };
+    let (rets, tb) = payload::run_full(&rig.vcpu, &rig.mem, calls, &mut handler).map_err(e("run L2"))?;
+    if let Some(nr) = other {
+        return Err(format!("L2 made hypercall {nr:#x}, not a TCE one"));
+    }
+    Ok((rets, tb, exits))
+}
+
 /// A table that must succeed call by call; returns the L2 ticks and the TCE exits.
-fn timed(
-    rig: &Rig,
-    ddw: &mut pvtce_vmm_glue::rtas::Ddw,
-    hp: &mut HostPe<'_>,
-    calls: &[Call],
-) -> Result<(u64, u32), String> {
-    let (rets, ex) = run(rig, ddw, hp, calls)?;
+fn timed(rig: &Rig, hp: &mut HostPe<'_>, calls: &[Call]) -> Result<(u64, u32), String> {
+    let (rets, tb, exits) = run_tces(rig, hp, calls)?;
     if let Some((i, r)) = rets.iter().enumerate().find(|(_, r)| r.r3 != H_SUCCESS) {
         return Err(format!("call {i} ({:#x} {:x?}) returned {}", calls[i].nr, calls[i].args, r.r3));
     }
-    Ok((ex.tb, ex.tce))
+    Ok((tb, exits))
 }
 
 /// `(ticks, exits, pvtce's host updates and kills during the table)`.
 type Timed = (u64, u32, Option<(u64, u64)>);
 
 /// [`timed`] plus, on a pvtce window, how many host-table updates and invalidations the table caused.
-fn timed_stats(
-    rig: &Rig,
-    ddw: &mut pvtce_vmm_glue::rtas::Ddw,
-    hp: &mut HostPe<'_>,
-    liobn: u64,
-    calls: &[Call],
-) -> Result<Timed, String> {
+fn timed_stats(rig: &Rig, hp: &mut HostPe<'_>, liobn: u64, calls: &[Call]) -> Result<Timed, String> {
     let info = |hp: &HostPe<'_>| -> Result<Option<(u64, u64)>, String> {
         match hp.window(pvtce_core::types::Liobn(liobn)).and_then(|w| w.table.as_ref()) {
             Some(t) => Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| (i.host_updates, i.host_kills))),
@@ -98,7 +115,7 @@ fn timed_stats(
         }
     };
     let before = info(hp)?;
-    let (t, x) = timed(rig, ddw, hp, calls)?;
+    let (t, x) = timed(rig, hp, calls)?;
     let after = info(hp)?;
     Ok((t, x, before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1))))
 }
@@ -166,7 +183,7 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
         let range = |k: u64| ioba(1024 + k * INDIRECT);
         for t in 0..tries {
             let mut measure = |work: &str, units: u64, calls: &[Call]| -> Result<(), String> {
-                let tx = timed_stats(rig, ddw, hp, liobn, calls)?;
+                let tx = timed_stats(rig, hp, liobn, calls)?;
                 emit(which, win, work, rep, t, units, calls.len() as u64, tx);
                 Ok(())
             };
