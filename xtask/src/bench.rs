@@ -74,8 +74,7 @@ const WORKS: [(&str, &str); 5] = [
     ("indirect1_stuff1", "H_PUT_TCE_INDIRECT of 1 + H_STUFF_TCE of 1"),
 ];
 
-/// Per repetition: ticks per unit, the fastest of the repetition's tries (the probe runs each table several
-/// times in a row; the fastest is the least disturbed by other load on the emulating host).
+/// Per repetition: ticks per unit (with `tries=N`, the fastest of the repetition's tries).
 fn per_unit(lines: &[Line], path: &str, win: &str, work: &str) -> BTreeMap<u64, f64> {
     let mut best: BTreeMap<u64, f64> = BTreeMap::new();
     for (rep, v) in lines
@@ -277,7 +276,7 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
     let _ = writeln!(m, "# pvtce benchmark results\n");
     let _ = writeln!(
         m,
-        "Written by `cargo xtask bench` (see [README.md](README.md)). One boot of the emulated machine (QEMU pseries, TCG, nested KVM-HV, L1 with {smp} vCPUs), {reps} repetitions, paths in rotating order, each in a fresh VMM process. **Absolute times are TCG-emulated** (L2 timebase, 512 MHz, shown in emulated us); the ratios, taken per repetition between paths of the same boot, are the result. Format: median [min-max] over repetitions; within a repetition each table runs 5 times in a row and the fastest counts.\n"
+        "Written by `cargo xtask bench` (see [README.md](README.md)). One boot of the emulated machine (QEMU pseries, TCG, nested KVM-HV, L1 with {smp} vCPUs), {reps} repetitions, paths in rotating order, each in a fresh VMM process. **Absolute times are TCG-emulated** (L2 timebase, 512 MHz, shown in emulated us); the ratios, taken per repetition between paths of the same boot, are the result. Format: median [min-max] over repetitions.\n"
     );
     let _ = writeln!(m, "## Ratios\n\n| ratio | median [min-max] | goal | verdict |\n|---|---|---|---|");
     for r in &a.ratios {
