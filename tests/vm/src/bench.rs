@@ -423,7 +423,7 @@ fn in_child(args: &[String]) -> Result<(), String> {
     Err(format!("bench child {args:?} failed {ATTEMPTS} times: {why}"))
 }
 
-const ATTEMPTS: u32 = 3;
+const ATTEMPTS: u32 = 8;
 
 fn which(name: &str) -> Result<Which, String> {
     [Which::Userspace, Which::Linux, Which::Pvtce]
