@@ -448,12 +448,18 @@ pub fn bench() -> Result<String, String> {
     let reps = opt("reps").unwrap_or(5) as u32;
     let r = (|| -> Result<String, String> {
         let order = [Which::Userspace, Which::Linux, Which::Pvtce];
+        let mut dropped = 0u32;
         for rep in 0..reps {
             for k in 0..3 {
                 let w = order[(k + rep as usize) % 3];
                 load_for(w)?;
-                in_child(&["path".into(), w.name().into(), rep.to_string()])
-                    .map_err(|x| format!("{} rep {rep}: {x}", w.name()))?;
+                // A piece void every attempt is dropped (its repetition then has no ratio for that path),
+                // not the whole run: the artefact comes and goes with the emulating host's load.
+                if let Err(x) = in_child(&["path".into(), w.name().into(), rep.to_string()]) {
+                    println!("PVTCE-BENCH kind=dropped path={} rep={rep}", w.name());
+                    eprintln!("bench: {} rep {rep} dropped: {x}", w.name());
+                    dropped += 1;
+                }
             }
         }
         if opt("memory").unwrap_or(1) != 0 {
@@ -469,11 +475,20 @@ pub fn bench() -> Result<String, String> {
             for n in [1usize, 2, 4].into_iter().filter(|&n| n <= max && n <= cpus) {
                 for w in [Which::Pvtce, Which::Linux] {
                     load_for(w)?;
-                    in_child(&["scaling".into(), w.name().into(), n.to_string(), rounds.to_string(), rep.to_string()])?;
+                    let piece = ["scaling".into(), w.name().into(), n.to_string(), rounds.to_string(), rep.to_string()];
+                    if let Err(x) = in_child(&piece) {
+                        println!("PVTCE-BENCH kind=dropped piece=scaling path={} vcpus={n} rep={rep}", w.name());
+                        eprintln!("bench: scaling dropped: {x}");
+                    }
                 }
             }
         }
-        Ok(format!("{reps} repetitions of 3 paths x 2 windows; L1 has {cpus} CPUs"))
+        if dropped == 3 * reps {
+            return Err("every repetition of every path was void".into());
+        }
+        Ok(format!(
+            "{reps} repetitions of 3 paths x 2 windows ({dropped} path runs dropped as void); L1 has {cpus} CPUs"
+        ))
     })();
     let unload = load_for(Which::Linux);
     let d = r?;
