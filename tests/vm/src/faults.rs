@@ -114,14 +114,22 @@ fn after(baseline: i64, what: &str) -> Result<String, String> {
     Ok(format!("{what}: 0 windows left, pins at baseline ({baseline}), module unloaded, group reused with DMA"))
 }
 
-pub fn sigkill() -> Result<String, String> {
+/// Loads pvtce, takes the pin baseline, and starts a child VMM for fault `kind` (stdout piped; stdin piped
+/// too when the parent must tell it when to go on).
+fn start(kind: &str, with_stdin: bool) -> Result<(i64, std::process::Child), String> {
     sh("modprobe pvtce")?;
     let baseline = pins_outstanding()?;
-    let mut child = Command::new("/proc/self/exe")
-        .args(["__fault-child", "sigkill"])
+    let child = Command::new("/proc/self/exe")
+        .args(["__fault-child", kind])
+        .stdin(if with_stdin { Stdio::piped() } else { Stdio::inherit() })
         .stdout(Stdio::piped())
         .spawn()
         .map_err(e("start the child VMM"))?;
+    Ok((baseline, child))
+}
+
+pub fn sigkill() -> Result<String, String> {
+    let (baseline, mut child) = start("sigkill", false)?;
     wait_ready(&mut child)?;
     // Let it run hypercalls, then kill it wherever it is.
     std::thread::sleep(Duration::from_millis(300));
@@ -134,16 +142,9 @@ pub fn sigkill() -> Result<String, String> {
 
 /// The device is unbound from vfio-pci while its group is linked to a pvtce window and mapped.
 pub fn unbind() -> Result<String, String> {
-    sh("modprobe pvtce")?;
-    let baseline = pins_outstanding()?;
     let bdf = pvtce_vmm_glue::vfio::find_pci(pvtce_vmm_glue::edu::VENDOR, pvtce_vmm_glue::edu::DEVICE)
         .map_err(e("find edu"))?;
-    let mut child = Command::new("/proc/self/exe")
-        .args(["__fault-child", "unbind"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(e("start the child VMM"))?;
+    let (baseline, mut child) = start("unbind", true)?;
     let out = child.stdout.take().ok_or("no child stdout")?;
     let mut lines = BufReader::new(out).lines();
     if lines.next().and_then(|l| l.ok()).as_deref() != Some("ready") {
@@ -168,13 +169,7 @@ pub fn unbind() -> Result<String, String> {
 }
 
 pub fn vm_destroy() -> Result<String, String> {
-    sh("modprobe pvtce")?;
-    let baseline = pins_outstanding()?;
-    let mut child = Command::new("/proc/self/exe")
-        .args(["__fault-child", "vm-destroy"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(e("start the child VMM"))?;
+    let (baseline, mut child) = start("vm-destroy", false)?;
     wait_ready(&mut child)?;
     let st = child.wait().map_err(e("wait"))?;
     if !st.success() {

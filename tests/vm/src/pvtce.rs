@@ -18,6 +18,19 @@ fn scenario(tce_shift: u32) -> Result<String, String> {
     sh("modprobe pvtce")?;
     let result = (|| {
         let mut rig = Rig::new(tce_shift, 1 << 28)?;
+        // Every failure says which hypercalls left the kernel and how often L2 re-executed `sc 1`.
+        let r = run_scenario(&mut rig, tce_shift);
+        r.map_err(|err| format!("{err} (exits {:x?}; re-executed sc 1: {})", rig.exit_log, rig.reissued))
+    })();
+    // Everything was closed when the rig dropped: the module must unload now.
+    let unload = sh("rmmod pvtce");
+    let detail = result?;
+    unload.map_err(|err| format!("rmmod after the windows closed: {err}"))?;
+    Ok(detail)
+}
+
+fn run_scenario(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
+    {
         let info = rig.pvtce_info()?.ok_or("the window is Linux's built-in one; pvtce did not take it")?;
         if info.links != 1 {
             return Err(format!("pvtce reports {} linked tables, expected 1", info.links));
@@ -120,12 +133,7 @@ fn scenario(tce_shift: u32) -> Result<String, String> {
             "{}K TCEs at {win:#x}: PUT/GET/INDIRECT/STUFF handled by pvtce with 0 exits ({tb} tb ticks); stats put {} indirect {} stuff {} get {} rejected {} changed {} host updates {} kills {}; DMA reached A and B+1, refused after STUFF; the table fd's mmap shows the entries and follows STUFF; rmmod refused while the window lived",
             ps >> 10, s.h_put_tce, s.h_put_tce_indirect, s.h_stuff_tce, s.h_get_tce, s.rejected, s.tces_changed, s.host_updates, s.host_kills
         ))
-    })();
-    // Everything was closed when the rig dropped: the module must unload now.
-    let unload = sh("rmmod pvtce");
-    let detail = result?;
-    unload.map_err(|err| format!("rmmod after the windows closed: {err}"))?;
-    Ok(detail)
+    }
 }
 
 pub fn pvtce_4k() -> Result<String, String> {

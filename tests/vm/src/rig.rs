@@ -120,7 +120,8 @@ impl Rig {
             // sometimes executes the same `sc 1` again, with r3 holding that hypercall's result and r4.. its
             // arguments. No hypercall is numbered 0 or negative, so such a "number" is a previous result:
             // handing it back unchanged leaves L2 with the result the kernel gave.
-            if nr == 0 || (nr as i64) < 0 {
+            // The same happens after a hypercall that exited here: r3 then holds our own answer.
+            if nr == 0 || (nr as i64) < 0 || nr == EXITED as u64 {
                 reissued += 1;
                 return nr;
             }
