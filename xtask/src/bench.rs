@@ -412,21 +412,6 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
     m
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 fn json(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
     let mut j = String::from("{\n");
     let _ = writeln!(

@@ -199,20 +199,6 @@ pub fn boot(vmlinux: &Path, initrd: &Path, run: &str, tag: &str, timeout: Durati
     Ok(o)
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 /// The machine-readable result: one JSON object with every test and every bad console line.
 fn write_results(o: &Outcome, path: &Path) -> Result<()> {
     let tests: Vec<String> = o

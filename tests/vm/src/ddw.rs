@@ -152,14 +152,10 @@ fn finish(
     let page = 1u64 << ps;
 
     // edu through the PUT mapping and through the INDIRECT one.
-    let pa = pattern(rig, a, 3)?;
-    let pb = pattern(rig, b, 11)?;
     // A neighbouring 4K slice stays untouched.
     rig.mem.write(a - 0x1000 + 0x800, &[0u8; 256]).map_err(e("clear neighbour"))?;
-    edu_copy(rig, BUS64 + 3 * page, 256)?;
-    edu_copy(rig, BUS64 + 8 * page, 256)?;
-    check_copied(rig, a, &pa)?;
-    check_copied(rig, b, &pb)?;
+    dma_reaches(rig, BUS64 + 3 * page, a, 3)?;
+    dma_reaches(rig, BUS64 + 8 * page, b, 11)?;
     if ps == 12 {
         let mut n = [0u8; 256];
         rig.mem.read(a - 0x1000 + 0x800, &mut n).map_err(e("neighbour"))?;
@@ -194,9 +190,7 @@ fn finish(
     if rets[0].r3 != 0 || exits.tce != exiting(1) {
         return Err(format!("PUT on the restored default window: {rets:x?}, {} exits", exits.tce));
     }
-    let pa = pattern(rig, a, 5)?;
-    edu_copy(rig, 0x4_0000, 256)?;
-    check_copied(rig, a, &pa)?;
+    dma_reaches(rig, 0x4_0000, a, 5)?;
     Ok(format!(
         "DDW {}K pages 2^{ws} at {BUS64:#x} (host window there too, default at 0); L2 PUT/INDIRECT/GET; edu DMA reached L2 pages {a:#x} and {b:#x}; remove and reset leave no host window at {BUS64:#x} (MAP_DMA ENXIO, probe TCE_CREATE ok); default window works after reset; {stats}",
         page >> 10

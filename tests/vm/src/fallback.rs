@@ -119,9 +119,7 @@ fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
         }
     }
     // The host table holds P1 at 0x4_0000 (read-write): edu copies through it inside P1.
-    let pat = pattern(&rig, P1, 0x5a)?;
-    edu_copy(&rig, 0x4_0000, 256)?;
-    check_copied(&rig, P1, &pat)?;
+    dma_reaches(&rig, 0x4_0000, P1, 0x5a)?;
     Ok(Outcome { rets, table, exits: exits.tce, tb: exits.tb })
 }
 

@@ -138,26 +138,10 @@ impl Rig {
         Ok(r)
     }
 
-    pub fn edu(&self) -> Result<edu::Edu<'_>, String> {
-        let edu = edu::Edu::new(&self.v.device).map_err(e("edu"))?;
-        if !edu.alive().map_err(e("edu liveness"))? {
-            return Err("edu liveness check failed".into());
-        }
-        Ok(edu)
-    }
-
     /// edu reads 256 bytes at bus `from` and writes them to bus `to`; true if `to`'s L2 page `to_gpa` then
     /// holds exactly the bytes at `from_gpa`.
     pub fn dma_copy(&self, from: u64, from_gpa: u64, to: u64, to_gpa: u64, fill: u8) -> Result<bool, String> {
-        let pattern: Vec<u8> = (0..256u32).map(|i| (i * 7 + u32::from(fill)) as u8).collect();
-        self.mem.write(from_gpa, &pattern).map_err(e("pattern"))?;
-        self.mem.write(to_gpa, &[0u8; 256]).map_err(e("clear"))?;
-        let edu = self.edu()?;
-        edu.bus_to_buf(from, 0, 256).map_err(e("DMA bus->edu"))?;
-        edu.buf_to_bus(0, to, 256).map_err(e("DMA edu->bus"))?;
-        let mut got = vec![0u8; 256];
-        self.mem.read(to_gpa, &mut got).map_err(e("read back"))?;
-        Ok(got == pattern)
+        dma_copy(&self.mem, &self.v.device, from, from_gpa, to, to_gpa, fill)
     }
 
     /// Writes an H_PUT_TCE_INDIRECT list (big-endian words) at [`LIST_GPA`].
@@ -284,6 +268,30 @@ impl Rig {
             .create_tce_table(liobn, shift, offset_pages, size_pages)
             .map_err(e("KVM_CREATE_SPAPR_TCE_64 (second window)"))
     }
+}
+
+/// [`Rig::dma_copy`] for any rig: guest memory `mem`, edu behind VFIO `device`.
+pub fn dma_copy(
+    mem: &GuestMem,
+    device: &vfio::Device,
+    from: u64,
+    from_gpa: u64,
+    to: u64,
+    to_gpa: u64,
+    fill: u8,
+) -> Result<bool, String> {
+    let pattern: Vec<u8> = (0..256u32).map(|i| (i * 7 + u32::from(fill)) as u8).collect();
+    mem.write(from_gpa, &pattern).map_err(e("pattern"))?;
+    mem.write(to_gpa, &[0u8; 256]).map_err(e("clear"))?;
+    let edu = edu::Edu::new(device).map_err(e("edu"))?;
+    if !edu.alive().map_err(e("edu liveness"))? {
+        return Err("edu liveness check failed".into());
+    }
+    edu.bus_to_buf(from, 0, 256).map_err(e("DMA bus->edu"))?;
+    edu.buf_to_bus(0, to, 256).map_err(e("DMA edu->bus"))?;
+    let mut got = vec![0u8; 256];
+    mem.read(to_gpa, &mut got).map_err(e("read back"))?;
+    Ok(got == pattern)
 }
 
 pub fn call(nr: u64, args: [u64; 4]) -> payload::Call {

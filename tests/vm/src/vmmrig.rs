@@ -145,35 +145,14 @@ pub fn rtas_calls(rig: &Rig, ddw: &mut Ddw, hp: &mut HostPe<'_>, reqs: &[RtasReq
     Ok(out)
 }
 
-/// edu copies `len` bytes at `ioba` to `ioba + 0x800` through the IOMMU; the caller checks guest memory.
-pub fn edu_copy(rig: &Rig, ioba: u64, len: u64) -> Result<(), String> {
-    let edu = edu::Edu::new(&rig.v.device).map_err(e("edu"))?;
-    if !edu.alive().map_err(e("edu liveness"))? {
-        return Err("edu liveness check failed".into());
+/// edu copies 256 bytes of a pattern at `ioba` (which must map L2 page `gpa`) to `ioba + 0x800`; they must
+/// land at `gpa + 0x800` ([`crate::rig::dma_copy`]).
+pub fn dma_reaches(rig: &Rig, ioba: u64, gpa: u64, seed: u8) -> Result<(), String> {
+    if crate::rig::dma_copy(&rig.mem, &rig.v.device, ioba, gpa, ioba + 0x800, gpa + 0x800, seed)? {
+        Ok(())
+    } else {
+        Err(format!("edu DMA through ioba {ioba:#x} did not reach L2 page {gpa:#x}"))
     }
-    edu.bus_to_buf(ioba, 0, len).map_err(e("DMA bus->edu"))?;
-    edu.buf_to_bus(0, ioba + 0x800, len).map_err(e("DMA edu->bus"))
-}
-
-/// Fills `[gpa, gpa+256)` with a pattern derived from `seed` and clears `[gpa+0x800, +256)`; returns it.
-pub fn pattern(rig: &Rig, gpa: u64, seed: u8) -> Result<Vec<u8>, String> {
-    let p: Vec<u8> = (0..256u32).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect();
-    rig.mem.write(gpa, &p).map_err(e("pattern"))?;
-    rig.mem.write(gpa + 0x800, &[0u8; 256]).map_err(e("clear"))?;
-    Ok(p)
-}
-
-pub fn check_copied(rig: &Rig, gpa: u64, want: &[u8]) -> Result<(), String> {
-    let mut got = vec![0u8; want.len()];
-    rig.mem.read(gpa + 0x800, &mut got).map_err(e("read back"))?;
-    if got != want {
-        let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
-        return Err(format!(
-            "DMA did not reach L2 page {gpa:#x}: byte {first} is {:#x}, expected {:#x}",
-            got[first], want[first]
-        ));
-    }
-    Ok(())
 }
 
 /// Runs `f` with pvtce.ko loaded, so the kernel windows it creates are pvtce's; unloads it afterwards (the
