@@ -67,6 +67,20 @@ fn patched_tree(pristine: &Path) -> Result<PathBuf> {
         return Ok(tree);
     }
     println!("kernel: applying {} patch(es) from patches/linux/series", series.len());
+    let mut all: Vec<String> = old.lines().skip(1).map(String::from).collect();
+    all.extend(files.iter().cloned());
+    all.sort();
+    all.dedup();
+    // What the previous tree had in those files, so an unchanged file keeps its old mtime below.
+    let before: std::collections::HashMap<String, (Vec<u8>, std::time::SystemTime)> = all
+        .iter()
+        .filter_map(|f| {
+            let p = tree.join(f);
+            let data = std::fs::read(&p).ok()?;
+            let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).ok()?;
+            Some((f.clone(), (data, mtime)))
+        })
+        .collect();
     if tree.exists() {
         std::fs::remove_dir_all(&tree).map_err(|e| format!("{}: {e}", tree.display()))?;
     }
@@ -79,16 +93,21 @@ fn patched_tree(pristine: &Path) -> Result<PathBuf> {
             .map_err(|e| format!("patch {n} does not apply: {e}"))?;
     }
     // Files the previous series changed but this one does not are pristine again, with an old mtime: touch them
-    // (and every file this series touches) so an incremental build notices.
-    let mut all: Vec<String> = old.lines().skip(1).map(String::from).collect();
-    all.extend(files.iter().cloned());
+    // (and every file this series changes) so an incremental build notices. A file whose text is what the last
+    // tree had keeps that tree's mtime, so adding one patch rebuilds what it touches, not what the others do.
     for f in &all {
         let p = tree.join(f);
         if p.exists() {
             // cp -al shares the inode with the pristine tree; break the link before touching.
             let data = std::fs::read(&p).map_err(|e| e.to_string())?;
             std::fs::remove_file(&p).map_err(|e| e.to_string())?;
-            std::fs::write(&p, data).map_err(|e| e.to_string())?;
+            std::fs::write(&p, &data).map_err(|e| e.to_string())?;
+            if let Some((old_data, mtime)) = before.get(f) {
+                if *old_data == data {
+                    let file = std::fs::File::options().write(true).open(&p).map_err(|e| e.to_string())?;
+                    file.set_modified(*mtime).map_err(|e| format!("{}: {e}", p.display()))?;
+                }
+            }
         }
     }
     let mut s = key.hex();
