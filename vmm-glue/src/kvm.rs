@@ -328,6 +328,16 @@ impl Vcpu {
                 Err(source) => return Err(Error::Ioctl { name: "KVM_RUN", what: "vCPU", source }),
             }
         }
+        self.last_exit()
+    }
+
+    /// The vCPU's fd, for callers that issue `KVM_RUN` themselves (then [`Vcpu::last_exit`] decodes it).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Why the last `KVM_RUN` returned.
+    pub fn last_exit(&self) -> Result<Exit> {
         let reason = self.run_u32(KVM_RUN_EXIT_REASON);
         let u = KVM_RUN_UNION;
         match reason {

@@ -20,6 +20,16 @@ pub const ENTRY_SIZE: u64 = 64;
 pub const MAX_ENTRIES: u64 = 1024;
 pub const DONE_MMIO: u64 = 0x4000_0000;
 
+/// Emits the loop head of a table program: leaves for "done" when r21 (entries left) is 0, else loads the
+/// entry at `entry` (a register): r3 = the number, r4..r8 = the arguments.
+pub fn load_call(a: &mut Asm, entry: crate::asm::Reg) -> &mut Asm {
+    a.cmpdi(21, 0).beq("done");
+    for (r, off) in (3..=8).zip((0..).step_by(8)) {
+        a.ld(r, off, entry);
+    }
+    a
+}
+
 pub fn program() -> Vec<u8> {
     let mut a = Asm::new();
     a.label("start")
@@ -28,15 +38,8 @@ pub fn program() -> Vec<u8> {
         .addi(22, 20, HEADER as i16)
         .mftb(23)
         .std(23, 8, 20)
-        .label("loop")
-        .cmpdi(21, 0)
-        .beq("done")
-        .ld(3, 0, 22)
-        .ld(4, 8, 22)
-        .ld(5, 16, 22)
-        .ld(6, 24, 22)
-        .ld(7, 32, 22)
-        .ld(8, 40, 22)
+        .label("loop");
+    load_call(&mut a, 22)
         .hcall()
         .std(3, 48, 22)
         .std(4, 56, 22)

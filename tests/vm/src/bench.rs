@@ -66,18 +66,16 @@ fn opt(key: &str) -> Option<u64> {
     p.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// [`crate::vmmrig::run`] for TCE tables, plus the rig's rule for a re-executed `sc 1` (see
-/// [`crate::rig::Rig::run`]): a "hypercall" numbered 0 or negative is the previous call's result and goes back
-/// unchanged. Returns the results, the L2 ticks and the TCE hypercalls that exited.
+/// [`crate::vmmrig::run`] for TCE tables. Returns the results, the L2 ticks and the TCE hypercalls that exited.
+/// A "hypercall" numbered 0 or negative voids the table: before patch 0004 it was the sign of a VMM whose
+/// vector registers `KVM_RUN` had replaced with the guest's (tests/vm/src/fpregs.rs).
 fn run_tces(rig: &Rig, hp: &mut HostPe<'_>, calls: &[Call]) -> Result<(Vec<payload::Ret>, u64, u32), String> {
     let mut exits = 0u32;
     let mut reissued = 0u32;
     let mut other = None;
     let mut handler = |nr: u64, args: &[u64; 9]| {
         if nr == 0 || (nr as i64) < 0 {
-            // Measured here: with tables repeated back to back, a "re-executed" sc 1 also comes in place
-            // of a call that never reached the kernel (pvtce's counters did not move). A table with one is
-            // void: the child fails and the parent runs the piece again.
+            // The child fails and the parent runs the piece again.
             reissued += 1;
             return payload::Reply { r3: nr, r4: None };
         }
@@ -97,7 +95,7 @@ fn run_tces(rig: &Rig, hp: &mut HostPe<'_>, calls: &[Call]) -> Result<(Vec<paylo
         return Err(format!("L2 made hypercall {nr:#x}, not a TCE one"));
     }
     if reissued > 0 {
-        return Err(format!("{reissued} re-executed sc 1 in a table of {}: void", calls.len()));
+        return Err(format!("{reissued} hypercalls numbered 0 or below in a table of {}: void", calls.len()));
     }
     Ok((rets, tb, exits))
 }
@@ -182,8 +180,7 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
         }
     }
     // With `tries=N` each table runs N times in a row (the sequence leaves the windows as it found them) and
-    // the host takes the fastest try of a repetition. Default 1: back-to-back repeats bring the void
-    // re-executed sc 1 (see `run_tces`) often enough to spoil runs.
+    // the host takes the fastest try of a repetition. Default 1.
     let tries = opt("tries").unwrap_or(1);
     for (win, liobn, base, shift) in [("4k", L0, 0u64, 12u32), ("64k", L1, BUS64, 16)] {
         let ioba = |i: u64| base + (i << shift);
@@ -296,7 +293,8 @@ fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
     let mapped = ENTRIES * pct_mapped / 100;
     let calls_needed = mapped.div_ceil(INDIRECT);
     let mut done = 0u64;
-    // Re-executed sc 1 (see `run_tces`): reported; pvtce's table_bytes shows whether every call landed.
+    // Hypercalls numbered 0 or below (see `run_tces`): reported; pvtce's table_bytes shows whether every call
+    // landed.
     let mut void = 0u32;
     while done < calls_needed {
         let n = (calls_needed - done).min(payload::MAX_ENTRIES);
@@ -375,7 +373,7 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
                         ticks += tb;
                     }
                     if void.get() > 0 {
-                        return Err(format!("{} re-executed sc 1: void run", void.get()));
+                        return Err(format!("{} hypercalls numbered 0 or below: void run", void.get()));
                     }
                     Ok((t.elapsed().as_secs_f64(), ticks, calls.len() as u64 * u64::from(rounds)))
                 })

@@ -148,7 +148,6 @@ impl Outcome {
 
 /// One path's run: each sequence's outcome, the sequences themselves, and whether pvtce owned the windows.
 struct Run {
-    reissued: u32,
     exit_log: Vec<(u64, [u64; 4])>,
     outcomes: Vec<Outcome>,
     seqs: Vec<Vec<Call>>,
@@ -211,7 +210,7 @@ fn run_all(mode: u32, count: u64) -> Result<Run, String> {
         seqs.push(calls);
     }
     eprintln!("conformance: {} run done, closing its windows", if pvtce { "pvtce" } else { "builtin" });
-    Ok(Run { reissued: rig.reissued, exit_log: rig.exit_log.clone(), outcomes, seqs, pvtce })
+    Ok(Run { exit_log: rig.exit_log.clone(), outcomes, seqs, pvtce })
 }
 
 /// The child side: runs every sequence on one path and prints one encoded outcome per line.
@@ -231,7 +230,7 @@ pub fn child(mode: &str) -> Result<(), String> {
     let mode_name = if mode == pvtce_uapi::PVTCE_MODE_PVTCE { "pvtce" } else { "builtin" };
     let run = run_all(mode, count)?;
     println!("owner {}", if run.pvtce { "pvtce" } else { "builtin" });
-    eprintln!("{mode_name}: re-executed sc 1 seen {} times; last exits {:x?}", run.reissued, run.exit_log);
+    eprintln!("{mode_name}: last exits {:x?}", run.exit_log);
     for (o, calls) in run.outcomes.iter().zip(&run.seqs) {
         // The calls ride along for the report; they are not compared.
         let calls: Vec<String> = calls

@@ -42,14 +42,13 @@ pub fn child(kind: &str) -> Result<(), String> {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map_err(e("wait for the unbind"))?;
             // The device is gone from vfio-pci: the window keeps working on its guest table, and whatever the
-            // hardware side answers, nothing may crash or WARN. (A number of 0 or below is the re-executed
-            // `sc 1` of rig.rs: hand it back.)
+            // hardware side answers, nothing may crash or WARN.
             let calls = [
                 call(H_PUT_TCE, [LIOBN, win + (40 << 12), 0x45_0000 | TCE_R, 0]),
                 call(H_STUFF_TCE, [LIOBN, win, 0, 64]),
                 call(H_GET_TCE, [LIOBN, win + (40 << 12), 0, 0]),
             ];
-            let mut on_hcall = |nr: u64, _a: &[u64; 9]| if nr == 0 || (nr as i64) < 0 { nr } else { EXITED as u64 };
+            let mut on_hcall = |_nr: u64, _a: &[u64; 9]| EXITED as u64;
             let (r, _) = pvtce_vmm_glue::payload::run(&vcpu, &mem, &calls, &mut on_hcall).map_err(e("run L2"))?;
             println!("after-unbind {} {} {} {:#x}", r[0].r3, r[1].r3, r[2].r3, r[2].r4);
             drop((vcpu, table, _kdev, _vm, group, container, mem));

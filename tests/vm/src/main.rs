@@ -9,6 +9,7 @@ mod conformance;
 mod ddw;
 mod fallback;
 mod faults;
+mod fpregs;
 mod pvtce;
 mod rig;
 mod smoke;
@@ -22,6 +23,7 @@ type TestFn = fn() -> Result<String, String>;
 const TESTS: &[(&str, TestFn)] = &[
     ("module-load", smoke::module_load),
     ("smoke", smoke::smoke),
+    ("kvm-run-fp", fpregs::kvm_run_keeps_fp),
     ("pvtce-4k", pvtce::pvtce_4k),
     ("pvtce-64k", pvtce::pvtce_64k),
     ("ddw-64k", ddw::ddw_64k),
@@ -37,13 +39,12 @@ const TESTS: &[(&str, TestFn)] = &[
     ("fault-sigkill", faults::sigkill),
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
+    ("conformance", conformance::conformance),
 ];
 
-/// Run only when named: `conformance` still finds an unexplained divergence (docs/conformance.md), and
-/// `conf-probe` runs one path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`) for diagnosis; `bench` is
-/// `cargo xtask bench`'s measurement run (docs/bench/README.md).
-const PROBES: &[(&str, TestFn)] =
-    &[("conformance", conformance::conformance), ("conf-probe", conformance::probe), ("bench", bench::bench)];
+/// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
+/// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md).
+const PROBES: &[(&str, TestFn)] = &[("conf-probe", conformance::probe), ("bench", bench::bench)];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

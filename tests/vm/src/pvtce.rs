@@ -18,9 +18,9 @@ fn scenario(tce_shift: u32) -> Result<String, String> {
     sh("modprobe pvtce")?;
     let result = (|| {
         let mut rig = Rig::new(tce_shift, 1 << 28)?;
-        // Every failure says which hypercalls left the kernel and how often L2 re-executed `sc 1`.
+        // Every failure says which hypercalls left the kernel.
         let r = run_scenario(&mut rig, tce_shift);
-        r.map_err(|err| format!("{err} (exits {:x?}; re-executed sc 1: {})", rig.exit_log, rig.reissued))
+        r.map_err(|err| format!("{err} (exits {:x?})", rig.exit_log))
     })();
     // Everything was closed when the rig dropped: the module must unload now.
     let unload = sh("rmmod pvtce");

@@ -62,8 +62,6 @@ pub struct Rig {
     pub exits: u32,
     /// The last few exits (nr, r4..r7), for reports.
     pub exit_log: Vec<(u64, [u64; 4])>,
-    /// Re-executed `sc 1` instructions seen (see [`Rig::run`]).
-    pub reissued: u32,
 }
 
 impl Rig {
@@ -92,20 +90,7 @@ impl Rig {
         vcpu.enable_papr().map_err(e("PAPR"))?;
         payload::load(&mem).map_err(e("load payload"))?;
         vcpu.set_entry(payload::ENTRY).map_err(e("entry"))?;
-        Ok(Rig {
-            vcpu,
-            table,
-            _kdev: kdev,
-            _vm: vm,
-            v,
-            mem,
-            bdf,
-            win,
-            win_size,
-            exits: 0,
-            exit_log: Vec::new(),
-            reissued: 0,
-        })
+        Ok(Rig { vcpu, table, _kdev: kdev, _vm: vm, v, mem, bdf, win, win_size, exits: 0, exit_log: Vec::new() })
     }
 
     /// Runs `calls` in L2; returns (r3, r4) per call and the timebase ticks the table took. A hypercall that
@@ -113,18 +98,8 @@ impl Rig {
     /// exactly which calls left the kernel.
     pub fn run(&mut self, calls: &[payload::Call]) -> Result<(Vec<payload::Ret>, u64), String> {
         let mut exits = 0u32;
-        let mut reissued = 0u32;
         let log = &mut self.exit_log;
         let mut on_hcall = |nr: u64, a: &[u64; 9]| {
-            // Measured on this machine (nested KVM-HV under TCG): after the kernel handled a hypercall, L2
-            // sometimes executes the same `sc 1` again, with r3 holding that hypercall's result and r4.. its
-            // arguments. No hypercall is numbered 0 or negative, so such a "number" is a previous result:
-            // handing it back unchanged leaves L2 with the result the kernel gave.
-            // The same happens after a hypercall that exited here: r3 then holds our own answer.
-            if nr == 0 || (nr as i64) < 0 || nr == EXITED as u64 {
-                reissued += 1;
-                return nr;
-            }
             exits += 1;
             if log.len() >= 16 {
                 log.remove(0);
@@ -134,7 +109,6 @@ impl Rig {
         };
         let r = payload::run(&self.vcpu, &self.mem, calls, &mut on_hcall).map_err(e("run L2"))?;
         self.exits += exits;
-        self.reissued += reissued;
         Ok(r)
     }
 
