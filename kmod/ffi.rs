@@ -58,6 +58,8 @@ unsafe extern "C" {
     fn pvtce_glue_useraddrptr(tbl: *mut IommuTable, entry: c_long, alloc: bool) -> *mut u64;
     fn pvtce_glue_account_locked(kvm: *mut Kvm, pages: c_ulong, inc: bool) -> c_int;
     fn pvtce_glue_host_read(groupfd: c_int, table: u32, first: u64, count: u64, out: *mut u64) -> c_long;
+    fn pvtce_glue_timebase() -> u64;
+    fn pvtce_glue_current_mm_is(mm: *mut MmStruct) -> bool;
 
     // arch/powerpc/kernel/iommu.c
     fn iommu_tce_table_get(tbl: *mut IommuTable) -> *mut IommuTable;
@@ -168,6 +170,18 @@ pub(crate) unsafe fn gpa_to_ua(kvm: *mut Kvm, gpa: u64) -> Option<u64> {
     // SAFETY: guaranteed by the caller; `ua` is a valid out pointer.
     let r = unsafe { pvtce_glue_gpa_to_ua(kvm, gpa, &mut ua) };
     (r == 0).then_some(ua)
+}
+
+/// The timebase register (the clock L2's `mftb` reads).
+pub(crate) fn timebase() -> u64 {
+    // SAFETY: reads a register; no arguments.
+    unsafe { pvtce_glue_timebase() }
+}
+
+/// Whether the calling task's mm is `mm` (compared as pointers, never dereferenced).
+pub(crate) fn current_mm_is(mm: *mut MmStruct) -> bool {
+    // SAFETY: glue.c compares `current->mm` with the pointer and does not dereference it.
+    unsafe { pvtce_glue_current_mm_is(mm) }
 }
 
 /// Copies `buf.len()` u64 words from the current task's memory at `ua`, once.

@@ -43,6 +43,8 @@ void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *of
 __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
 int pvtce_glue_account_locked(struct kvm *kvm, unsigned long pages, bool inc);
 long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out);
+u64 pvtce_glue_timebase(void);
+bool pvtce_glue_current_mm_is(struct mm_struct *mm);
 
 /* ---- the backend hooks ---- */
 
@@ -208,6 +210,18 @@ int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua)
 		return -EINVAL;
 	*ua = __gfn_to_hva_memslot(memslot, gfn) | (gpa & ~PAGE_MASK);
 	return 0;
+}
+
+/* The timebase, which L2's mftb also counts: the benchmark compares the two directly. */
+u64 pvtce_glue_timebase(void)
+{
+	return get_tb();
+}
+
+/* Whether the calling task runs in `mm` (a VM's VMM). */
+bool pvtce_glue_current_mm_is(struct mm_struct *mm)
+{
+	return current->mm == mm;
 }
 
 /* Copies from the current task's (the VMM's) memory; 0 or -EFAULT. */

@@ -35,6 +35,7 @@ mod uapi {
     pub(crate) const PVTCE_SET_MODE: u32 = _IOWR::<pvtce_mode>(PVTCE_IOCTL_TYPE, 0x01);
     pub(crate) const PVTCE_HOST_READ: u32 = _IOWR::<pvtce_host_read>(PVTCE_IOCTL_TYPE, 0x02);
     pub(crate) const PVTCE_LIST_WINDOWS: u32 = _IOWR::<pvtce_windows>(PVTCE_IOCTL_TYPE, 0x03);
+    pub(crate) const PVTCE_WINDOW_EXCHANGE: u32 = _IOWR::<pvtce_exchange>(PVTCE_IOCTL_TYPE, 0x04);
 
     macro_rules! plain {
         ($($t:ty),*) => {$(
@@ -45,7 +46,7 @@ mod uapi {
             unsafe impl kernel::transmute::AsBytes for $t {}
         )*};
     }
-    plain!(pvtce_window_info, pvtce_mode, pvtce_host_read, pvtce_windows);
+    plain!(pvtce_window_info, pvtce_mode, pvtce_host_read, pvtce_windows, pvtce_exchange);
 }
 
 module! {

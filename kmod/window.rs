@@ -490,6 +490,10 @@ pub(crate) extern "C" fn pvtce_rs_window_ioctl(window: *mut c_void, cmd: u32, ar
             Ok(()) => 0,
             Err(e) => errno(e),
         },
+        crate::uapi::PVTCE_WINDOW_EXCHANGE => match bare_exchange(&w, arg) {
+            Ok(()) => 0,
+            Err(e) => errno(e),
+        },
         _ => errno(ENOTTY),
     }
 }
@@ -504,6 +508,73 @@ fn window_info(w: &KWindow, arg: c_ulong) -> Result {
     }
     let out = info_of(w);
     writer.write(&out)
+}
+
+/// `PVTCE_WINDOW_EXCHANGE`: the host-table update of a hypercall without the hypercall, timed (the
+/// benchmark's floor). It runs the same `table_exchange`/`table_kill` the hypercall path's apply step runs, on
+/// translations made before the clock starts; see the header for the rules.
+fn bare_exchange(w: &KWindow, arg: c_ulong) -> Result {
+    use crate::pvtce_core::host::{ua_to_hpa, Host, HostTce};
+    use crate::pvtce_core::types::Perm;
+    let size = core::mem::size_of::<crate::uapi::pvtce_exchange>();
+    let (mut reader, mut writer) =
+        kernel::uaccess::UserSlice::new(kernel::uaccess::UserPtr::from_addr(arg as usize), size).reader_writer();
+    let mut req: crate::uapi::pvtce_exchange = reader.read()?;
+    if (req.argsz as usize) < size || req.flags != 0 {
+        return Err(EINVAL);
+    }
+    if req.count == 0 || req.count > u64::from(crate::uapi::PVTCE_EXCHANGE_MAX) {
+        return Err(EINVAL);
+    }
+    let end = req.first.checked_add(req.count).ok_or(EINVAL)?;
+    if end > w.geometry.size() {
+        return Err(EINVAL);
+    }
+    let shift = w.geometry.page_shift();
+    if req.ua & shift.offset_mask() != 0 {
+        return Err(EINVAL);
+    }
+    // The pages must be the caller's own, and the caller the VM's VMM.
+    if !ffi::current_mm_is(w.kvm.mm()) {
+        return Err(EPERM);
+    }
+    let mut guard = w.state.lock();
+    let s = &mut *guard;
+    let link = s.links.first().ok_or(ENODEV)?;
+    let id = link.id;
+    // Equal page sizes only: one host entry per window entry, as in the benchmark's windows.
+    if link.table.geometry().page_shift != shift.get() {
+        return Err(EINVAL);
+    }
+    if (req.first..end).any(|i| s.window.table().get(&s.store, i).is_some_and(|t| t != 0)) {
+        return Err(EBUSY);
+    }
+    let mut host = KernelHost { kvm: w.kvm.as_ptr(), mm: w.kvm.mm(), links: &s.links, counts: Default::default() };
+    let base = w.geometry.offset() + req.first;
+    let mut plan: KVec<(u64, HostTce, u64)> = KVec::with_capacity(req.count as usize, GFP_KERNEL)?;
+    for i in 0..req.count {
+        let ua = req.ua.checked_add(i << shift.get()).ok_or(EINVAL)?;
+        let hpa = ua_to_hpa(&host, ua, shift).map_err(|_| EFAULT)?;
+        plan.push((base + i, HostTce::new(hpa, Perm::ReadWrite), ua), GFP_KERNEL)?;
+    }
+    if !host.table_ready(id, base, req.count) {
+        return Err(ENOMEM);
+    }
+    let t0 = ffi::timebase();
+    for (idx, tce, ua) in plan.iter() {
+        host.table_exchange(id, *idx, *tce, *ua);
+    }
+    host.table_kill(id, base, req.count);
+    let t1 = ffi::timebase();
+    for (idx, _, _) in plan.iter() {
+        host.table_exchange(id, *idx, HostTce::EMPTY, 0);
+    }
+    host.table_kill(id, base, req.count);
+    let t2 = ffi::timebase();
+    drop(guard);
+    req.map_ticks = t1.wrapping_sub(t0);
+    req.unmap_ticks = t2.wrapping_sub(t1);
+    writer.write(&req)
 }
 
 /// The window's geometry and counters; takes (and drops) the window lock.

@@ -17,6 +17,8 @@ const T: u32 = PVTCE_IOCTL_TYPE;
 
 /// On a window's table fd.
 pub const PVTCE_WINDOW_INFO: Ioctl = libc::_IOWR::<pvtce_window_info>(T, 0x00);
+/// On a window's table fd.
+pub const PVTCE_WINDOW_EXCHANGE: Ioctl = libc::_IOWR::<pvtce_exchange>(T, 0x04);
 /// On /dev/pvtce.
 pub const PVTCE_SET_MODE: Ioctl = libc::_IOWR::<pvtce_mode>(T, 0x01);
 /// On /dev/pvtce.
@@ -43,6 +45,7 @@ const _: () = {
     assert!(core::mem::size_of::<pvtce_mode>() == 16);
     assert!(core::mem::size_of::<pvtce_host_read>() == 40);
     assert!(core::mem::size_of::<pvtce_windows>() == 24);
+    assert!(core::mem::size_of::<pvtce_exchange>() == 48);
 };
 
 #[cfg(test)]
@@ -59,6 +62,7 @@ mod tests {
             (PVTCE_SET_MODE as u64, 0x01, size_of::<pvtce_mode>()),
             (PVTCE_HOST_READ as u64, 0x02, size_of::<pvtce_host_read>()),
             (PVTCE_LIST_WINDOWS as u64, 0x03, size_of::<pvtce_windows>()),
+            (PVTCE_WINDOW_EXCHANGE as u64, 0x04, size_of::<pvtce_exchange>()),
         ];
         for (got, n, size) in cases {
             #[cfg(target_arch = "powerpc64")]

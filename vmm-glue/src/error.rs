@@ -86,6 +86,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("PVTCE_WINDOW_EXCHANGE on the table of LIOBN {liobn:#x}")]
+    WindowExchange {
+        liobn: u64,
+        #[source]
+        source: io::Error,
+    },
     #[error("mmap of the TCE table of LIOBN {liobn:#x} ({len:#x} bytes)")]
     TableMap {
         liobn: u64,

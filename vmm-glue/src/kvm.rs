@@ -136,6 +136,22 @@ impl TceTable {
     pub fn info(&self) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
         window_info(self.fd.as_fd(), self.liobn)
     }
+
+    /// pvtce's bare host-table update (PVTCE_WINDOW_EXCHANGE): maps `count` window entries from `first` to
+    /// this VMM's preregistered pages from `ua`, then clears them; returns the timebase ticks of the two
+    /// passes, each `count` exchanges and one invalidation.
+    pub fn bare_exchange(&self, first: u64, count: u64, ua: u64) -> Result<(u64, u64)> {
+        let mut x = pvtce_uapi::pvtce_exchange {
+            argsz: std::mem::size_of::<pvtce_uapi::pvtce_exchange>() as u32,
+            first,
+            count,
+            ua,
+            ..Default::default()
+        };
+        ioctl_mut(self.fd.as_fd(), pvtce_uapi::PVTCE_WINDOW_EXCHANGE, &mut x)
+            .map_err(|source| Error::WindowExchange { liobn: self.liobn, source })?;
+        Ok((x.map_ticks, x.unmap_ticks))
+    }
 }
 
 /// PVTCE_WINDOW_INFO on any table fd (see [`TceTable::info`]).

@@ -125,15 +125,77 @@ fn run_scenario(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
         if s.host_updates < 6 || s.host_kills < 3 {
             return Err(format!("host updates {} / kills {}: expected at least 6 / 3", s.host_updates, s.host_kills));
         }
+        let floor = bare_exchange(rig, tce_shift)?;
         // A live window holds the module.
         if sh("rmmod pvtce").is_ok() {
             return Err("rmmod pvtce succeeded while a window was open".into());
         }
         Ok(format!(
-            "{}K TCEs at {win:#x}: PUT/GET/INDIRECT/STUFF handled by pvtce with 0 exits ({tb} tb ticks); stats put {} indirect {} stuff {} get {} rejected {} changed {} host updates {} kills {}; DMA reached A and B+1, refused after STUFF; the table fd's mmap shows the entries and follows STUFF; rmmod refused while the window lived",
+            "{}K TCEs at {win:#x}: PUT/GET/INDIRECT/STUFF handled by pvtce with 0 exits ({tb} tb ticks); stats put {} indirect {} stuff {} get {} rejected {} changed {} host updates {} kills {}; DMA reached A and B+1, refused after STUFF; the table fd's mmap shows the entries and follows STUFF; {floor}; rmmod refused while the window lived",
             ps >> 10, s.h_put_tce, s.h_put_tce_indirect, s.h_stuff_tce, s.h_get_tce, s.rejected, s.tces_changed, s.host_updates, s.host_kills
         ))
     }
+}
+
+/// PVTCE_WINDOW_EXCHANGE (the benchmark's floor): every bad request gets its errno and changes nothing; a
+/// good one maps and clears a range of the hardware table and leaves it empty.
+fn bare_exchange(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
+    let ps = 1u64 << tce_shift;
+    let ua = rig.mem.host_addr() + 0x40_0000;
+    let errno = |r: Result<(u64, u64), pvtce_vmm_glue::Error>| match r {
+        Ok(_) => 0,
+        Err(pvtce_vmm_glue::Error::WindowExchange { source, .. }) => source.raw_os_error().unwrap_or(-1),
+        Err(_) => -1,
+    };
+    // A mapped entry inside the range: EBUSY.
+    let mapped = 200u64;
+    let (r, _) = rig.run(&[call(H_PUT_TCE, [LIOBN, rig.win + mapped * ps, 0x40_0000 | TCE_R, 0])])?;
+    check("H_PUT_TCE before the exchange checks", r[0].r3, H_SUCCESS)?;
+    let unregistered = pvtce_vmm_glue::mem::GuestMem::new(1 << 20).map_err(e("scratch memory"))?;
+    let stats = |rig: &Rig| -> Result<(u64, u64, u64), String> {
+        let s = rig.pvtce_info()?.ok_or("window info vanished")?;
+        Ok((s.host_updates, s.host_kills, s.tces_changed))
+    };
+    let before = stats(rig)?;
+    let size = rig.win_size >> tce_shift;
+    let t = &rig.table;
+    let cases = [
+        ("count 0", errno(t.bare_exchange(300, 0, ua)), libc::EINVAL),
+        ("count 513", errno(t.bare_exchange(300, 513, ua)), libc::EINVAL),
+        ("past the window's end", errno(t.bare_exchange(size - 1, 2, ua)), libc::EINVAL),
+        ("first + count overflowing", errno(t.bare_exchange(u64::MAX, 1, ua)), libc::EINVAL),
+        ("misaligned ua", errno(t.bare_exchange(300, 4, ua + 8)), libc::EINVAL),
+        ("memory not preregistered", errno(t.bare_exchange(300, 4, unregistered.host_addr())), libc::EFAULT),
+        ("a mapped entry in the range", errno(t.bare_exchange(mapped - 2, 4, ua)), libc::EBUSY),
+    ];
+    for (what, got, want) in cases {
+        if got != want {
+            return Err(format!("PVTCE_WINDOW_EXCHANGE with {what}: errno {got}, expected {want}"));
+        }
+    }
+    let host_first = (rig.win >> tce_shift) + 300;
+    let (map, unmap) = t.bare_exchange(300, 64, ua).map_err(e("PVTCE_WINDOW_EXCHANGE"))?;
+    let after = rig.host_read_any(host_first, 64)?;
+    let still = rig.host_read_any((rig.win >> tce_shift) + mapped, 1)?;
+    if map == 0 || unmap == 0 || after.iter().any(|&h| h != 0) || still[0] == 0 {
+        return Err(format!(
+            "PVTCE_WINDOW_EXCHANGE of 64: ticks {map}/{unmap}, hardware entries after {:x?}, the mapped entry {:#x}",
+            &after[..4],
+            still[0]
+        ));
+    }
+    // The floor is not the guest's doing: the window's counters do not move.
+    if stats(rig)? != before {
+        return Err(format!("PVTCE_WINDOW_EXCHANGE moved the window's counters: {before:?} -> {:?}", stats(rig)?));
+    }
+    let (r, _) = rig.run(&[
+        call(H_GET_TCE, [LIOBN, rig.win + 300 * ps, 0, 0]),
+        call(H_STUFF_TCE, [LIOBN, rig.win + mapped * ps, 0, 1]),
+    ])?;
+    if (r[0].r3, r[0].r4, r[1].r3) != (H_SUCCESS, 0, H_SUCCESS) {
+        return Err(format!("after PVTCE_WINDOW_EXCHANGE: GET {:?}, clear {}", r[0], r[1].r3));
+    }
+    Ok(format!("PVTCE_WINDOW_EXCHANGE: 7 bad requests refused (EINVAL x5, EFAULT, EBUSY), 64 entries mapped in {map} and cleared in {unmap} ticks, left empty"))
 }
 
 pub fn pvtce_4k() -> Result<String, String> {

@@ -4,6 +4,7 @@
  * linked with KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE (an unmodified VMM works as is); this header only adds:
  *
  * - PVTCE_WINDOW_INFO on a window's table fd (one that pvtce created): geometry and statistics.
+ * - PVTCE_WINDOW_EXCHANGE on such a fd: times the module's bare host-table update (the benchmark's floor).
  * - /dev/pvtce, the control device: which implementation creates new windows (side-by-side runs against
  *   Linux's built-in code), a read of a VFIO group's hardware table entries (for conformance tests), and
  *   the list of windows with their statistics (for the pvtce CLI).
@@ -41,6 +42,26 @@ struct pvtce_window_info {
 };
 
 #define PVTCE_WINDOW_INFO _IOWR(PVTCE_IOCTL_TYPE, 0x00, struct pvtce_window_info)
+
+/*
+ * The host-table update alone, as a hypercall performs it but without one: on the window's first linked
+ * hardware table, map `count` entries from window entry `first` to the VMM's preregistered pages from `ua`
+ * (exchange each, then one invalidation), then clear them the same way. Only the VMM of the window's VM may
+ * call it (EPERM), on a range that is clear in the guest-visible table (EBUSY); the window lock is held
+ * throughout, so no hypercall sees the range meanwhile, and it is left as it was. EINVAL: bad argsz, flags,
+ * count (1..PVTCE_EXCHANGE_MAX) or range; ENODEV: no linked table; EFAULT: `ua` not preregistered.
+ */
+struct pvtce_exchange {
+	__u32 argsz;
+	__u32 flags;
+	__u64 first;        /* window entry (0 = the window's first) */
+	__u64 count;
+	__u64 ua;           /* VMM address of the first page, window-page aligned */
+	__u64 map_ticks;    /* out: timebase ticks of the mapping pass (count exchanges + 1 invalidation) */
+	__u64 unmap_ticks;  /* out: the same for the clearing pass */
+};
+#define PVTCE_EXCHANGE_MAX 512
+#define PVTCE_WINDOW_EXCHANGE _IOWR(PVTCE_IOCTL_TYPE, 0x04, struct pvtce_exchange)
 
 /* Which implementation creates new windows (existing ones keep theirs). */
 #define PVTCE_MODE_BUILTIN 0 /* Linux's built-in code (pvtce declines) */
