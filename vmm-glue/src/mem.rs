@@ -15,6 +15,10 @@ pub struct GuestMem {
 
 // SAFETY: the mapping is plain memory; concurrent access goes through volatile reads/writes of `Copy` data.
 unsafe impl Send for GuestMem {}
+// SAFETY: every access copies bytes through raw pointers (no reference into the mapping is ever made), the
+// same way the guest's vCPUs access it concurrently; threads that share one (the vCPU threads of one VM) work
+// on disjoint ranges.
+unsafe impl Sync for GuestMem {}
 
 impl GuestMem {
     pub fn new(len: usize) -> Result<Self> {

@@ -31,9 +31,15 @@ pub fn load_call(a: &mut Asm, entry: crate::asm::Reg) -> &mut Asm {
 }
 
 pub fn program() -> Vec<u8> {
+    program_at(TABLE)
+}
+
+/// [`program`] with its table at `table` (64 KiB aligned, below 2 GiB): one copy per vCPU, each with its own
+/// table, lets several vCPUs of one VM run tables at once.
+pub fn program_at(table: u64) -> Vec<u8> {
     let mut a = Asm::new();
     a.label("start")
-        .lis(20, (TABLE >> 16) as i16)
+        .lis(20, (table >> 16) as i16)
         .ld(21, 0, 20) // count
         .addi(22, 20, HEADER as i16)
         .mftb(23)
@@ -116,10 +122,21 @@ pub fn run_full(
     calls: &[Call],
     on_hcall: &mut ReplyHandler<'_>,
 ) -> Result<(Vec<Ret>, u64)> {
+    run_at(vcpu, mem, TABLE, calls, on_hcall)
+}
+
+/// [`run_full`] for a vCPU running [`program_at`]`(table)`.
+pub fn run_at(
+    vcpu: &Vcpu,
+    mem: &GuestMem,
+    table: u64,
+    calls: &[Call],
+    on_hcall: &mut ReplyHandler<'_>,
+) -> Result<(Vec<Ret>, u64)> {
     let n = calls.len().min(MAX_ENTRIES as usize);
-    mem.write_u64(TABLE, n as u64)?;
+    mem.write_u64(table, n as u64)?;
     for (i, c) in calls.iter().take(n).enumerate() {
-        let e = TABLE + HEADER + ENTRY_SIZE * i as u64;
+        let e = table + HEADER + ENTRY_SIZE * i as u64;
         mem.write_u64(e, c.nr)?;
         for (k, a) in c.args.iter().enumerate() {
             mem.write_u64(e + 8 + 8 * k as u64, *a)?;
@@ -142,10 +159,10 @@ pub fn run_full(
     }
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let e = TABLE + HEADER + ENTRY_SIZE * i as u64;
+        let e = table + HEADER + ENTRY_SIZE * i as u64;
         out.push(Ret { r3: mem.read_u64(e + 48)? as i64, r4: mem.read_u64(e + 56)? });
     }
-    let tb = mem.read_u64(TABLE + 16)?.wrapping_sub(mem.read_u64(TABLE + 8)?);
+    let tb = mem.read_u64(table + 16)?.wrapping_sub(mem.read_u64(table + 8)?);
     Ok((out, tb))
 }
 
