@@ -118,6 +118,7 @@ impl Drop for Backend {
     fn drop(&mut self) {
         // No window can be left: each window's file holds a reference on the module.
         ffi::unregister_backend();
+        window::clear_lookup();
     }
 }
 

@@ -59,6 +59,7 @@ unsafe extern "C" {
     fn pvtce_glue_account_locked(kvm: *mut Kvm, pages: c_ulong, inc: bool) -> c_int;
     fn pvtce_glue_host_read(groupfd: c_int, table: u32, first: u64, count: u64, out: *mut u64) -> c_long;
     fn pvtce_glue_timebase() -> u64;
+    fn pvtce_glue_kvm_synchronize_srcu(kvm: *mut Kvm);
     fn pvtce_glue_current_mm_is(mm: *mut MmStruct) -> bool;
 
     // arch/powerpc/kernel/iommu.c
@@ -133,6 +134,12 @@ impl KvmRef {
     }
 
     /// Charges (or uncharges) `pages` to the VMM's locked memory.
+    /// Waits until every hypercall of this VM that was in flight has returned (they run under kvm->srcu).
+    pub(crate) fn synchronize_hcalls(&self) {
+        // SAFETY: `self` holds a reference on the VM, so `kvm->srcu` is live.
+        unsafe { pvtce_glue_kvm_synchronize_srcu(self.as_ptr()) }
+    }
+
     pub(crate) fn account_locked(&self, pages: usize, inc: bool) -> Result {
         // SAFETY: `ptr` is live by the type invariant.
         let r = unsafe { pvtce_glue_account_locked(self.ptr, pages as c_ulong, inc) };

@@ -44,6 +44,7 @@ __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
 int pvtce_glue_account_locked(struct kvm *kvm, unsigned long pages, bool inc);
 long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out);
 u64 pvtce_glue_timebase(void);
+void pvtce_glue_kvm_synchronize_srcu(struct kvm *kvm);
 bool pvtce_glue_current_mm_is(struct mm_struct *mm);
 
 /* ---- the backend hooks ---- */
@@ -210,6 +211,12 @@ int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua)
 		return -EINVAL;
 	*ua = __gfn_to_hva_memslot(memslot, gfn) | (gpa & ~PAGE_MASK);
 	return 0;
+}
+
+/* Waits for every hypercall of `kvm` in flight (the hooks run them under kvm->srcu). */
+void pvtce_glue_kvm_synchronize_srcu(struct kvm *kvm)
+{
+	synchronize_srcu_expedited(&kvm->srcu);
 }
 
 /* The timebase, which L2's mftb also counts: the benchmark compares the two directly. */

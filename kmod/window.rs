@@ -5,7 +5,8 @@
 //!
 //! # Lock order
 //! `kvm->lock` (held by KVM around `create_table`) → [`WINDOWS`] → [`KWindow::state`]. The hypercall path
-//! takes `WINDOWS` only to find the window and drops it before taking the window's lock. Table pages are
+//! does not take `WINDOWS`: it finds the window in [`LOOKUP`] under RCU, and holds no reference on it, which
+//! is safe because it runs under `kvm->srcu` and [`unregister`] waits for that before the window can go. Table pages are
 //! allocated with no lock held; under `state` only the bookkeeping of an already-allocated reserve and
 //! the mmap fault's shadow page (a mutex: sleeping is allowed). The last reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
 
@@ -20,6 +21,7 @@ use crate::store::KernelStore;
 use crate::uapi::pvtce_window_info;
 use core::ffi::{c_long, c_ulong, c_void};
 use kernel::prelude::*;
+use kernel::sync::atomic::{Acquire, Atomic, Full};
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 use kernel::types::ForeignOwnable;
 
@@ -39,6 +41,49 @@ const MAX_ALLOC_ROUNDS: usize = 4;
 kernel::sync::global_lock! {
     // SAFETY: initialised in the module's init before any hook can run (the backend is registered after).
     pub(crate) unsafe(uninit) static WINDOWS: Mutex<KVec<Arc<KWindow>>> = KVec::new();
+}
+
+/// One registered window as the hypercall path sees it.
+struct LookupEntry {
+    kvm: *mut Kvm,
+    liobn: u64,
+    window: *const KWindow,
+}
+
+/// What the hypercall path reads without a lock: every window of [`WINDOWS`], as a snapshot replaced whole
+/// (under `WINDOWS`) whenever the list changes, and freed after an RCU grace period. Null means "unknown":
+/// the hypercall path then takes `WINDOWS` (only after an allocation failure, or before the first window).
+static LOOKUP: Atomic<*mut KVec<LookupEntry>> = Atomic::new(core::ptr::null_mut());
+
+/// Replaces [`LOOKUP`] with a snapshot of `list` (the caller holds [`WINDOWS`]), or with null if that cannot be
+/// allocated; returns the old snapshot, to be freed with [`retire`] once the lock is dropped.
+fn publish(list: &KVec<Arc<KWindow>>) -> *mut KVec<LookupEntry> {
+    let snap = (|| -> Result<KBox<KVec<LookupEntry>>> {
+        let mut v = KVec::with_capacity(list.len(), GFP_KERNEL)?;
+        for w in list.iter() {
+            let window: &KWindow = w;
+            v.push(LookupEntry { kvm: w.kvm.as_ptr(), liobn: w.liobn, window }, GFP_KERNEL)?;
+        }
+        Ok(KBox::new(v, GFP_KERNEL)?)
+    })();
+    let new = snap.map_or(core::ptr::null_mut(), KBox::into_raw);
+    LOOKUP.xchg(new, Full)
+}
+
+/// Frees a snapshot [`publish`] replaced, after every RCU reader that may still see it is done.
+fn retire(old: *mut KVec<LookupEntry>) {
+    if old.is_null() {
+        return;
+    }
+    kernel::sync::rcu::synchronize_rcu();
+    // SAFETY: `old` came from `KBox::into_raw` in `publish` and is no longer in `LOOKUP`; the grace period
+    // above waited for every reader that loaded it.
+    drop(unsafe { KBox::from_raw(old) });
+}
+
+/// Empties [`LOOKUP`] (module exit: no window is left and no hook can run).
+pub(crate) fn clear_lookup() {
+    retire(LOOKUP.xchg(core::ptr::null_mut(), Full));
 }
 
 /// Which implementation creates new windows (`PVTCE_SET_MODE`); existing windows keep theirs.
@@ -196,13 +241,15 @@ fn create(kvm: *mut Kvm, liobn: u64, page_shift: u32, offset: u64, size: u64) ->
             return Err(e);
         }
     };
-    {
+    let old = {
         let mut list = WINDOWS.lock();
         if list.len() >= MAX_WINDOWS {
             return Err(ENOSPC);
         }
         list.push(w.clone(), GFP_KERNEL)?;
-    }
+        publish(&list)
+    };
+    retire(old);
     let ptr = w.clone().into_foreign();
     // SAFETY: `ptr` owns one reference on the window, given back in `pvtce_rs_window_release`.
     match unsafe { ffi::window_fd(ptr) } {
@@ -216,11 +263,19 @@ fn create(kvm: *mut Kvm, liobn: u64, page_shift: u32, offset: u64, size: u64) ->
     }
 }
 
+/// Takes `w` out of the registry and waits until no hypercall can still be using it: after this, only the
+/// caller's reference keeps it.
 fn unregister(w: &Arc<KWindow>) {
-    let mut list = WINDOWS.lock();
-    if let Some(i) = list.iter().position(|x| Arc::ptr_eq(x, w)) {
-        let _ = list.remove(i);
-    }
+    let old = {
+        let mut list = WINDOWS.lock();
+        if let Some(i) = list.iter().position(|x| Arc::ptr_eq(x, w)) {
+            let _ = list.remove(i);
+        }
+        publish(&list)
+    };
+    retire(old);
+    // A hypercall that found `w` in an older snapshot runs under kvm->srcu until it is done with it.
+    w.kvm.synchronize_hcalls();
 }
 
 #[pinned_drop]
@@ -368,16 +423,40 @@ pub(crate) extern "C" fn pvtce_rs_hcall(
     ret: *mut c_long,
     r4: *mut c_ulong,
 ) -> bool {
-    let Some(w) = find(kvm, liobn) else {
+    let Some((code, value)) = with_window(kvm, liobn, |w| hcall(w, nr, a1, a2, a3)) else {
         return false;
     };
-    let (code, value) = hcall(&w, nr, a1, a2, a3);
     // SAFETY: glue.c passes pointers to its locals.
     unsafe {
         *ret = code as c_long;
         *r4 = value as c_ulong;
     }
     true
+}
+
+/// Runs `f` on this VM's window `liobn`, if pvtce has one. The caller holds `kvm->srcu` (the hooks do).
+fn with_window<R>(kvm: *mut Kvm, liobn: u64, f: impl FnOnce(&KWindow) -> R) -> Option<R> {
+    let found = {
+        let _rcu = kernel::sync::rcu::read_lock();
+        let snap = LOOKUP.load(Acquire);
+        if snap.is_null() {
+            None
+        } else {
+            // SAFETY: a non-null `LOOKUP` points at a snapshot from `publish`, which `retire` frees only after
+            // an RCU grace period; this read section keeps it alive.
+            let snap = unsafe { &*snap };
+            Some(snap.iter().find(|e| e.kvm == kvm && e.liobn == liobn).map(|e| e.window))
+        }
+    };
+    match found {
+        // SAFETY: `w` was in `WINDOWS` when the snapshot was made, and the registry's reference is dropped
+        // only after `unregister` took it out of `LOOKUP` and waited for kvm->srcu, which the caller has held
+        // since before the load above: the window outlives this call.
+        Some(Some(w)) => Some(f(unsafe { &*w })),
+        Some(None) => None,
+        // No snapshot: the locked list.
+        None => find(kvm, liobn).map(|w| f(&w)),
+    }
 }
 
 /// Counts a hypercall that ended before the core ran (an H_PUT_TCE_INDIRECT precheck or list copy).
