@@ -11,9 +11,10 @@
 //! Each path gets the 32-bit default window (4K pages at bus 0) and a 64-bit DDW (64K pages at 1 << 59)
 //! made by pvtce-core's DDW policy, and on each: H_PUT_TCE map + unmap pairs, H_PUT_TCE_INDIRECT of 512 fresh entries,
 //! H_STUFF_TCE clearing 512 mapped entries, H_GET_TCE. Times are L2 timebase ticks around a whole table
-//! (512 MHz, emulated under TCG). Then the floor: VFIO MAP/UNMAP of N pages vs 1 page timed in L1 (the
-//! host-table update without any hypercall), the memory of a 1 TiB 4K window, and, when L1 has the vCPUs,
-//! hypercall throughput with 1, 2 and 4 L2 vCPUs, each in its own VM with its own (unlinked) window.
+//! (512 MHz, emulated under TCG). Then the floor: pvtce.ko's own host-table update without a hypercall
+//! (`PVTCE_WINDOW_EXCHANGE`, on the pvtce path) and, for comparison, VFIO MAP/UNMAP of N pages vs 1 page
+//! timed in L1 (on the userspace path); the memory of a 1 TiB 4K window; and, when L1 has the vCPUs,
+//! hypercall throughput with 1, 2 and 4 vCPUs of one L2 VM, each with its own (unlinked) window.
 //!
 //! Every figure is one line `PVTCE-BENCH key=value ...` on the console; the host computes medians, spreads
 //! and ratios. Nothing here judges a time.
