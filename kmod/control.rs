@@ -21,13 +21,15 @@ use kernel::uaccess::{UserPtr, UserSlice};
 
 pub(crate) struct Control;
 
-fn read_checked<T: kernel::transmute::FromBytes>(arg: usize) -> Result<(T, kernel::uaccess::UserSliceWriter)> {
+/// Reads an ioctl's argument struct from `arg`; the writer writes the answer back in place.
+pub(crate) fn read_checked<T: kernel::transmute::FromBytes>(arg: usize) -> Result<(T, kernel::uaccess::UserSliceWriter)> {
     let size = core::mem::size_of::<T>();
     let (mut r, w) = UserSlice::new(UserPtr::from_addr(arg), size).reader_writer();
     Ok((r.read::<T>()?, w))
 }
 
-fn check_head(argsz: u32, flags: u32, size: usize) -> Result {
+/// EINVAL unless the struct userspace knows is at least `size` bytes and no flag is set.
+pub(crate) fn check_head(argsz: u32, flags: u32, size: usize) -> Result {
     if (argsz as usize) < size || flags != 0 {
         return Err(EINVAL);
     }

@@ -133,13 +133,13 @@ impl KvmRef {
         unsafe { pvtce_glue_kvm_mm(self.ptr) }
     }
 
-    /// Charges (or uncharges) `pages` to the VMM's locked memory.
     /// Waits until every hypercall of this VM that was in flight has returned (they run under kvm->srcu).
     pub(crate) fn synchronize_hcalls(&self) {
         // SAFETY: `self` holds a reference on the VM, so `kvm->srcu` is live.
         unsafe { pvtce_glue_kvm_synchronize_srcu(self.as_ptr()) }
     }
 
+    /// Charges (or uncharges) `pages` to the VMM's locked memory.
     pub(crate) fn account_locked(&self, pages: usize, inc: bool) -> Result {
         // SAFETY: `ptr` is live by the type invariant.
         let r = unsafe { pvtce_glue_account_locked(self.ptr, pages as c_ulong, inc) };

@@ -6,10 +6,11 @@
 //! # Lock order
 //! `kvm->lock` (held by KVM around `create_table`) → [`WINDOWS`] → [`KWindow::state`]. The hypercall path
 //! does not take `WINDOWS`: it finds the window in [`LOOKUP`] under RCU, and holds no reference on it, which
-//! is safe because it runs under `kvm->srcu` and [`unregister`] waits for that before the window can go. Table pages are
-//! allocated with no lock held; under `state` only the bookkeeping of an already-allocated reserve and
+//! is safe because it runs under `kvm->srcu` and [`unregister`] waits for that before the window can go.
+//! Table pages are allocated with no lock held; under `state` only the bookkeeping of an already-allocated reserve and
 //! the mmap fault's shadow page (a mutex: sleeping is allowed). The last reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
 
+use crate::control::{check_head, read_checked};
 use crate::ffi::{self, IommuGroup, Kvm, KvmRef, TableRef};
 use crate::host::{HostLink, KernelHost};
 use crate::pvtce_core::error::HcallError;
@@ -578,13 +579,8 @@ pub(crate) extern "C" fn pvtce_rs_window_ioctl(window: *mut c_void, cmd: u32, ar
 }
 
 fn window_info(w: &KWindow, arg: c_ulong) -> Result {
-    let size = core::mem::size_of::<pvtce_window_info>();
-    let (mut reader, mut writer) =
-        kernel::uaccess::UserSlice::new(kernel::uaccess::UserPtr::from_addr(arg as usize), size).reader_writer();
-    let req: pvtce_window_info = reader.read()?;
-    if (req.argsz as usize) < size || req.flags != 0 {
-        return Err(EINVAL);
-    }
+    let (req, mut writer) = read_checked::<pvtce_window_info>(arg as usize)?;
+    check_head(req.argsz, req.flags, core::mem::size_of::<pvtce_window_info>())?;
     let out = info_of(w);
     writer.write(&out)
 }
@@ -595,13 +591,8 @@ fn window_info(w: &KWindow, arg: c_ulong) -> Result {
 fn bare_exchange(w: &KWindow, arg: c_ulong) -> Result {
     use crate::pvtce_core::host::{ua_to_hpa, Host, HostTce};
     use crate::pvtce_core::types::Perm;
-    let size = core::mem::size_of::<crate::uapi::pvtce_exchange>();
-    let (mut reader, mut writer) =
-        kernel::uaccess::UserSlice::new(kernel::uaccess::UserPtr::from_addr(arg as usize), size).reader_writer();
-    let mut req: crate::uapi::pvtce_exchange = reader.read()?;
-    if (req.argsz as usize) < size || req.flags != 0 {
-        return Err(EINVAL);
-    }
+    let (mut req, mut writer) = read_checked::<crate::uapi::pvtce_exchange>(arg as usize)?;
+    check_head(req.argsz, req.flags, core::mem::size_of::<crate::uapi::pvtce_exchange>())?;
     if req.count == 0 || req.count > u64::from(crate::uapi::PVTCE_EXCHANGE_MAX) {
         return Err(EINVAL);
     }
