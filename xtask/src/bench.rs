@@ -55,11 +55,10 @@ impl Stat {
         format!("{:.p$} [{:.p$}-{:.p$}]", self.median, self.min, self.max)
     }
 
-    fn json(&self) -> String {
-        format!(
-            "{{\"median\": {:.6}, \"min\": {:.6}, \"max\": {:.6}, \"n\": {}}}",
-            self.median, self.min, self.max, self.n
-        )
+    /// The JSON form; six decimals, as the committed results have them.
+    fn json(&self) -> serde_json::Value {
+        let r = |x: f64| (x * 1e6).round() / 1e6;
+        serde_json::json!({"median": r(self.median), "min": r(self.min), "max": r(self.max), "n": self.n})
     }
 }
 
@@ -426,62 +425,38 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
     m
 }
 
-fn json(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
-    let mut j = String::from("{\n");
-    let _ = writeln!(
-        j,
-        "  \"machine\": {},",
-        json_str(&format!("QEMU pseries TCG, nested KVM-HV, L1 -smp {smp},threads=1; times are emulated"))
-    );
-    let _ = writeln!(j, "  \"repetitions\": {},", json_str(reps));
-    let _ = writeln!(j, "  \"time_unit\": \"L2 timebase ticks (512 MHz) per unit\",");
-    let cost: Vec<String> = a
+fn json(a: &Analysis, core: &str, smp: &str, reps: &str) -> Result<String> {
+    use serde_json::json;
+    let cost: Vec<_> = a
         .cost
         .iter()
-        .map(|((p, w, k), s)| {
-            format!(
-                "    {{\"path\": {}, \"window\": {}, \"work\": {}, \"ticks_per_unit\": {}}}",
-                json_str(p),
-                json_str(w),
-                json_str(k),
-                s.json()
-            )
-        })
+        .map(|((p, w, k), s)| json!({"path": p, "window": w, "work": k, "ticks_per_unit": s.json()}))
         .collect();
-    let _ = writeln!(j, "  \"cost\": [\n{}\n  ],", cost.join(",\n"));
-    let floor: Vec<String> = a
-        .floor
-        .iter()
-        .map(|((w, k), s)| {
-            format!("    {{\"window\": {}, \"op\": {}, \"ticks_per_page\": {}}}", json_str(w), json_str(k), s.json())
-        })
-        .collect();
-    let _ = writeln!(j, "  \"floor\": [\n{}\n  ],", floor.join(",\n"));
-    let ratios: Vec<String> = a
+    let floor: Vec<_> =
+        a.floor.iter().map(|((w, k), s)| json!({"window": w, "op": k, "ticks_per_page": s.json()})).collect();
+    let ratios: Vec<_> = a
         .ratios
         .iter()
         .map(|r| {
-            format!(
-                "    {{\"name\": {}, \"goal\": {}, \"value\": {}, \"verdict\": {}}}",
-                json_str(&r.name),
-                r.goal.map_or("null".into(), |(op, g)| json_str(&format!("{op} {g}"))),
-                r.stat.map_or("null".into(), |s| s.json()),
-                json_str(r.verdict())
-            )
+            json!({
+                "name": r.name,
+                "goal": r.goal.map(|(op, g)| format!("{op} {g}")),
+                "value": r.stat.map(|s| s.json()),
+                "verdict": r.verdict(),
+            })
         })
         .collect();
-    let _ = writeln!(j, "  \"ratios\": [\n{}\n  ],", ratios.join(",\n"));
-    let raw: Vec<String> = a
-        .lines
-        .iter()
-        .map(|l| {
-            let kv: Vec<String> = l.iter().map(|(k, v)| format!("{}: {}", json_str(k), json_str(v))).collect();
-            format!("    {{{}}}", kv.join(", "))
-        })
-        .collect();
-    let _ = writeln!(j, "  \"core_report\": {},", json_str(core.trim()));
-    let _ = writeln!(j, "  \"raw\": [\n{}\n  ]\n}}", raw.join(",\n"));
-    j
+    let v = json!({
+        "machine": format!("QEMU pseries TCG, nested KVM-HV, L1 -smp {smp},threads=1; times are emulated"),
+        "repetitions": reps,
+        "time_unit": "L2 timebase ticks (512 MHz) per unit",
+        "cost": cost,
+        "floor": floor,
+        "ratios": ratios,
+        "core_report": core.trim(),
+        "raw": a.lines,
+    });
+    serde_json::to_string_pretty(&v).map(|s| s + "\n").map_err(|e| e.to_string())
 }
 
 /// Grouped bars, log scale: emulated us per unit for each workload and window, one bar per path, with a
@@ -589,7 +564,7 @@ pub fn report(console: &std::path::Path, core: &str) -> Result<String> {
     let dir = repo().join("docs/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     write(&dir.join("results.md"), &markdown(&a, core, smp, reps))?;
-    write(&dir.join("results.json"), &json(&a, core, smp, reps))?;
+    write(&dir.join("results.json"), &json(&a, core, smp, reps)?)?;
     write(&dir.join("bench.svg"), &svg(&a))?;
     let mut out = String::from("bench ratios (median [min-max] over repetitions; times are TCG-emulated):\n");
     for r in &a.ratios {
@@ -626,6 +601,26 @@ mod tests {
         let a: BTreeMap<u64, f64> = [(0, 10.0), (1, 20.0), (2, 5.0)].into();
         let b: BTreeMap<u64, f64> = [(0, 1.0), (1, 2.0)].into();
         assert_eq!(ratio(&a, &b), vec![10.0, 10.0]);
+    }
+
+    #[test]
+    fn results_json_parses_back() {
+        let lines: Vec<Line> = [
+            "PVTCE-BENCH kind=hcall path=pvtce win=4k work=get rep=0 units=2 calls=2 ticks=10 exits=0",
+            "PVTCE-BENCH kind=hcall path=linux win=4k work=get rep=0 units=2 calls=2 ticks=20 exits=0",
+        ]
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
+        let a = analyse(lines);
+        let v: serde_json::Value = serde_json::from_str(&json(&a, "core \"report\"\n", "2", "1").unwrap()).unwrap();
+        assert_eq!(v["raw"][0]["path"], "pvtce");
+        assert_eq!(v["core_report"], "core \"report\"");
+        assert!(v["cost"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "linux" && c["ticks_per_unit"]["median"] == 10.0));
     }
 
     #[test]

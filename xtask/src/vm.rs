@@ -1,8 +1,16 @@
 //! Boots the emulated POWER machine (QEMU pseries, TCG, nested KVM-HV) and collects the in-VM results.
 //!
-//! The console is streamed to `target/pvtce/console-<run>.log`. The run fails on: a test reported `fail`, no
-//! `PVTCE-DONE` line (crash or hang), a time-out, or any kernel report matched by `BAD` (panic, oops, BUG,
-//! WARNING, lockdep, KFENCE, hung task, ...).
+//! The console is streamed to `target/pvtce/console-<run>.log`. [`Console::failures`] decides; the run fails
+//! when any of these holds:
+//! - `/init`'s `PVTCE-DONE rc=N` line is missing (crash, hang) or N is not 0 (a test failed, the binary
+//!   panicked under `panic = "abort"`, or a signal killed it);
+//! - a requested test (for `all`, every name `pvtce-vmtests --list` prints) has no `PVTCE-RESULT`, or more
+//!   than one, or a result names a test that was not requested;
+//! - a `PVTCE-RESULT`/`PVTCE-DONE` line does not parse;
+//! - a test reported `fail`;
+//! - the console shows a kernel report or a Rust panic (`BAD`: panic, oops, BUG, WARNING, lockdep, KFENCE,
+//!   hung task, `panicked at`, ...);
+//! - the VM did not finish within the time-out.
 
 use crate::util::*;
 use std::io::{BufRead, BufReader, Write};
@@ -30,6 +38,8 @@ pub const BAD: &[&str] = &[
     "kernel BUG at",
     "Call Trace:",
     "PVTCE-ERROR",
+    // A Rust panic in a test binary (std's message; the kernel's own panics say "Kernel panic").
+    "panicked at",
 ];
 
 /// Console lines that match `BAD` but are known to be harmless here, each with its reason.
@@ -38,18 +48,144 @@ pub const ALLOW: &[(&str, &str)] = &[(
     "QEMU starts pseries with a blank NVRAM; the kernel reports it as corrupt and carries on",
 )];
 
-#[derive(Debug, Clone)]
+/// A test's status as the in-VM binary reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Status {
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct TestResult {
     pub name: String,
-    pub status: String,
+    pub status: Status,
     pub ms: u64,
     pub detail: String,
 }
 
-pub struct Outcome {
+/// What the console said, fed one line at a time. Pure: no process, no clock, so the verdict can be tested
+/// on recorded console fragments (`xtask/src/fixtures/`).
+#[derive(Debug, Default)]
+pub struct Console {
     pub results: Vec<TestResult>,
+    /// Kernel reports and Rust panics (`BAD`, less `ALLOW`).
     pub bad: Vec<String>,
-    pub done: bool,
+    /// `PVTCE-RESULT` or `PVTCE-DONE` lines that do not parse.
+    pub malformed: Vec<String>,
+    /// The exit status of `pvtce-vmtests`, from `/init`'s `PVTCE-DONE rc=N`; `None`: no such line.
+    pub rc: Option<i32>,
+    /// `PVTCE-DONE` lines seen (more than one is malformed).
+    pub done_lines: usize,
+}
+
+/// What one console line was, for the caller's echo.
+pub enum Line {
+    Result(TestResult),
+    Pvtce,
+    Other,
+}
+
+impl Console {
+    pub fn feed(&mut self, line: &str) -> Line {
+        let harmless_qemu = line.starts_with("[qemu]") && line.contains("warning");
+        let allowed = ALLOW.iter().any(|(a, _)| line.contains(a));
+        if !harmless_qemu && !allowed && BAD.iter().any(|b| line.contains(b)) {
+            self.bad.push(line.to_string());
+        }
+        if line.contains("PVTCE-DONE") {
+            self.done_lines += 1;
+            match parse_done(line) {
+                Some(rc) if self.done_lines == 1 => self.rc = Some(rc),
+                Some(_) => self.malformed.push(format!("a second PVTCE-DONE line: {line}")),
+                None => self.malformed.push(line.to_string()),
+            }
+            return Line::Pvtce;
+        }
+        if line.contains("PVTCE-RESULT") {
+            return match parse_result(line) {
+                Some(r) => {
+                    self.results.push(r.clone());
+                    Line::Result(r)
+                }
+                None => {
+                    self.malformed.push(line.to_string());
+                    Line::Pvtce
+                }
+            };
+        }
+        if line.contains("PVTCE-") {
+            Line::Pvtce
+        } else {
+            Line::Other
+        }
+    }
+
+    /// Every reason the run failed, given the tests it was asked to run; empty means it passed.
+    pub fn failures(&self, expected: &[String]) -> Vec<String> {
+        let mut why = Vec::new();
+        match self.rc {
+            None => why.push("no `PVTCE-DONE rc=` line: /init never finished (crash or hang?)".to_string()),
+            Some(0) => {}
+            Some(rc) if rc > 128 => why.push(format!(
+                "pvtce-vmtests was killed by signal {} ({}): rc={rc}",
+                rc - 128,
+                signal_name(rc - 128)
+            )),
+            Some(rc) => why.push(format!("pvtce-vmtests exited with rc={rc}")),
+        }
+        for m in &self.malformed {
+            why.push(format!("malformed result line: {m}"));
+        }
+        for b in &self.bad {
+            why.push(format!("kernel report or panic on the console: {b}"));
+        }
+        for name in expected {
+            match self.results.iter().filter(|r| &r.name == name).count() {
+                0 => why.push(format!("{name}: requested, but it printed no PVTCE-RESULT")),
+                1 => {}
+                n => why.push(format!("{name}: {n} PVTCE-RESULT lines for one test")),
+            }
+        }
+        for r in &self.results {
+            if !expected.contains(&r.name) {
+                why.push(format!("{}: a result for a test that was not requested", r.name));
+            }
+            if r.status == Status::Fail {
+                why.push(format!("{}: {}", r.name, r.detail));
+            }
+        }
+        why
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+pub struct Outcome {
+    pub console: Console,
+    /// The tests the run was asked for; each must report exactly once.
+    pub expected: Vec<String>,
     pub timed_out: bool,
     pub log: PathBuf,
     pub boot_secs: Option<f64>,
@@ -57,9 +193,39 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn failed(&self) -> bool {
-        !self.done || self.timed_out || !self.bad.is_empty() || self.results.iter().any(|r| r.status == "fail")
+    pub fn results(&self) -> &[TestResult] {
+        &self.console.results
     }
+
+    /// Every reason the run failed; empty means it passed.
+    pub fn failures(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.timed_out {
+            why.push(format!("the VM did not finish in time (hang?); console log: {}", self.log.display()));
+        }
+        why.extend(self.console.failures(&self.expected));
+        why
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.failures().is_empty()
+    }
+}
+
+/// The names `pvtce-vmtests all` runs, asked of the binary itself (`--list`, under qemu-user), so the host's
+/// list of what must report cannot drift from the binary's. For named tests, the names.
+pub fn expected(tests: &str, vmtests: &Path) -> Result<Vec<String>> {
+    let names: Vec<String> = tests.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
+    if !names.iter().any(|n| n == "all") {
+        return Ok(names);
+    }
+    let list = output(cmd("qemu-ppc64le").arg(vmtests).arg("--list"))?;
+    let mut all: Vec<String> = list.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if all.is_empty() {
+        return Err(format!("{} --list printed no test names", vmtests.display()));
+    }
+    all.extend(names.into_iter().filter(|n| n != "all" && !all.contains(n)).collect::<Vec<_>>());
+    Ok(all)
 }
 
 pub fn qemu_args(vmlinux: &Path, initrd: &Path, run: &str) -> Vec<String> {
@@ -101,18 +267,41 @@ pub fn qemu_args(vmlinux: &Path, initrd: &Path, run: &str) -> Vec<String> {
     v
 }
 
-/// `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail...>`
+/// `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail...>`; `None` if the line does not have that form.
 fn parse_result(line: &str) -> Option<TestResult> {
     let rest = line.split("PVTCE-RESULT ").nth(1)?;
     let mut it = rest.splitn(4, ' ');
-    let name = it.next()?.to_string();
-    let status = it.next()?.to_string();
+    let name = it.next().filter(|n| !n.is_empty())?.to_string();
+    let status = match it.next()? {
+        "pass" => Status::Pass,
+        "fail" => Status::Fail,
+        "skip" => Status::Skip,
+        _ => return None,
+    };
     let ms = it.next()?.parse().ok()?;
     let detail = it.next().unwrap_or("").trim().to_string();
     Some(TestResult { name, status, ms, detail })
 }
 
-pub fn boot(vmlinux: &Path, initrd: &Path, run: &str, tag: &str, timeout: Duration, echo_all: bool) -> Result<Outcome> {
+/// `PVTCE-DONE rc=<int>` (what /init prints after the test binary exits).
+fn parse_done(line: &str) -> Option<i32> {
+    let rest = line.split("PVTCE-DONE ").nth(1)?;
+    rest.trim().strip_prefix("rc=")?.parse().ok()
+}
+
+pub struct Run<'a> {
+    pub vmlinux: &'a Path,
+    pub initrd: &'a Path,
+    /// The `pvtce_run=` list: `all` or test names, comma-separated.
+    pub tests: &'a str,
+    pub expected: Vec<String>,
+    pub tag: &'a str,
+    pub timeout: Duration,
+    pub echo_all: bool,
+}
+
+pub fn boot(r: Run) -> Result<Outcome> {
+    let Run { vmlinux, initrd, tests: run, expected, tag, timeout, echo_all } = r;
     let log_path = out().join(format!("console-{tag}.log"));
     let mut log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let args = qemu_args(vmlinux, initrd, run);
@@ -145,9 +334,8 @@ pub fn boot(vmlinux: &Path, initrd: &Path, run: &str, tag: &str, timeout: Durati
     });
     let start = Instant::now();
     let mut o = Outcome {
-        results: vec![],
-        bad: vec![],
-        done: false,
+        console: Console::default(),
+        expected,
         timed_out: false,
         log: log_path.clone(),
         boot_secs: None,
@@ -163,22 +351,14 @@ pub fn boot(vmlinux: &Path, initrd: &Path, run: &str, tag: &str, timeout: Durati
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
                 let _ = writeln!(log, "{line}");
-                let harmless_qemu = line.starts_with("[qemu]") && line.contains("warning");
-                let allowed = ALLOW.iter().any(|(a, _)| line.contains(a));
-                if !harmless_qemu && !allowed && BAD.iter().any(|b| line.contains(b)) {
-                    o.bad.push(line.clone());
-                }
                 if line.contains("PVTCE-BOOT") {
                     o.boot_secs = Some(start.elapsed().as_secs_f64());
                 }
-                if let Some(r) = parse_result(&line) {
-                    println!("  {:<4} {:<28} {:>7} ms  {}", r.status, r.name, r.ms, r.detail);
-                    o.results.push(r);
-                } else if echo_all || line.contains("PVTCE-") {
-                    println!("  | {line}");
-                }
-                if line.contains("PVTCE-DONE") {
-                    o.done = true;
+                match o.console.feed(&line) {
+                    Line::Result(r) => println!("  {:<4} {:<28} {:>7} ms  {}", r.status.word(), r.name, r.ms, r.detail),
+                    Line::Pvtce => println!("  | {line}"),
+                    Line::Other if echo_all => println!("  | {line}"),
+                    Line::Other => {}
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -199,30 +379,117 @@ pub fn boot(vmlinux: &Path, initrd: &Path, run: &str, tag: &str, timeout: Durati
     Ok(o)
 }
 
-/// The machine-readable result: one JSON object with every test and every bad console line.
+/// The machine-readable result: one JSON object with every test, every reason for failure and every bad
+/// console line.
 fn write_results(o: &Outcome, path: &Path) -> Result<()> {
-    let tests: Vec<String> = o
-        .results
-        .iter()
-        .map(|r| {
-            format!(
-                "    {{\"name\": {}, \"status\": {}, \"ms\": {}, \"detail\": {}}}",
-                json_str(&r.name),
-                json_str(&r.status),
-                r.ms,
-                json_str(&r.detail)
-            )
-        })
-        .collect();
-    let bad: Vec<String> = o.bad.iter().map(|b| format!("    {}", json_str(b))).collect();
-    let s = format!(
-        "{{\n  \"done\": {},\n  \"timed_out\": {},\n  \"seconds\": {:.1},\n  \"console\": {},\n  \"tests\": [\n{}\n  ],\n  \"kernel_reports\": [\n{}\n  ]\n}}\n",
-        o.done,
-        o.timed_out,
-        o.secs,
-        json_str(&o.log.display().to_string()),
-        tests.join(",\n"),
-        bad.join(",\n")
-    );
-    write(path, &s)
+    let v = serde_json::json!({
+        "passed": !o.failed(),
+        "rc": o.console.rc,
+        "timed_out": o.timed_out,
+        "seconds": (o.secs * 10.0).round() / 10.0,
+        "console": o.log.display().to_string(),
+        "expected": o.expected,
+        "tests": o.console.results,
+        "failures": o.failures(),
+        "kernel_reports": o.console.bad,
+    });
+    let s = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+    write(path, &(s + "\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The verdict on console fragments: a passing run, and one fragment per way a run can fail. The
+    //! fragments are cut from real console logs of this machine (`fixtures/README.md` says which).
+    use super::*;
+
+    fn judge(fragment: &str, expected: &[&str]) -> Vec<String> {
+        let mut c = Console::default();
+        for l in fragment.lines() {
+            c.feed(l);
+        }
+        c.failures(&expected.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    const GOOD: &str = include_str!("fixtures/good.log");
+    const NAMES: &[&str] = &["module-load", "smoke", "cli"];
+
+    #[test]
+    fn a_clean_run_passes() {
+        assert_eq!(judge(GOOD, NAMES), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_missing_result_fails() {
+        let why = judge(include_str!("fixtures/missing-result.log"), NAMES);
+        assert!(why.iter().any(|w| w.starts_with("cli: requested, but it printed no PVTCE-RESULT")), "{why:?}");
+    }
+
+    #[test]
+    fn an_aborted_binary_fails() {
+        let why = judge(include_str!("fixtures/abort.log"), NAMES);
+        assert!(why.iter().any(|w| w.contains("killed by signal 6 (SIGABRT): rc=134")), "{why:?}");
+        assert!(why.iter().any(|w| w.contains("panicked at")), "{why:?}");
+        assert!(why.iter().any(|w| w.starts_with("cli: requested")), "{why:?}");
+    }
+
+    #[test]
+    fn a_nonzero_rc_fails_even_with_every_result_passing() {
+        let frag = GOOD.replace("PVTCE-DONE rc=0", "PVTCE-DONE rc=1");
+        assert_eq!(judge(&frag, NAMES), vec!["pvtce-vmtests exited with rc=1".to_string()]);
+    }
+
+    #[test]
+    fn no_done_line_fails() {
+        let frag: String = GOOD.lines().filter(|l| !l.contains("PVTCE-DONE")).map(|l| format!("{l}\n")).collect();
+        let why = judge(&frag, NAMES);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].starts_with("no `PVTCE-DONE rc=` line"));
+    }
+
+    #[test]
+    fn malformed_lines_fail() {
+        for bad in [
+            "PVTCE-RESULT cli passed 12 ok",
+            "PVTCE-RESULT cli pass twelve ok",
+            "PVTCE-RESULT  pass 12 ok",
+            "PVTCE-RESULT cli",
+        ] {
+            let frag = GOOD.replace("PVTCE-RESULT cli pass 1337 CLI ok", bad);
+            let why = judge(&frag, NAMES);
+            assert!(why.iter().any(|w| w.starts_with("malformed result line")), "{bad}: {why:?}");
+        }
+        for bad in ["PVTCE-DONE", "PVTCE-DONE rc=", "PVTCE-DONE rc=zero"] {
+            let why = judge(&GOOD.replace("PVTCE-DONE rc=0", bad), NAMES);
+            assert!(why.iter().any(|w| w.starts_with("malformed result line")), "{bad}: {why:?}");
+        }
+        let twice = format!("{GOOD}PVTCE-DONE rc=0\n");
+        assert!(judge(&twice, NAMES).iter().any(|w| w.contains("a second PVTCE-DONE")));
+    }
+
+    #[test]
+    fn duplicate_unrequested_and_failed_results_fail() {
+        let dup = format!("PVTCE-RESULT cli pass 1 again\n{GOOD}");
+        assert!(judge(&dup, NAMES).iter().any(|w| w == "cli: 2 PVTCE-RESULT lines for one test"));
+        let why = judge(GOOD, &["module-load", "smoke"]);
+        assert_eq!(why, vec!["cli: a result for a test that was not requested".to_string()]);
+        let failed = GOOD.replace("PVTCE-RESULT cli pass 1337 CLI ok", "PVTCE-RESULT cli fail 1337 exit 3");
+        assert_eq!(judge(&failed, NAMES), vec!["cli: exit 3".to_string()]);
+    }
+
+    #[test]
+    fn kernel_reports_fail_and_allowed_lines_do_not() {
+        let frag = format!("[   12.5] WARNING: CPU: 0 PID: 1 at virt/kvm/vfio.c:103 kvm_vfio_file_free\n{GOOD}");
+        assert!(judge(&frag, NAMES).iter().any(|w| w.contains("virt/kvm/vfio.c:103")));
+        let ok = format!("[    0.3] {}\n{GOOD}", ALLOW[0].0);
+        assert_eq!(judge(&ok, NAMES), Vec::<String>::new());
+    }
+
+    #[test]
+    fn expected_names_come_from_the_request() {
+        let e = expected("smoke,cli", Path::new("/nonexistent")).unwrap();
+        assert_eq!(e, vec!["smoke".to_string(), "cli".to_string()]);
+        // `all` asks the binary; a binary that cannot run makes the run an error, not a pass.
+        assert!(expected("all", Path::new("/nonexistent/pvtce-vmtests")).is_err());
+    }
 }

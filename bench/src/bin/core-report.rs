@@ -14,13 +14,11 @@ const BENCHES: [&str; 8] = [
     "put_tce_indirect_512",
 ];
 
-/// Mean point estimate (ns) from criterion's estimates.json, without a JSON dependency.
+/// Mean point estimate (ns) from criterion's estimates.json.
 fn mean_ns(dir: &Path, name: &str) -> Option<f64> {
     let text = std::fs::read_to_string(dir.join(name).join("new/estimates.json")).ok()?;
-    let after = &text[text.find("\"mean\"")?..];
-    let after = &after[after.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
-    let end = after.find([',', '}'])?;
-    after[..end].trim().parse().ok()
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["mean"]["point_estimate"].as_f64()
 }
 
 fn per_tce(dir: &Path, name: &str) -> Option<f64> {

@@ -28,7 +28,11 @@ fn add(total: &mut Stats, s: &Stats) {
 fn core_matches_model() {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: CASES,
-        failure_persistence: None,
+        // A failing case's seed is saved here (cargo runs tests in the package directory) and replayed
+        // first by every later run; commit the file with the fix.
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            "tests/proptest-regressions/model.txt",
+        ))),
         ..ProptestConfig::default()
     });
     let total = std::cell::RefCell::new(Stats::default());

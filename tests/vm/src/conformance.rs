@@ -12,6 +12,9 @@ use crate::rig::*;
 use pvtce_vmm_glue::payload::{Call, Ret};
 
 pub const SEQUENCES: u64 = 1000;
+/// Calls each class in [`Coverage`] must get in a full run (observed: every class occurs far more often;
+/// docs/conformance.md), so a generator change that stops exercising one fails the test.
+const MIN_PER_CLASS: u32 = 50;
 const CALLS_PER_SEQUENCE: usize = 8;
 /// Entries of each window the sequences start at (so that they overlap).
 const SLOTS: u64 = 24;
@@ -313,8 +316,10 @@ pub fn conformance() -> Result<String, String> {
             }
         }
         let summary: Vec<String> = classes.iter().map(|(ret, n)| format!("{ret}:{n}")).collect();
+        let cov = Coverage::of(&c_path, &seqs)?;
+        cov.check(MIN_PER_CLASS)?;
         Ok(format!(
-            "{SEQUENCES} sequences, {calls} random hypercalls, each path in its own VMM process: identical return values, read-backs, exits and host entries, no leaked use of preregistered memory; returns (code:count) {}",
+            "{SEQUENCES} sequences, {calls} random hypercalls, each path in its own VMM process: identical return values, read-backs, exits and host entries, no leaked use of preregistered memory; returns (code:count) {}; coverage {cov}",
             summary.join(" ")
         ))
     })();
@@ -322,4 +327,119 @@ pub fn conformance() -> Result<String, String> {
     let detail = result?;
     unload.map_err(|err| format!("rmmod: {err}"))?;
     Ok(detail)
+}
+
+/// How often the random calls hit each class the conformance run exists to exercise (counted on the
+/// Linux path's returns; the two paths are identical by then).
+#[derive(Debug, Default, PartialEq)]
+struct Coverage {
+    success: u32,
+    parameter: u32,
+    /// Calls that left the kernel (H_TOO_HARD on Linux's path: the rig answers [`EXITED`]).
+    exited: u32,
+    /// H_PUT_TCE_INDIRECT of 513 entries (one over PAPR's limit), answered H_PARAMETER.
+    indirect_513: u32,
+    /// Calls on a LIOBN no window has, which must leave the kernel.
+    unknown_liobn: u32,
+}
+
+impl Coverage {
+    /// `calls` are the child's per-sequence call strings: `nr(liobn,ioba,a,b)` in hex, space-separated.
+    fn of(outcomes: &[Outcome], calls: &[String]) -> Result<Coverage, String> {
+        let mut c = Coverage::default();
+        for (o, seq) in outcomes.iter().zip(calls) {
+            let parsed: Vec<[u64; 5]> = seq
+                .split_whitespace()
+                .map(parse_call)
+                .collect::<Option<_>>()
+                .ok_or_else(|| format!("bad calls {seq}"))?;
+            if parsed.len() != CALLS_PER_SEQUENCE || o.rets.len() < CALLS_PER_SEQUENCE {
+                return Err(format!("sequence with {} calls and {} returns: {seq}", parsed.len(), o.rets.len()));
+            }
+            for (call, ret) in parsed.iter().zip(&o.rets) {
+                let [nr, liobn, _, _, npages] = *call;
+                match ret.0 {
+                    H_SUCCESS => c.success += 1,
+                    H_PARAMETER => c.parameter += 1,
+                    EXITED => c.exited += 1,
+                    _ => {}
+                }
+                if nr == H_PUT_TCE_INDIRECT && npages == 513 && ret.0 == H_PARAMETER {
+                    c.indirect_513 += 1;
+                }
+                if liobn == LIOBN_UNKNOWN && ret.0 == EXITED {
+                    c.unknown_liobn += 1;
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn check(&self, min: u32) -> Result<(), String> {
+        let classes = [
+            ("H_SUCCESS", self.success),
+            ("H_PARAMETER", self.parameter),
+            ("exits", self.exited),
+            ("INDIRECT-513 refused", self.indirect_513),
+            ("unknown LIOBN exits", self.unknown_liobn),
+        ];
+        let short: Vec<String> =
+            classes.iter().filter(|(_, n)| *n < min).map(|(what, n)| format!("{what} {n} < {min}")).collect();
+        if short.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("conformance coverage too thin: {}", short.join(", ")))
+        }
+    }
+}
+
+impl std::fmt::Display for Coverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "H_SUCCESS {} H_PARAMETER {} exits {} INDIRECT-513 {} unknown-LIOBN {}",
+            self.success, self.parameter, self.exited, self.indirect_513, self.unknown_liobn
+        )
+    }
+}
+
+/// `nr(liobn,ioba,a,b)` in hex -> [nr, liobn, ioba, a, b].
+fn parse_call(s: &str) -> Option<[u64; 5]> {
+    let (nr, rest) = s.split_once('(')?;
+    let args: Vec<u64> =
+        rest.strip_suffix(')')?.split(',').map(|a| u64::from_str_radix(a, 16).ok()).collect::<Option<_>>()?;
+    let a: [u64; 4] = args.try_into().ok()?;
+    Some([u64::from_str_radix(nr, 16).ok()?, a[0], a[1], a[2], a[3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(rets: &[i64]) -> Outcome {
+        Outcome { rets: rets.iter().map(|&r| (r, 0)).collect(), exits: 0, host: vec![] }
+    }
+
+    #[test]
+    fn coverage_counts_each_class_and_fails_when_thin() {
+        let seq = format!(
+            "20({LIOBN:x},0,3,0) 13c({LIOBN:x},0,20000,201) 1c({LIOBN_UNKNOWN:x},0,0,0) 138({LIOBN:x},0,0,1) \
+             1c({LIOBN:x},0,0,0) 1c({LIOBN:x},0,0,0) 1c({LIOBN:x},0,0,0) 1c({LIOBN:x},0,0,0)"
+        );
+        let o = outcome(&[H_SUCCESS, H_PARAMETER, EXITED, H_SUCCESS, H_SUCCESS, H_SUCCESS, H_SUCCESS, H_SUCCESS]);
+        let c = Coverage::of(&[o], &[seq]).unwrap();
+        assert_eq!(c, Coverage { success: 6, parameter: 1, exited: 1, indirect_513: 1, unknown_liobn: 1 });
+        assert!(c.check(1).is_ok());
+        let err = c.check(2).unwrap_err();
+        assert!(err.contains("H_PARAMETER 1 < 2") && err.contains("unknown LIOBN exits 1 < 2"), "{err}");
+        assert!(!err.contains("H_SUCCESS"), "{err}");
+    }
+
+    #[test]
+    fn coverage_rejects_a_garbled_sequence() {
+        let o = outcome(&[H_SUCCESS; CALLS_PER_SEQUENCE]);
+        assert!(Coverage::of(&[o], &["20(zz,0,0,0)".into()]).is_err());
+        let short = outcome(&[H_SUCCESS]);
+        assert!(Coverage::of(&[short], &["20(1,0,0,0)".into()]).is_err());
+    }
 }

@@ -1,7 +1,8 @@
 //! pvtce-vmtests: the tests that run inside the emulated POWER L1 guest, started by /init.
 //!
-//! Usage: `pvtce-vmtests [all | NAME...]`. Each test prints one line the host parses:
-//! `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`.
+//! Usage: `pvtce-vmtests [all | NAME...]` or `pvtce-vmtests --list` (the names `all` runs). Each test prints
+//! one line the host parses: `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`; the host fails the run if
+//! a requested test prints none, and on the binary's exit status (`xtask/src/vm.rs`).
 
 mod bench;
 mod cli;
@@ -43,8 +44,16 @@ const TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
-/// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md).
-const PROBES: &[(&str, TestFn)] = &[("conf-probe", conformance::probe), ("bench", bench::bench)];
+/// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md); `abort-probe`
+/// aborts the binary on purpose, to show that the host fails such a run (`cargo xtask vm smoke abort-probe`
+/// must fail: docs/machine.md).
+const PROBES: &[(&str, TestFn)] =
+    &[("conf-probe", conformance::probe), ("bench", bench::bench), ("abort-probe", abort_probe)];
+
+/// Panics, which `panic = "abort"` turns into SIGABRT: the tests after it never run.
+fn abort_probe() -> Result<String, String> {
+    panic!("abort-probe: a deliberate panic (the host must fail this run)");
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,6 +80,13 @@ fn main() {
             eprintln!("{e}");
         }
         std::process::exit(i32::from(r.is_err()));
+    }
+    // What `all` runs, one name a line: the host's list of results it must see.
+    if args.first().map(String::as_str) == Some("--list") {
+        for (name, _) in TESTS {
+            println!("{name}");
+        }
+        return;
     }
     let all = args.is_empty() || args.iter().any(|a| a == "all");
     let mut failed = 0;
