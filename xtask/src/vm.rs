@@ -414,6 +414,12 @@ mod tests {
     const GOOD: &str = include_str!("fixtures/good.log");
     const NAMES: &[&str] = &["module-load", "smoke", "cli"];
 
+    /// `GOOD` with cli's result line replaced by `with`.
+    fn good_with_cli(with: &str) -> String {
+        let cli = GOOD.lines().find(|l| l.starts_with("PVTCE-RESULT cli pass ")).expect("good.log has cli's result");
+        GOOD.replace(cli, with)
+    }
+
     #[test]
     fn a_clean_run_passes() {
         assert_eq!(judge(GOOD, NAMES), Vec::<String>::new());
@@ -427,10 +433,11 @@ mod tests {
 
     #[test]
     fn an_aborted_binary_fails() {
-        let why = judge(include_str!("fixtures/abort.log"), NAMES);
+        let why = judge(include_str!("fixtures/abort.log"), &["smoke", "abort-probe"]);
         assert!(why.iter().any(|w| w.contains("killed by signal 6 (SIGABRT): rc=134")), "{why:?}");
         assert!(why.iter().any(|w| w.contains("panicked at")), "{why:?}");
-        assert!(why.iter().any(|w| w.starts_with("cli: requested")), "{why:?}");
+        assert!(why.iter().any(|w| w.starts_with("abort-probe: requested")), "{why:?}");
+        assert_eq!(why.len(), 3, "{why:?}");
     }
 
     #[test]
@@ -455,7 +462,7 @@ mod tests {
             "PVTCE-RESULT  pass 12 ok",
             "PVTCE-RESULT cli",
         ] {
-            let frag = GOOD.replace("PVTCE-RESULT cli pass 1337 CLI ok", bad);
+            let frag = good_with_cli(bad);
             let why = judge(&frag, NAMES);
             assert!(why.iter().any(|w| w.starts_with("malformed result line")), "{bad}: {why:?}");
         }
@@ -473,7 +480,7 @@ mod tests {
         assert!(judge(&dup, NAMES).iter().any(|w| w == "cli: 2 PVTCE-RESULT lines for one test"));
         let why = judge(GOOD, &["module-load", "smoke"]);
         assert_eq!(why, vec!["cli: a result for a test that was not requested".to_string()]);
-        let failed = GOOD.replace("PVTCE-RESULT cli pass 1337 CLI ok", "PVTCE-RESULT cli fail 1337 exit 3");
+        let failed = good_with_cli("PVTCE-RESULT cli fail 1337 exit 3");
         assert_eq!(judge(&failed, NAMES), vec!["cli: exit 3".to_string()]);
     }
 
