@@ -22,13 +22,18 @@ use std::collections::BTreeMap;
 /// What the fallback needs from VFIO: the two calls that write host table entries. The container is the
 /// real one; unit tests use a recorder.
 pub trait DmaMap {
-    fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()>;
+    /// Lets the device reach `[vaddr, vaddr + size)` at `iova`.
+    ///
+    /// # Safety
+    /// As [`Container::map_dma`]: the range is memory given to the device (guest RAM).
+    unsafe fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()>;
     fn unmap(&self, iova: u64, size: u64) -> Result<()>;
 }
 
 impl DmaMap for &Container {
-    fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
-        self.map_dma(vaddr, iova, size, read, write)
+    unsafe fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
+        // SAFETY: the caller's promise is this method's `# Safety` contract, the same as `map_dma`'s.
+        unsafe { self.map_dma(vaddr, iova, size, read, write) }
     }
     fn unmap(&self, iova: u64, size: u64) -> Result<()> {
         self.unmap_dma(iova, size)
@@ -147,11 +152,19 @@ impl<D: DmaMap> Host for FbHost<'_, D> {
                 self.errors.push(format!("{e}: {:?}", std::error::Error::source(&e)));
             }
         }
-        if new != HostTce::EMPTY {
+        // The core names `ua` from `prereg_lookup`, i.e. inside guest memory; checked again here because the
+        // map below hands the range to the device.
+        let base = self.mem.host_addr();
+        let in_guest = ua >= base && ua.checked_add(size).is_some_and(|end| end <= base + self.mem.len() as u64);
+        if new != HostTce::EMPTY && !in_guest {
+            self.errors.push(format!("host entry {index} of table {id:?}: ua {ua:#x} is outside guest memory"));
+        } else if new != HostTce::EMPTY {
             let perm = new.perm();
             let (read, write) = (matches!(perm, Perm::Read | Perm::ReadWrite), perm.device_writes());
             self.vfio_calls += 1;
-            match self.dma.map(ua, iova, size, read, write) {
+            // SAFETY: `[ua, ua + size)` lies inside guest RAM (checked above), memory given to the guest and
+            // its devices, which no Rust reference covers (`GuestMem` only copies through raw pointers).
+            match unsafe { self.dma.map(ua, iova, size, read, write) } {
                 Ok(()) => {
                     self.shadow.insert((id, index), new);
                 }
@@ -332,7 +345,7 @@ mod tests {
     }
 
     impl DmaMap for &Rec {
-        fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
+        unsafe fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
             if Some(iova) == self.fail_iova {
                 return Err(crate::Error::MapDma {
                     iova,

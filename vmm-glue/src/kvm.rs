@@ -2,7 +2,11 @@
 //! kvm-bindings and kvm-ioctls have no powerpc support; the uAPI pieces live in [`crate::sys`].
 
 use crate::error::{Error, Result};
-use crate::sys::{self, *};
+use crate::sys::{
+    self, kvm_create_spapr_tce_64, kvm_enable_cap, kvm_ppc_mmuv3_cfg, kvm_regs, kvm_userspace_memory_region,
+};
+use crate::sys::{KVM_CAP_PPC_ENABLE_HCALL, KVM_CAP_PPC_PAPR, KVM_DEV_TYPE_VFIO, KVM_EXIT_MMIO, KVM_EXIT_PAPR_HCALL};
+use crate::sys::{KVM_PPC_MMUV3_GTSE, KVM_PPC_MMUV3_RADIX, KVM_RUN_EXIT_REASON, KVM_RUN_UNION, PATB_GR};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -25,15 +29,15 @@ impl Kvm {
     }
 
     pub fn check_extension(&self, cap: u32) -> Result<i32> {
-        ioctl_val(self.file.as_fd(), KVM_CHECK_EXTENSION, cap.into()).map_err(kerr("KVM_CHECK_EXTENSION", "/dev/kvm"))
+        sys::kvm_check_extension(self.file.as_fd(), cap).map_err(kerr("KVM_CHECK_EXTENSION", "/dev/kvm"))
     }
 
     /// Creates a VM of the default type (KVM-HV when kvm-hv is loaded).
     pub fn create_vm(&self) -> Result<Vm> {
-        let fd = ioctl_val(self.file.as_fd(), KVM_CREATE_VM, 0).map_err(kerr("KVM_CREATE_VM", "/dev/kvm"))?;
-        let run_size = ioctl_val(self.file.as_fd(), KVM_GET_VCPU_MMAP_SIZE, 0)
-            .map_err(kerr("KVM_GET_VCPU_MMAP_SIZE", "/dev/kvm"))?;
-        Ok(Vm { fd: sys::owned(fd), run_size: run_size as usize })
+        let fd = sys::kvm_create_vm(self.file.as_fd()).map_err(kerr("KVM_CREATE_VM", "/dev/kvm"))?;
+        let run_size =
+            sys::kvm_get_vcpu_mmap_size(self.file.as_fd()).map_err(kerr("KVM_GET_VCPU_MMAP_SIZE", "/dev/kvm"))?;
+        Ok(Vm { fd, run_size })
     }
 }
 
@@ -141,14 +145,8 @@ impl TceTable {
     /// this VMM's preregistered pages from `ua`, then clears them; returns the timebase ticks of the two
     /// passes, each `count` exchanges and one invalidation.
     pub fn bare_exchange(&self, first: u64, count: u64, ua: u64) -> Result<(u64, u64)> {
-        let mut x = pvtce_uapi::pvtce_exchange {
-            argsz: std::mem::size_of::<pvtce_uapi::pvtce_exchange>() as u32,
-            first,
-            count,
-            ua,
-            ..Default::default()
-        };
-        ioctl_mut(self.fd.as_fd(), pvtce_uapi::PVTCE_WINDOW_EXCHANGE, &mut x)
+        let mut x = pvtce_uapi::pvtce_exchange { first, count, ua, ..Default::default() };
+        sys::pvtce_window_exchange(self.fd.as_fd(), &mut x)
             .map_err(|source| Error::WindowExchange { liobn: self.liobn, source })?;
         Ok((x.map_ticks, x.unmap_ticks))
     }
@@ -156,12 +154,8 @@ impl TceTable {
 
 /// PVTCE_WINDOW_INFO on any table fd (see [`TceTable::info`]).
 pub fn window_info(fd: BorrowedFd<'_>, liobn: u64) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
-    let mut i = pvtce_uapi::pvtce_window_info {
-        argsz: std::mem::size_of::<pvtce_uapi::pvtce_window_info>() as u32,
-        ..Default::default()
-    };
-    match ioctl_mut(fd, pvtce_uapi::PVTCE_WINDOW_INFO, &mut i) {
-        Ok(_) => Ok(Some(i)),
+    match sys::pvtce_window_info_get(fd) {
+        Ok(i) => Ok(Some(i)),
         Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => Ok(None),
         Err(source) => Err(Error::WindowInfo { liobn, source }),
     }
@@ -179,7 +173,14 @@ impl Vm {
         self.fd.as_fd()
     }
 
-    pub fn set_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
+    /// Backs guest physical `[gpa, gpa + size)` with this process's memory at `host_addr` (memory slot `slot`).
+    ///
+    /// # Safety
+    /// `[host_addr, host_addr + size)` must be a mapping of this process that stays mapped for as long as a
+    /// vCPU of this VM may run (until the VM is dropped, or the slot replaced), and no Rust reference may cover
+    /// it: the guest reads and writes it behind the compiler's back. [`crate::mem::GuestMem`] is such memory
+    /// when it outlives the VM's vCPUs.
+    pub unsafe fn set_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
         let r = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -187,13 +188,14 @@ impl Vm {
             memory_size: size,
             userspace_addr: host_addr,
         };
-        ioctl_ref(self.fd(), KVM_SET_USER_MEMORY_REGION, &r).map_err(kerr("KVM_SET_USER_MEMORY_REGION", "VM"))?;
+        // SAFETY: the caller's promise for the range is this function's own `# Safety` contract.
+        unsafe { sys::kvm_set_user_memory_region(self.fd(), &r) }.map_err(kerr("KVM_SET_USER_MEMORY_REGION", "VM"))?;
         Ok(())
     }
 
     pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<()> {
         let c = kvm_enable_cap { cap, args, ..Default::default() };
-        ioctl_ref(self.fd(), KVM_ENABLE_CAP, &c).map_err(kerr("KVM_ENABLE_CAP", "VM"))?;
+        sys::kvm_enable_cap(self.fd(), &c).map_err(kerr("KVM_ENABLE_CAP", "VM"))?;
         Ok(())
     }
 
@@ -211,7 +213,7 @@ impl Vm {
     /// Radix guest with a (empty) process table: enough for a real-mode payload under nested KVM-HV.
     pub fn configure_radix(&self) -> Result<()> {
         let c = kvm_ppc_mmuv3_cfg { flags: KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE, process_table: PATB_GR };
-        ioctl_ref(self.fd(), KVM_PPC_CONFIGURE_V3_MMU, &c).map_err(kerr("KVM_PPC_CONFIGURE_V3_MMU", "VM"))?;
+        sys::kvm_ppc_configure_v3_mmu(self.fd(), &c).map_err(kerr("KVM_PPC_CONFIGURE_V3_MMU", "VM"))?;
         Ok(())
     }
 
@@ -223,19 +225,17 @@ impl Vm {
         size_pages: u64,
     ) -> Result<TceTable> {
         let a = kvm_create_spapr_tce_64 { liobn, page_shift, flags: 0, offset: offset_pages, size: size_pages };
-        let fd = ioctl_ref(self.fd(), KVM_CREATE_SPAPR_TCE_64, &a).map_err(kerr("KVM_CREATE_SPAPR_TCE_64", "VM"))?;
-        Ok(TceTable { fd: sys::owned(fd), liobn, page_shift, offset_pages, size_pages })
+        let fd = sys::kvm_create_spapr_tce_64(self.fd(), &a).map_err(kerr("KVM_CREATE_SPAPR_TCE_64", "VM"))?;
+        Ok(TceTable { fd, liobn, page_shift, offset_pages, size_pages })
     }
 
     pub fn create_vfio_device(&self) -> Result<VfioDevice> {
-        let mut d = kvm_create_device { type_: KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
-        ioctl_mut(self.fd(), KVM_CREATE_DEVICE, &mut d).map_err(kerr("KVM_CREATE_DEVICE", "VM"))?;
-        Ok(VfioDevice { fd: sys::owned(d.fd as i32) })
+        let fd = sys::kvm_create_device(self.fd(), KVM_DEV_TYPE_VFIO).map_err(kerr("KVM_CREATE_DEVICE", "VM"))?;
+        Ok(VfioDevice { fd })
     }
 
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
-        let fd = ioctl_val(self.fd(), KVM_CREATE_VCPU, id as libc::c_ulong).map_err(kerr("KVM_CREATE_VCPU", "VM"))?;
-        let fd = sys::owned(fd);
+        let fd = sys::kvm_create_vcpu(self.fd(), id).map_err(kerr("KVM_CREATE_VCPU", "VM"))?;
         let run = sys::mmap_shared(Some(fd.as_fd()), self.run_size, 0).map_err(|source| Error::Mmap {
             what: "kvm_run",
             len: self.run_size,
@@ -247,28 +247,15 @@ impl Vm {
 }
 
 impl VfioDevice {
-    fn set_attr(&self, attr: u64, addr: u64, name: &'static str) -> Result<()> {
-        let a = kvm_device_attr { flags: 0, group: KVM_DEV_VFIO_FILE, attr, addr };
-        ioctl_ref(self.fd.as_fd(), KVM_SET_DEVICE_ATTR, &a).map_err(kerr(name, "KVM VFIO device"))?;
-        Ok(())
-    }
-
     /// Tells KVM about a VFIO group (KVM_DEV_VFIO_FILE_ADD).
     pub fn add_group(&self, group: BorrowedFd<'_>) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let fd: i32 = group.as_raw_fd();
-        self.set_attr(KVM_DEV_VFIO_FILE_ADD, &fd as *const i32 as u64, "KVM_DEV_VFIO_FILE_ADD")
+        sys::kvm_vfio_file_add(self.fd.as_fd(), group).map_err(kerr("KVM_DEV_VFIO_FILE_ADD", "KVM VFIO device"))
     }
 
     /// Links a TCE window to the group's hardware table (KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE).
     pub fn link_tce(&self, group: BorrowedFd<'_>, table: &TceTable) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let p = kvm_vfio_spapr_tce { groupfd: group.as_raw_fd(), tablefd: table.fd.as_raw_fd() };
-        self.set_attr(
-            KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE,
-            &p as *const kvm_vfio_spapr_tce as u64,
-            "KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE",
-        )
+        sys::kvm_vfio_group_set_spapr_tce(self.fd.as_fd(), group, table.fd.as_fd())
+            .map_err(kerr("KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE", "KVM VFIO device"))
     }
 }
 
@@ -296,18 +283,16 @@ pub const MSR_LE: u64 = 1;
 impl Vcpu {
     pub fn enable_papr(&self) -> Result<()> {
         let c = kvm_enable_cap { cap: KVM_CAP_PPC_PAPR, ..Default::default() };
-        ioctl_ref(self.fd.as_fd(), KVM_ENABLE_CAP, &c).map_err(kerr("KVM_ENABLE_CAP(PPC_PAPR)", "vCPU"))?;
+        sys::kvm_enable_cap(self.fd.as_fd(), &c).map_err(kerr("KVM_ENABLE_CAP(PPC_PAPR)", "vCPU"))?;
         Ok(())
     }
 
     pub fn regs(&self) -> Result<kvm_regs> {
-        let mut r = kvm_regs::default();
-        ioctl_mut(self.fd.as_fd(), KVM_GET_REGS, &mut r).map_err(kerr("KVM_GET_REGS", "vCPU"))?;
-        Ok(r)
+        sys::kvm_get_regs(self.fd.as_fd()).map_err(kerr("KVM_GET_REGS", "vCPU"))
     }
 
     pub fn set_regs(&self, r: &kvm_regs) -> Result<()> {
-        ioctl_ref(self.fd.as_fd(), KVM_SET_REGS, r).map_err(kerr("KVM_SET_REGS", "vCPU"))?;
+        sys::kvm_set_regs(self.fd.as_fd(), r).map_err(kerr("KVM_SET_REGS", "vCPU"))?;
         Ok(())
     }
 
@@ -338,7 +323,7 @@ impl Vcpu {
     /// Runs until an exit userspace must handle; retries on EINTR.
     pub fn run(&self) -> Result<Exit> {
         loop {
-            match ioctl_val(self.fd.as_fd(), KVM_RUN, 0) {
+            match sys::kvm_run(self.fd.as_fd()) {
                 Ok(_) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => continue,
                 Err(source) => return Err(Error::Ioctl { name: "KVM_RUN", what: "vCPU", source }),

@@ -83,8 +83,14 @@ pub fn load(mem: &GuestMem) -> Result<()> {
 /// Makes `vm` a PAPR guest running the program out of `mem`: `mem` as slot 0 at guest physical 0, the two
 /// TCE hypercalls that are off by default (H_STUFF_TCE, H_PUT_TCE_INDIRECT) on, radix, and vCPU 0 with PAPR
 /// enabled, starting at [`ENTRY`].
-pub fn boot(vm: &crate::kvm::Vm, mem: &GuestMem) -> Result<Vcpu> {
-    vm.set_memory(0, 0, mem.len() as u64, mem.host_addr())?;
+///
+/// # Safety
+/// `mem` must stay alive for as long as a vCPU of `vm` may run (drop the vCPUs, or the VM, first):
+/// [`crate::kvm::Vm::set_memory`]'s contract.
+pub unsafe fn boot(vm: &crate::kvm::Vm, mem: &GuestMem) -> Result<Vcpu> {
+    // SAFETY: `mem` is a live shared mapping that no Rust reference covers; that it outlives the vCPUs is
+    // the caller's promise.
+    unsafe { vm.set_memory(0, 0, mem.len() as u64, mem.host_addr()) }?;
     vm.enable_hcall(pvtce_core::hcall::H_STUFF_TCE)?;
     vm.enable_hcall(pvtce_core::hcall::H_PUT_TCE_INDIRECT)?;
     vm.configure_radix()?;

@@ -254,7 +254,8 @@ fn floor(rig: &Rig, rep: u32) -> Result<(), String> {
             const ROUNDS: u32 = 8;
             for _ in 0..ROUNDS {
                 let t = Instant::now();
-                c.map_dma(ua, iova, len, true, true).map_err(e("floor MAP_DMA"))?;
+                // SAFETY: `[ua, ua + len)` is guest RAM (DATA + 512 4K or 128 64K pages, inside RAM).
+                unsafe { c.map_dma(ua, iova, len, true, true) }.map_err(e("floor MAP_DMA"))?;
                 map = map.min(t.elapsed().as_nanos() as f64);
                 let t = Instant::now();
                 c.unmap_dma(iova, len).map_err(e("floor UNMAP_DMA"))?;
@@ -295,7 +296,8 @@ fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
     let k = kvm::Kvm::open().map_err(e("open /dev/kvm"))?;
     let vm = k.create_vm().map_err(e("create VM"))?;
     let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
-    let vcpu = payload::boot(&vm, &mem).map_err(e("L2 vCPU"))?;
+    // SAFETY: `vcpu` is declared after `mem`, so it is dropped first, and only this function runs it.
+    let vcpu = unsafe { payload::boot(&vm, &mem) }.map_err(e("L2 vCPU"))?;
     let (lck0, free0) = (vmlck_kib()?, memfree_kib()?);
     let t = vm.create_tce_table(0x9000_0000, 12, 0, ENTRIES).map_err(e("1 TiB window"))?;
     let (lck1, free1) = (vmlck_kib()?, memfree_kib()?);
@@ -347,7 +349,9 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
     let k = kvm::Kvm::open().map_err(e("open /dev/kvm"))?;
     let vm = k.create_vm().map_err(e("create VM"))?;
     let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
-    vm.set_memory(0, 0, RAM as u64, mem.host_addr()).map_err(e("memory slot"))?;
+    // SAFETY: `mem` is guest RAM; every vCPU is created and dropped inside the scoped threads below, which
+    // end before `mem` goes.
+    unsafe { vm.set_memory(0, 0, RAM as u64, mem.host_addr()) }.map_err(e("memory slot"))?;
     vm.configure_radix().map_err(e("radix"))?;
     // vCPU i: code at 0x1000 * (i + 1), table at 1 MiB + 64 KiB * i (below DATA).
     let code = |i: usize| 0x1000 * (i as u64 + 1);

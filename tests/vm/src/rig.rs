@@ -82,7 +82,8 @@ impl Rig {
         let kdev = vm.create_vfio_device().map_err(e("KVM VFIO device"))?;
         kdev.add_group(v.group.fd()).map_err(e("KVM_DEV_VFIO_FILE_ADD"))?;
         kdev.link_tce(v.group.fd(), &table).map_err(e("link window to group"))?;
-        vm.set_memory(0, 0, RAM as u64, mem.host_addr()).map_err(e("memory slot"))?;
+        // SAFETY: `mem` is guest RAM, and the rig drops the vCPU and the VM before it (field order).
+        unsafe { vm.set_memory(0, 0, RAM as u64, mem.host_addr()) }.map_err(e("memory slot"))?;
         vm.enable_hcall(H_STUFF_TCE).map_err(e("enable H_STUFF_TCE"))?;
         vm.enable_hcall(H_PUT_TCE_INDIRECT).map_err(e("enable H_PUT_TCE_INDIRECT"))?;
         vm.configure_radix().map_err(e("radix"))?;

@@ -44,7 +44,8 @@ impl Rig {
         if add_group {
             kdev.add_group(v.group.fd()).map_err(e("KVM_DEV_VFIO_FILE_ADD"))?;
         }
-        let vcpu = payload::boot(&vm, &mem).map_err(e("L2 vCPU"))?;
+        // SAFETY: `mem` is guest RAM; the rig runs the vCPU only while it lives, and is dropped whole.
+        let vcpu = unsafe { payload::boot(&vm, &mem) }.map_err(e("L2 vCPU"))?;
         Ok(Rig { v, info, mem, vm, kdev, vcpu })
     }
 }

@@ -5,7 +5,7 @@
 //!   "pvtce not loaded" when /dev/pvtce is absent.
 //! - `pvtce` alone prints both.
 
-use pvtce_uapi::{pvtce_window_info, pvtce_windows, PVTCE_LIST_WINDOWS, PVTCE_WINDOWS_MAX};
+use pvtce_uapi::{pvtce_window_info, PVTCE_WINDOWS_MAX};
 use pvtce_vmm_glue::sys;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -65,21 +65,11 @@ fn windows() -> Result<(), String> {
     };
     let mut entries = vec![pvtce_window_info::default(); 64];
     let count = loop {
-        let mut l = pvtce_windows {
-            argsz: std::mem::size_of::<pvtce_windows>() as u32,
-            flags: 0,
-            capacity: entries.len() as u32,
-            count: 0,
-            entries: entries.as_mut_ptr() as u64,
-        };
-        for e in entries.iter_mut() {
-            e.argsz = std::mem::size_of::<pvtce_window_info>() as u32;
+        let n = sys::pvtce_list_windows(f.as_fd(), &mut entries).map_err(|e| format!("PVTCE_LIST_WINDOWS: {e}"))?;
+        if (n as usize) <= entries.len() || entries.len() >= PVTCE_WINDOWS_MAX as usize {
+            break (n as usize).min(entries.len());
         }
-        sys::ioctl_mut(f.as_fd(), PVTCE_LIST_WINDOWS, &mut l).map_err(|e| format!("PVTCE_LIST_WINDOWS: {e}"))?;
-        if (l.count as usize) <= entries.len() || entries.len() >= PVTCE_WINDOWS_MAX as usize {
-            break (l.count as usize).min(entries.len());
-        }
-        entries.resize((l.count as usize).min(PVTCE_WINDOWS_MAX as usize), pvtce_window_info::default());
+        entries.resize((n as usize).min(PVTCE_WINDOWS_MAX as usize), pvtce_window_info::default());
     };
     println!(
         "{:<12} {:>5} {:<20} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
