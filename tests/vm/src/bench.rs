@@ -19,8 +19,7 @@
 //! Every figure is one line `PVTCE-BENCH key=value ...` on the console; the host computes medians, spreads
 //! and ratios. Nothing here judges a time.
 
-use crate::rig::{e, sh};
-use crate::vmmrig::*;
+use crate::rig::*;
 use pvtce_vmm_glue::payload::{self, Call};
 use pvtce_vmm_glue::windows::{HostPe, Path};
 use pvtce_vmm_glue::{kvm, mem::GuestMem};
@@ -67,28 +66,16 @@ fn opt(key: &str) -> Option<u64> {
     p.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// [`crate::vmmrig::run`] for TCE tables. Returns the results, the L2 ticks and the TCE hypercalls that exited.
+/// A TCE table under [`Policy::Fallback`]. Returns the results, the L2 ticks and the TCE hypercalls that exited.
 /// Any other hypercall voids the table (the child fails and the parent runs the piece again): before patch
 /// 0004 numbers of 0 came this way, from a VMM whose vector registers `KVM_RUN` had replaced with the guest's
 /// (tests/vm/src/fpregs.rs).
 fn run_tces(rig: &Rig, hp: &mut HostPe<'_>, calls: &[Call]) -> Result<(Vec<payload::Ret>, u64, u32), String> {
-    let mut exits = 0u32;
-    let mut other = None;
-    let mut handler = |nr: u64, args: &[u64; 9]| match hp.fallback.handle(nr, args) {
-        Some(r) => {
-            exits += 1;
-            r
-        }
-        None => {
-            other = Some(nr);
-            payload::Reply { r3: (-2i64) as u64, r4: None }
-        }
-    };
-    let (rets, tb) = payload::run_full(&rig.vcpu, &rig.mem, calls, &mut handler).map_err(e("run L2"))?;
-    if let Some(nr) = other {
+    let run = rig.run_with(calls, Policy::Fallback(hp))?;
+    if let Some(nr) = run.last_other {
         return Err(format!("L2 made hypercall {nr:#x}, not a TCE one"));
     }
-    Ok((rets, tb, exits))
+    Ok((run.rets, run.tb, run.tce))
 }
 
 /// A table that must succeed call by call; returns the L2 ticks and the TCE exits.
@@ -140,9 +127,8 @@ fn load_for(which: Which) -> Result<(), String> {
 /// One path, one repetition: a fresh rig, both windows, every workload.
 fn one_path(which: Which, rep: u32) -> Result<(), String> {
     let path = if which == Which::Userspace { Path::Fallback } else { Path::Kernel };
-    let rig = &Rig::new(path == Path::Kernel)?;
-    let hp =
-        &mut HostPe::open(&rig.vm, &rig.kdev, &rig.v.container, &rig.v.group, &rig.mem, path).map_err(e("host PE"))?;
+    let rig = &Rig::new(Windows::Pe { add_group: path == Path::Kernel })?;
+    let hp = &mut rig.host_pe(path)?;
     let ddw = &mut new_ddw();
     ddw.boot(hp).map_err(e("default window"))?;
     // The 64-bit window as RTAS would make it (pvtce-core's policy, then host window + kernel window), without
@@ -242,7 +228,7 @@ fn exchange_floor(rig: &Rig, hp: &HostPe<'_>, rep: u32) -> Result<(), String> {
 /// in L1 (no hypercall; the sPAPR v2 driver does the same per-entry work as the kernel paths: preregistered
 /// ua -> hpa, `iommu_tce_xchg_no_kill`, one kill per call). Reported in timebase ticks (ns x 0.512).
 fn floor(rig: &Rig, rep: u32) -> Result<(), String> {
-    let c = &rig.v.container;
+    let c = &rig.container;
     for (win, base, shift, n) in [("4k", 0u64, 12u32, 512u64), ("64k", BUS64, 16, 128)] {
         let iova = base + (8192u64 << shift);
         let ua = rig.mem.host_addr() + DATA;
@@ -315,14 +301,10 @@ fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
         let calls: Vec<Call> = (done..done + n)
             .map(|k| c(H_PUT_TCE_INDIRECT, [0x9000_0000, (k * INDIRECT) << 12, LIST, INDIRECT]))
             .collect();
-        let mut other = 0u32;
-        let (rets, _) = payload::run(&vcpu, &mem, &calls, &mut |_, _| {
-            other += 1;
-            H_PARAMETER as u64
-        })
-        .map_err(e("run L2"))?;
-        if other != 0 || rets.iter().any(|r| r.r3 != H_SUCCESS) {
-            return Err(format!("1% mapping: {other} exits, returns {:?}", rets.iter().find(|r| r.r3 != 0)));
+        let run = run_on(&vcpu, &mem, payload::TABLE, &calls, Policy::Count, &ExitLog::default())?;
+        if run.other != 0 || run.rets.iter().any(|r| r.r3 != H_SUCCESS) {
+            let bad = run.rets.iter().find(|r| r.r3 != 0);
+            return Err(format!("1% mapping: {} exits, returns {bad:?}", run.other));
         }
         done += n;
     }
@@ -377,12 +359,8 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
                             [c(H_PUT_TCE, [liobn, p << 12, tce(p, 12), 0]), c(H_PUT_TCE, [liobn, p << 12, 0, 0])]
                         })
                         .collect();
-                    let other = std::cell::Cell::new(0u32);
-                    let mut handler = |_: u64, _: &[u64; 9]| {
-                        other.set(other.get() + 1);
-                        payload::Reply { r3: H_PARAMETER as u64, r4: None }
-                    };
-                    let mut run = || payload::run_at(&vcpu, mem, table(i), &calls, &mut handler).map_err(e("run L2"));
+                    let log = ExitLog::default();
+                    let run = || run_on(&vcpu, mem, table(i), &calls, Policy::Count, &log).map(|r| (r.rets, r.tb));
                     // One warm-up table (first-touch allocation of the guest table), then the timed rounds.
                     run()?;
                     b.wait();
@@ -396,8 +374,8 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
                         ticks += tb;
                     }
                     let wall = t.elapsed().as_secs_f64();
-                    if other.get() > 0 {
-                        return Err(format!("{} hypercalls left the kernel", other.get()));
+                    if log.count.get() > 0 {
+                        return Err(format!("{} hypercalls left the kernel", log.count.get()));
                     }
                     Ok((wall, ticks, calls.len() as u64 * u64::from(rounds)))
                 })

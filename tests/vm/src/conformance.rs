@@ -156,12 +156,13 @@ struct Run {
 
 fn run_all(mode: u32, count: u64) -> Result<Run, String> {
     set_mode(mode)?;
-    let mut rig = Rig::new(12, 1 << 28)?;
+    let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
+    let (win, win_size) = (rig.win()?, rig.win_size()?);
     let pvtce = rig.pvtce_info()?.is_some();
     let b_pages = (1u64 << 28) >> 16;
     let _b = rig.add_window(LIOBN_B, 16, 0, b_pages)?;
     let wins = [
-        Win { liobn: LIOBN, bus: rig.win, shift: 12, size: rig.win_size },
+        Win { liobn: LIOBN, bus: win, shift: 12, size: win_size },
         Win { liobn: LIOBN_B, bus: 0, shift: 16, size: 1 << 28 },
     ];
     let pages = rig.hpa_pages()?;
@@ -178,7 +179,7 @@ fn run_all(mode: u32, count: u64) -> Result<Run, String> {
         }
         // INDIRECT lists live in one guest page: run the calls one table at a time where a list changes.
         let mut rets: Vec<Ret> = Vec::new();
-        let exits0 = rig.exits;
+        let exits0 = rig.exited();
         for (c, l) in calls.iter().zip(&lists) {
             if let Some(l) = l {
                 rig.write_list(l)?;
@@ -196,21 +197,21 @@ fn run_all(mode: u32, count: u64) -> Result<Run, String> {
             0 => 0,
             t => pages.get(&(t & !0xffff)).map_or(u64::MAX, |gpa| gpa | (t & 0xffff)),
         };
-        let host: Vec<u64> = rig.host_read_any(rig.win >> 12, REACH as usize)?.iter().map(|&t| as_gpa(t)).collect();
+        let host: Vec<u64> = rig.host_read_any(win >> 12, REACH as usize)?.iter().map(|&t| as_gpa(t)).collect();
         // Clear both windows for the next sequence; how that goes is compared too.
         let clear: Vec<Call> = wins.iter().map(|w| call(H_STUFF_TCE, [w.liobn, w.bus, 0, REACH])).collect();
         rets.extend(rig.run(&clear)?.0);
         // What the clear left in the hardware table is compared too (a use of the preregistered memory left
         // behind shows at exit instead: the region outlives the mm and destroy_context WARNs, which fails
         // the run; VFIO's UNREGISTER_MEMORY cannot tell, it reports success even when the region stays).
-        let left = rig.host_read_any(rig.win >> 12, REACH as usize)?;
+        let left = rig.host_read_any(win >> 12, REACH as usize)?;
         let host: Vec<u64> = host.into_iter().chain(left.iter().map(|&t| as_gpa(t))).collect();
-        let exits = rig.exits - exits0;
+        let exits = rig.exited() - exits0;
         outcomes.push(Outcome { rets: rets.iter().map(|r| (r.r3, r.r4)).collect(), exits, host });
         seqs.push(calls);
     }
     eprintln!("conformance: {} run done, closing its windows", if pvtce { "pvtce" } else { "builtin" });
-    Ok(Run { exit_log: rig.exit_log.clone(), outcomes, seqs, pvtce })
+    Ok(Run { exit_log: rig.exit_log(), outcomes, seqs, pvtce })
 }
 
 /// The child side: runs every sequence on one path and prints one encoded outcome per line.

@@ -109,13 +109,14 @@ struct PathResult {
 
 fn one_path(mode: u32, tables: u64) -> Result<PathResult, String> {
     set_mode(mode)?;
-    let rig = Rig::new(12, 1 << 28)?;
+    let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
+    let win = rig.win()?;
     rig.mem.write(ENTRY, &program()).map_err(e("load the instrumented payload"))?;
     let m = &rig.mem;
     let mut r = PathResult { runs: 0, lost: Vec::new(), exits: Vec::new(), anomalies: Vec::new() };
     for t in 0..tables {
         // H_PUT_TCE map, H_GET_TCE, H_PUT_TCE clear, H_GET_TCE: all handled in the kernel.
-        let ioba = rig.win + ((t % 64) << 12);
+        let ioba = win + ((t % 64) << 12);
         let tce = (0x40_0000 + ((t % 16) << 12)) | 3;
         let expect = |i: u64| match i {
             0 => (H_PUT_TCE, tce, 0),
