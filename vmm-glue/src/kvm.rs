@@ -138,26 +138,14 @@ impl TceTable {
     /// pvtce's statistics of this window (PVTCE_WINDOW_INFO). `Ok(None)` when the table fd answers ENOTTY:
     /// the window was created by Linux's own code, not by pvtce.
     pub fn info(&self) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
-        window_info(self.fd.as_fd(), self.liobn)
+        crate::pvtce::window_info(self.fd.as_fd(), self.liobn)
     }
 
     /// pvtce's bare host-table update (PVTCE_WINDOW_EXCHANGE): maps `count` window entries from `first` to
     /// this VMM's preregistered pages from `ua`, then clears them; returns the timebase ticks of the two
     /// passes, each `count` exchanges and one invalidation.
     pub fn bare_exchange(&self, first: u64, count: u64, ua: u64) -> Result<(u64, u64)> {
-        let mut x = pvtce_uapi::pvtce_exchange { first, count, ua, ..Default::default() };
-        sys::pvtce_window_exchange(self.fd.as_fd(), &mut x)
-            .map_err(|source| Error::WindowExchange { liobn: self.liobn, source })?;
-        Ok((x.map_ticks, x.unmap_ticks))
-    }
-}
-
-/// PVTCE_WINDOW_INFO on any table fd (see [`TceTable::info`]).
-pub fn window_info(fd: BorrowedFd<'_>, liobn: u64) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
-    match sys::pvtce_window_info_get(fd) {
-        Ok(i) => Ok(Some(i)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => Ok(None),
-        Err(source) => Err(Error::WindowInfo { liobn, source }),
+        crate::pvtce::window_exchange(self.fd.as_fd(), self.liobn, first, count, ua)
     }
 }
 

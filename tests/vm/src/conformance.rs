@@ -10,6 +10,7 @@
 
 use crate::rig::*;
 use pvtce_vmm_glue::payload::{Call, Ret};
+use pvtce_vmm_glue::pvtce::Mode;
 
 pub const SEQUENCES: u64 = 1000;
 const CALLS_PER_SEQUENCE: usize = 8;
@@ -154,7 +155,7 @@ struct Run {
     pvtce: bool,
 }
 
-fn run_all(mode: u32, count: u64) -> Result<Run, String> {
+fn run_all(mode: Mode, count: u64) -> Result<Run, String> {
     set_mode(mode)?;
     let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
     let (win, win_size) = (rig.win()?, rig.win_size()?);
@@ -224,11 +225,11 @@ pub fn child(mode: &str) -> Result<(), String> {
         None => (mode, SEQUENCES),
     };
     let mode = match mode {
-        "builtin" => pvtce_uapi::PVTCE_MODE_BUILTIN,
-        "pvtce" => pvtce_uapi::PVTCE_MODE_PVTCE,
+        "builtin" => Mode::Builtin,
+        "pvtce" => Mode::Pvtce,
         _ => return Err(format!("unknown path {mode}")),
     };
-    let mode_name = if mode == pvtce_uapi::PVTCE_MODE_PVTCE { "pvtce" } else { "builtin" };
+    let mode_name = if mode == Mode::Pvtce { "pvtce" } else { "builtin" };
     let run = run_all(mode, count)?;
     println!("owner {}", if run.pvtce { "pvtce" } else { "builtin" });
     eprintln!("{mode_name}: last exits {:x?}", run.exit_log);

@@ -13,6 +13,7 @@ use crate::rig::*;
 use pvtce_vmm_glue::asm::Asm;
 use pvtce_vmm_glue::kvm::Exit;
 use pvtce_vmm_glue::payload::{self, DONE_MMIO, ENTRY, TABLE};
+use pvtce_vmm_glue::pvtce::Mode;
 
 const ESIZE: u64 = 128;
 
@@ -107,7 +108,7 @@ struct PathResult {
     anomalies: Vec<String>,
 }
 
-fn one_path(mode: u32, tables: u64) -> Result<PathResult, String> {
+fn one_path(mode: Mode, tables: u64) -> Result<PathResult, String> {
     set_mode(mode)?;
     let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
     let win = rig.win()?;
@@ -182,8 +183,8 @@ pub fn kvm_run_keeps_fp() -> Result<String, String> {
     let lost_getpid = control(20_000);
     sh("modprobe pvtce")?;
     let r = (|| {
-        let c = one_path(pvtce_uapi::PVTCE_MODE_BUILTIN, TABLES)?;
-        let p = one_path(pvtce_uapi::PVTCE_MODE_PVTCE, TABLES)?;
+        let c = one_path(Mode::Builtin, TABLES)?;
+        let p = one_path(Mode::Pvtce, TABLES)?;
         Ok::<_, String>([("Linux", c), ("pvtce", p)])
     })();
     let unload = sh("rmmod pvtce");

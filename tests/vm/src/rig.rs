@@ -10,11 +10,11 @@
 use pvtce_core::ddw::{Pe, PeConfig};
 use pvtce_core::types::Liobn;
 use pvtce_vmm_glue::payload::{self, Reply};
+use pvtce_vmm_glue::pvtce::{Control, Mode};
 use pvtce_vmm_glue::rtas::{self, Ddw, RtasCall};
 use pvtce_vmm_glue::windows::{HostPe, Path};
 use pvtce_vmm_glue::{edu, kvm, mem::GuestMem, vfio};
 use std::cell::{Cell, RefCell};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 
 pub const H_GET_TCE: u64 = 0x1C;
@@ -334,21 +334,14 @@ impl Rig {
     }
 }
 
+/// /dev/pvtce, which must be there (pvtce.ko loaded).
+fn control() -> Result<Control, String> {
+    Control::open_loaded().map_err(e("open /dev/pvtce"))
+}
+
 /// How many windows pvtce holds (every VM), from `PVTCE_LIST_WINDOWS`.
 pub fn window_count() -> Result<u32, String> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/pvtce").map_err(e("open /dev/pvtce"))?;
-    let mut l = pvtce_uapi::pvtce_windows {
-        argsz: std::mem::size_of::<pvtce_uapi::pvtce_windows>() as u32,
-        flags: 0,
-        capacity: 0,
-        count: 0,
-        entries: 0,
-    };
-    // SAFETY: PVTCE_LIST_WINDOWS reads and writes one pvtce_windows; capacity 0 writes no entries.
-    if unsafe { libc::ioctl(f.as_raw_fd(), pvtce_uapi::PVTCE_LIST_WINDOWS, &mut l) } != 0 {
-        return Err(format!("PVTCE_LIST_WINDOWS: {}", std::io::Error::last_os_error()));
-    }
-    Ok(l.count)
+    control()?.window_count().map_err(e("PVTCE_LIST_WINDOWS"))
 }
 
 /// Pages pinned with FOLL_PIN and not released yet, over the whole system (/proc/vmstat).
@@ -362,38 +355,15 @@ pub fn pins_outstanding() -> Result<i64, String> {
     Ok(get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?)
 }
 
-/// `PVTCE_SET_MODE` on /dev/pvtce: which implementation creates new windows; returns the old mode.
-pub fn set_mode(mode: u32) -> Result<u32, String> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/pvtce").map_err(e("open /dev/pvtce"))?;
-    let mut m =
-        pvtce_uapi::pvtce_mode { argsz: std::mem::size_of::<pvtce_uapi::pvtce_mode>() as u32, flags: 0, mode, old: 0 };
-    // SAFETY: PVTCE_SET_MODE reads and writes exactly one pvtce_mode, which `m` is.
-    if unsafe { libc::ioctl(f.as_raw_fd(), pvtce_uapi::PVTCE_SET_MODE, &mut m) } != 0 {
-        return Err(format!("PVTCE_SET_MODE: {}", std::io::Error::last_os_error()));
-    }
-    Ok(m.old)
+/// `PVTCE_SET_MODE`: which implementation creates new windows; returns the old mode.
+pub fn set_mode(mode: Mode) -> Result<Mode, String> {
+    control()?.set_mode(mode).map_err(e("PVTCE_SET_MODE"))
 }
 
 impl Rig {
     /// `count` hardware entries from `first` (absolute) of the group's table `table`, through /dev/pvtce.
     pub fn host_read(&self, table: u32, first: u64, count: usize) -> Result<Vec<u64>, String> {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/pvtce").map_err(e("open /dev/pvtce"))?;
-        let mut out = vec![0u64; count];
-        let mut r = pvtce_uapi::pvtce_host_read {
-            argsz: std::mem::size_of::<pvtce_uapi::pvtce_host_read>() as u32,
-            flags: 0,
-            groupfd: self.group.fd().as_raw_fd(),
-            table,
-            first,
-            count: count as u64,
-            entries: out.as_mut_ptr() as u64,
-        };
-        // SAFETY: PVTCE_HOST_READ reads one pvtce_host_read and writes `count` u64 at `entries`, which `out`
-        // provides.
-        if unsafe { libc::ioctl(f.as_raw_fd(), pvtce_uapi::PVTCE_HOST_READ, &mut r) } != 0 {
-            return Err(format!("PVTCE_HOST_READ: {}", std::io::Error::last_os_error()));
-        }
-        Ok(out)
+        control()?.host_read(&self.group, table, first, count).map_err(e("PVTCE_HOST_READ"))
     }
 
     /// Like [`Rig::host_read`] on whichever of the group's two tables holds the range.
