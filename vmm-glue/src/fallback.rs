@@ -9,8 +9,8 @@
 //! turns the user address into the real one through the preregistered region.
 
 use crate::error::Result;
+use crate::kvm::Reply;
 use crate::mem::GuestMem;
-use crate::payload::Reply;
 use crate::vfio::Container;
 use pvtce_core::hcall::{hcall_from, Dispatch, Machine};
 use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};

@@ -264,6 +264,13 @@ pub enum Exit {
     PaprHcall { nr: u64, args: [u64; 9] },
 }
 
+/// What the VMM answers to a hypercall that exited: r3 and, when set, r4 (see [`Vcpu::reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub r3: u64,
+    pub r4: Option<u64>,
+}
+
 pub const MSR_SF: u64 = 1 << 63;
 pub const MSR_ME: u64 = 1 << 12;
 pub const MSR_LE: u64 = 1;
@@ -360,6 +367,14 @@ impl Vcpu {
     /// r4..r12 on the next KVM_RUN; H_GET_TCE returns its TCE there).
     pub fn set_hcall_r4(&self, r4: u64) {
         self.set_run_u64(KVM_RUN_UNION + 16, r4);
+    }
+
+    /// Answers the hypercall that exited: r3, and r4 when the reply has one.
+    pub fn reply(&self, r: Reply) {
+        self.set_hcall_ret(r.r3);
+        if let Some(r4) = r.r4 {
+            self.set_hcall_r4(r4);
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 //! and ratios. Nothing here judges a time.
 
 use crate::rig::*;
-use pvtce_vmm_glue::payload::{self, Call};
+use pvtce_test_support::payload::{self, Call};
 use pvtce_vmm_glue::windows::{HostPe, Path};
 use pvtce_vmm_glue::{kvm, mem::GuestMem};
 use std::time::Instant;

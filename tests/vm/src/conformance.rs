@@ -9,7 +9,7 @@
 //! memslot-less addresses.
 
 use crate::rig::*;
-use pvtce_vmm_glue::payload::{Call, Ret};
+use pvtce_test_support::payload::{Call, Ret};
 use pvtce_vmm_glue::pvtce::Mode;
 
 pub const SEQUENCES: u64 = 1000;

@@ -6,7 +6,7 @@
 
 use crate::rig::*;
 use pvtce_core::types::Liobn;
-use pvtce_vmm_glue::payload::Call;
+use pvtce_test_support::payload::Call;
 use pvtce_vmm_glue::sys::VFIO_EEH_PE_GET_STATE;
 use pvtce_vmm_glue::windows::{HostPe, Path};
 use pvtce_vmm_glue::Error;

@@ -12,7 +12,7 @@
 
 use crate::rig::*;
 use pvtce_core::types::Liobn;
-use pvtce_vmm_glue::payload::Call;
+use pvtce_test_support::payload::Call;
 use pvtce_vmm_glue::windows::Path;
 
 const P1: u64 = 0x20_0000;

@@ -139,7 +139,7 @@ pub fn sigkill() -> Result<String, String> {
 
 /// The device is unbound from vfio-pci while its group is linked to a pvtce window and mapped.
 pub fn unbind() -> Result<String, String> {
-    let bdf = pvtce_vmm_glue::vfio::find_pci(pvtce_vmm_glue::edu::VENDOR, pvtce_vmm_glue::edu::DEVICE)
+    let bdf = pvtce_vmm_glue::vfio::find_pci(pvtce_test_support::edu::VENDOR, pvtce_test_support::edu::DEVICE)
         .map_err(e("find edu"))?;
     let (baseline, mut child) = start("unbind", true)?;
     let out = child.stdout.take().ok_or("no child stdout")?;

@@ -10,9 +10,9 @@
 //! loaded.
 
 use crate::rig::*;
-use pvtce_vmm_glue::asm::Asm;
+use pvtce_test_support::asm::Asm;
+use pvtce_test_support::payload::{self, DONE_MMIO, ENTRY, TABLE};
 use pvtce_vmm_glue::kvm::Exit;
-use pvtce_vmm_glue::payload::{self, DONE_MMIO, ENTRY, TABLE};
 use pvtce_vmm_glue::pvtce::Mode;
 
 const ESIZE: u64 = 128;

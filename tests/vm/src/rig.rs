@@ -9,11 +9,12 @@
 
 use pvtce_core::ddw::{Pe, PeConfig};
 use pvtce_core::types::Liobn;
-use pvtce_vmm_glue::payload::{self, Reply};
+use pvtce_test_support::edu;
+use pvtce_test_support::payload::{self, Reply};
 use pvtce_vmm_glue::pvtce::{Control, Mode};
 use pvtce_vmm_glue::rtas::{self, Ddw, RtasCall};
 use pvtce_vmm_glue::windows::{HostPe, Path};
-use pvtce_vmm_glue::{edu, kvm, mem::GuestMem, vfio};
+use pvtce_vmm_glue::{kvm, mem::GuestMem, vfio};
 use std::cell::{Cell, RefCell};
 use std::process::Command;
 
