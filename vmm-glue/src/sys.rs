@@ -17,8 +17,8 @@ use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, io
 pub type Ioctl = libc::Ioctl;
 
 pub const KVMIO: u32 = 0xAE;
-pub const VFIO_TYPE: u32 = b';' as u32;
-pub const VFIO_BASE: u32 = 100;
+pub const VFIO_TYPE: u32 = vfio_bindings::bindings::vfio::VFIO_TYPE as u32;
+pub const VFIO_BASE: u32 = vfio_bindings::bindings::vfio::VFIO_BASE;
 
 // ---- KVM ----
 #[repr(C)]
@@ -141,78 +141,15 @@ pub const KVM_CREATE_DEVICE: Ioctl = libc::_IOWR::<kvm_create_device>(KVMIO, 0xe
 pub const KVM_SET_DEVICE_ATTR: Ioctl = libc::_IOW::<kvm_device_attr>(KVMIO, 0xe1);
 
 // ---- VFIO ----
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_group_status {
-    pub argsz: u32,
-    pub flags: u32,
-}
-pub const VFIO_GROUP_FLAGS_VIABLE: u32 = 1;
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_iommu_spapr_tce_ddw_info {
-    pub pgsizes: u64,
-    pub max_dynamic_windows_supported: u32,
-    pub levels: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_iommu_spapr_tce_info {
-    pub argsz: u32,
-    pub flags: u32,
-    pub dma32_window_start: u32,
-    pub dma32_window_size: u32,
-    pub ddw: vfio_iommu_spapr_tce_ddw_info,
-}
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_iommu_spapr_register_memory {
-    pub argsz: u32,
-    pub flags: u32,
-    pub vaddr: u64,
-    pub size: u64,
-}
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_region_info {
-    pub argsz: u32,
-    pub flags: u32,
-    pub index: u32,
-    pub cap_offset: u32,
-    pub size: u64,
-    pub offset: u64,
-}
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_iommu_spapr_tce_create {
-    pub argsz: u32,
-    pub flags: u32,
-    pub page_shift: u32,
-    pub resv1: u32,
-    pub window_size: u64,
-    pub levels: u32,
-    pub resv2: u32,
-    /// Out: the bus address of the new window.
-    pub start_addr: u64,
-}
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_iommu_spapr_tce_remove {
-    pub argsz: u32,
-    pub flags: u32,
-    pub start_addr: u64,
-}
-
-pub const VFIO_API_VERSION: i32 = 0;
-pub const VFIO_SPAPR_TCE_V2_IOMMU: u64 = 7;
-pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
-pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+// The structs and constants are vfio-bindings' (bindgen of linux/vfio.h; its structs are fixed-width, so the
+// x86_64 generation serves powerpc too, and the size asserts below hold on both); only the numbers are ours.
+pub use vfio_bindings::bindings::vfio::{
+    vfio_eeh_pe_err, vfio_eeh_pe_op, vfio_eeh_pe_op__bindgen_ty_1, vfio_group_status, vfio_iommu_spapr_register_memory,
+    vfio_iommu_spapr_tce_create, vfio_iommu_spapr_tce_ddw_info, vfio_iommu_spapr_tce_info, vfio_iommu_spapr_tce_remove,
+    vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_region_info, VFIO_SPAPR_TCE_v2_IOMMU, VFIO_API_VERSION,
+    VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_EEH_PE_DISABLE, VFIO_EEH_PE_ENABLE, VFIO_EEH_PE_GET_STATE,
+    VFIO_GROUP_FLAGS_VIABLE, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
+};
 
 // VFIO defines every ioctl with _IO and carries argsz in the struct.
 pub const VFIO_GET_API_VERSION: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE);
@@ -230,43 +167,6 @@ pub const VFIO_IOMMU_SPAPR_TCE_REMOVE: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 
 pub const VFIO_IOMMU_MAP_DMA: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 13);
 pub const VFIO_IOMMU_UNMAP_DMA: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 14);
 pub const VFIO_EEH_PE_OP: Ioctl = libc::_IO(VFIO_TYPE, VFIO_BASE + 21);
-
-/// `struct vfio_iommu_type1_dma_map` (the sPAPR IOMMUs take it too).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_iommu_type1_dma_map {
-    pub argsz: u32,
-    pub flags: u32,
-    pub vaddr: u64,
-    pub iova: u64,
-    pub size: u64,
-}
-/// The device may read the memory (to device).
-pub const VFIO_DMA_MAP_FLAG_READ: u32 = 1;
-/// The device may write the memory (from device).
-pub const VFIO_DMA_MAP_FLAG_WRITE: u32 = 2;
-
-/// `struct vfio_iommu_type1_dma_unmap` without the trailing flexible data.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_iommu_type1_dma_unmap {
-    pub argsz: u32,
-    pub flags: u32,
-    pub iova: u64,
-    pub size: u64,
-}
-
-/// `struct vfio_eeh_pe_op` (the head; the error-injection member is not used).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct vfio_eeh_pe_op {
-    pub argsz: u32,
-    pub flags: u32,
-    pub op: u32,
-}
-pub const VFIO_EEH_PE_DISABLE: u32 = 0;
-pub const VFIO_EEH_PE_ENABLE: u32 = 1;
-pub const VFIO_EEH_PE_GET_STATE: u32 = 2;
 
 const _: () = {
     assert!(core::mem::size_of::<kvm_userspace_memory_region>() == 32);
@@ -286,7 +186,7 @@ const _: () = {
     assert!(core::mem::size_of::<vfio_iommu_spapr_tce_remove>() == 16);
     assert!(core::mem::size_of::<vfio_iommu_type1_dma_map>() == 32);
     assert!(core::mem::size_of::<vfio_iommu_type1_dma_unmap>() == 24);
-    assert!(core::mem::size_of::<vfio_eeh_pe_op>() == 12);
+    assert!(core::mem::size_of::<vfio_eeh_pe_op>() == 40);
 };
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -448,17 +348,15 @@ pub fn vfio_get_api_version(container: BorrowedFd<'_>) -> io::Result<i32> {
 }
 
 /// `VFIO_CHECK_EXTENSION`: 1 if the container supports IOMMU type `ext`.
-pub fn vfio_check_extension(container: BorrowedFd<'_>, ext: u64) -> io::Result<i32> {
-    let ext = libc::c_ulong::try_from(ext).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+pub fn vfio_check_extension(container: BorrowedFd<'_>, ext: u32) -> io::Result<i32> {
     // SAFETY: the request takes an integer argument; no memory is passed to the kernel.
-    check(unsafe { ioctl_with_val(&container, VFIO_CHECK_EXTENSION, ext) })
+    check(unsafe { ioctl_with_val(&container, VFIO_CHECK_EXTENSION, ext.into()) })
 }
 
 /// `VFIO_SET_IOMMU` to IOMMU type `ty`.
-pub fn vfio_set_iommu(container: BorrowedFd<'_>, ty: u64) -> io::Result<()> {
-    let ty = libc::c_ulong::try_from(ty).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+pub fn vfio_set_iommu(container: BorrowedFd<'_>, ty: u32) -> io::Result<()> {
     // SAFETY: the request takes an integer argument; no memory is passed to the kernel.
-    check_unit(unsafe { ioctl_with_val(&container, VFIO_SET_IOMMU, ty) })
+    check_unit(unsafe { ioctl_with_val(&container, VFIO_SET_IOMMU, ty.into()) })
 }
 
 /// `VFIO_IOMMU_SPAPR_TCE_GET_INFO`.
@@ -526,15 +424,26 @@ pub unsafe fn vfio_iommu_map_dma(container: BorrowedFd<'_>, map: &vfio_iommu_typ
 
 /// `VFIO_IOMMU_UNMAP_DMA` of `[iova, iova + size)`.
 pub fn vfio_iommu_unmap_dma(container: BorrowedFd<'_>, iova: u64, size: u64) -> io::Result<()> {
-    let u = vfio_iommu_type1_dma_unmap { argsz: size_of::<vfio_iommu_type1_dma_unmap>() as u32, flags: 0, iova, size };
+    let u = vfio_iommu_type1_dma_unmap {
+        argsz: size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+        flags: 0,
+        iova,
+        size,
+        ..Default::default()
+    };
     // SAFETY: `u` is the request's struct (without the optional trailing data, which no flag asks for).
     check_unit(unsafe { ioctl_with_ref(&container, VFIO_IOMMU_UNMAP_DMA, &u) })
 }
 
 /// `VFIO_EEH_PE_OP` `op` on the container's PE; returns the kernel's answer (a state for GET_STATE).
 pub fn vfio_eeh_pe_op(container: BorrowedFd<'_>, op: u32) -> io::Result<i32> {
-    let o = vfio_eeh_pe_op { argsz: size_of::<vfio_eeh_pe_op>() as u32, flags: 0, op };
-    // SAFETY: `o` is the request's struct (its head: the ops used take no error-injection data).
+    let o = vfio_eeh_pe_op {
+        argsz: size_of::<vfio_eeh_pe_op>() as u32,
+        flags: 0,
+        op,
+        __bindgen_anon_1: vfio_eeh_pe_op__bindgen_ty_1 { err: vfio_eeh_pe_err::default() },
+    };
+    // SAFETY: `o` is the request's struct with `argsz` its size, the error-injection member zeroed.
     check(unsafe { ioctl_with_ref(&container, VFIO_EEH_PE_OP, &o) })
 }
 

@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::sys::{self, vfio_iommu_spapr_tce_create, vfio_iommu_type1_dma_map};
+use crate::sys::{VFIO_SPAPR_TCE_v2_IOMMU, VFIO_PCI_CONFIG_REGION_INDEX};
 use crate::sys::{VFIO_API_VERSION, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE};
-use crate::sys::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_SPAPR_TCE_V2_IOMMU};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -87,10 +87,10 @@ impl Container {
     pub fn open() -> Result<Self> {
         let file = open_rw("/dev/vfio/vfio")?;
         let v = sys::vfio_get_api_version(file.as_fd()).map_err(verr("VFIO_GET_API_VERSION", "container"))?;
-        if v != VFIO_API_VERSION {
+        if v != VFIO_API_VERSION as i32 {
             return Err(Error::ApiVersion(v));
         }
-        let ok = sys::vfio_check_extension(file.as_fd(), VFIO_SPAPR_TCE_V2_IOMMU)
+        let ok = sys::vfio_check_extension(file.as_fd(), VFIO_SPAPR_TCE_v2_IOMMU)
             .map_err(verr("VFIO_CHECK_EXTENSION", "container"))?;
         if ok != 1 {
             return Err(Error::NoSpaprV2);
@@ -104,7 +104,7 @@ impl Container {
 
     /// Selects the sPAPR v2 IOMMU; needs at least one group attached.
     pub fn set_spapr_v2(&self) -> Result<()> {
-        sys::vfio_set_iommu(self.fd(), VFIO_SPAPR_TCE_V2_IOMMU).map_err(verr("VFIO_SET_IOMMU", "container"))
+        sys::vfio_set_iommu(self.fd(), VFIO_SPAPR_TCE_v2_IOMMU).map_err(verr("VFIO_SET_IOMMU", "container"))
     }
 
     pub fn info(&self) -> Result<SpaprInfo> {
