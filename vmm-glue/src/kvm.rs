@@ -1,14 +1,16 @@
 //! KVM for a PAPR (pseries) guest on a KVM-HV host: VM, memory slots, TCE windows, the KVM VFIO device and vCPUs.
-//! kvm-bindings and kvm-ioctls have no powerpc support; the uAPI pieces live in [`crate::sys`].
+//! kvm-bindings and kvm-ioctls have no powerpc support: the uAPI structs are generated from the built kernel's
+//! headers ([`crate::sys`], `gen-kvm.sh`) and the ioctls are typed functions there.
 
 use crate::error::{Error, Result};
 use crate::sys::{
     self, kvm_create_spapr_tce_64, kvm_enable_cap, kvm_ppc_mmuv3_cfg, kvm_regs, kvm_userspace_memory_region,
 };
+use crate::sys::{kvm_run, KVM_PPC_MMUV3_GTSE, KVM_PPC_MMUV3_RADIX, PATB_GR};
 use crate::sys::{KVM_CAP_PPC_ENABLE_HCALL, KVM_CAP_PPC_PAPR, KVM_DEV_TYPE_VFIO, KVM_EXIT_MMIO, KVM_EXIT_PAPR_HCALL};
-use crate::sys::{KVM_PPC_MMUV3_GTSE, KVM_PPC_MMUV3_RADIX, KVM_RUN_EXIT_REASON, KVM_RUN_UNION, PATB_GR};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::{addr_of, addr_of_mut};
 
 fn kerr(name: &'static str, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Ioctl { name, what, source }
@@ -200,7 +202,8 @@ impl Vm {
 
     /// Radix guest with a (empty) process table: enough for a real-mode payload under nested KVM-HV.
     pub fn configure_radix(&self) -> Result<()> {
-        let c = kvm_ppc_mmuv3_cfg { flags: KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE, process_table: PATB_GR };
+        let flags = u64::from(KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE);
+        let c = kvm_ppc_mmuv3_cfg { flags, process_table: PATB_GR };
         sys::kvm_ppc_configure_v3_mmu(self.fd(), &c).map_err(kerr("KVM_PPC_CONFIGURE_V3_MMU", "VM"))?;
         Ok(())
     }
@@ -223,6 +226,13 @@ impl Vm {
     }
 
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
+        if self.run_size < std::mem::size_of::<kvm_run>() {
+            return Err(Error::Mmap {
+                what: "kvm_run",
+                len: self.run_size,
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
         let fd = sys::kvm_create_vcpu(self.fd(), id).map_err(kerr("KVM_CREATE_VCPU", "VM"))?;
         let run = sys::mmap_shared(Some(fd.as_fd()), self.run_size, 0).map_err(|source| Error::Mmap {
             what: "kvm_run",
@@ -248,7 +258,8 @@ impl VfioDevice {
 }
 
 /// # Invariants
-/// `run` is a live mapping of `run_size` bytes of this vCPU's `struct kvm_run`.
+/// `run` is a live mapping of `run_size` bytes (at least `size_of::<kvm_run>()`) of this vCPU's
+/// `struct kvm_run`, page aligned.
 pub struct Vcpu {
     fd: OwnedFd,
     run: *mut u8,
@@ -299,20 +310,8 @@ impl Vcpu {
         self.set_regs(&r)
     }
 
-    fn run_u32(&self, off: usize) -> u32 {
-        // SAFETY: `off + 4 <= run_size` for the offsets used (all within the 256-byte head of kvm_run); the
-        // mapping is live by the type invariant; read_unaligned makes no alignment assumption.
-        unsafe { std::ptr::read_volatile(self.run.add(off).cast::<u32>()) }
-    }
-
-    fn run_u64(&self, off: usize) -> u64 {
-        // SAFETY: as in `run_u32`; kvm_run's union members are 8-byte aligned at these offsets.
-        unsafe { std::ptr::read_volatile(self.run.add(off).cast::<u64>()) }
-    }
-
-    fn set_run_u64(&self, off: usize, v: u64) {
-        // SAFETY: as in `run_u64`; the kernel reads these fields on the next KVM_RUN only.
-        unsafe { std::ptr::write_volatile(self.run.add(off).cast::<u64>(), v) }
+    fn kvm_run(&self) -> *mut kvm_run {
+        self.run.cast()
     }
 
     /// Runs until an exit userspace must handle; retries on EINTR.
@@ -334,39 +333,45 @@ impl Vcpu {
 
     /// Why the last `KVM_RUN` returned.
     pub fn last_exit(&self) -> Result<Exit> {
-        let reason = self.run_u32(KVM_RUN_EXIT_REASON);
-        let u = KVM_RUN_UNION;
-        match reason {
-            KVM_EXIT_MMIO => {
-                // struct { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write; }
-                let addr = self.run_u64(u);
-                let data = self.run_u64(u + 8);
-                // SAFETY: inside the kvm_run head, see `run_u32`.
-                let is_write = unsafe { std::ptr::read_volatile(self.run.add(u + 20)) } != 0;
-                Ok(Exit::Mmio { addr, is_write, data })
-            }
-            KVM_EXIT_PAPR_HCALL => {
-                // struct { __u64 nr; __u64 ret; __u64 args[9]; }
-                let nr = self.run_u64(u);
-                let mut args = [0u64; 9];
-                for (i, a) in args.iter_mut().enumerate() {
-                    *a = self.run_u64(u + 16 + 8 * i);
+        let run = self.kvm_run();
+        // SAFETY: `run` maps a whole `struct kvm_run` (type invariant); the kernel writes it only inside
+        // KVM_RUN, which no other thread issues on this vCPU while `&self` reads it (the vCPU fd is ours);
+        // volatile reads of plain integers through raw pointers, no reference into the mapping.
+        unsafe {
+            let reason = addr_of!((*run).exit_reason).read_volatile();
+            let u = addr_of!((*run).__bindgen_anon_1);
+            match reason {
+                KVM_EXIT_MMIO => {
+                    let m = addr_of!((*u).mmio);
+                    let addr = addr_of!((*m).phys_addr).read_volatile();
+                    let data = u64::from_ne_bytes(addr_of!((*m).data).read_volatile());
+                    let is_write = addr_of!((*m).is_write).read_volatile() != 0;
+                    Ok(Exit::Mmio { addr, is_write, data })
                 }
-                Ok(Exit::PaprHcall { nr, args })
+                KVM_EXIT_PAPR_HCALL => {
+                    let h = addr_of!((*u).papr_hcall);
+                    let nr = addr_of!((*h).nr).read_volatile();
+                    let args = addr_of!((*h).args).read_volatile();
+                    Ok(Exit::PaprHcall { nr, args })
+                }
+                other => Err(Error::UnexpectedExit(other)),
             }
-            other => Err(Error::UnexpectedExit(other)),
         }
     }
 
     /// Sets the return value of a hypercall that exited to userspace (read by the next KVM_RUN).
     pub fn set_hcall_ret(&self, ret: u64) {
-        self.set_run_u64(KVM_RUN_UNION + 8, ret);
+        let run = self.kvm_run();
+        // SAFETY: as in `last_exit`; the kernel reads `papr_hcall.ret` on the next KVM_RUN only.
+        unsafe { addr_of_mut!((*run).__bindgen_anon_1.papr_hcall.ret).write_volatile(ret) }
     }
 
     /// Sets what the guest finds in r4 after the hypercall (KVM copies `papr_hcall.args[0..9]` back to
     /// r4..r12 on the next KVM_RUN; H_GET_TCE returns its TCE there).
     pub fn set_hcall_r4(&self, r4: u64) {
-        self.set_run_u64(KVM_RUN_UNION + 16, r4);
+        let run = self.kvm_run();
+        // SAFETY: as in `set_hcall_ret`.
+        unsafe { addr_of_mut!((*run).__bindgen_anon_1.papr_hcall.args[0]).write_volatile(r4) }
     }
 
     /// Answers the hypercall that exited: r3, and r4 when the reply has one.
