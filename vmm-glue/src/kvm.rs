@@ -49,7 +49,7 @@ pub struct Vm {
 }
 
 /// A guest TCE window created with `KVM_CREATE_SPAPR_TCE_64`: its fd is the table (mmap'able).
-pub struct TceTable {
+pub struct Window {
     pub fd: OwnedFd,
     pub liobn: u64,
     pub page_shift: u32,
@@ -95,7 +95,7 @@ impl Drop for TableView {
     }
 }
 
-impl TceTable {
+impl Window {
     /// Maps the guest-visible table read-only (the kernel provides its pages on first touch: reading an
     /// entry that was never written gives 0). Works for Linux's windows and for pvtce's, whose mapping is
     /// read-only (kmod/window.rs `Shadow`).
@@ -208,16 +208,10 @@ impl Vm {
         Ok(())
     }
 
-    pub fn create_tce_table(
-        &self,
-        liobn: u64,
-        page_shift: u32,
-        offset_pages: u64,
-        size_pages: u64,
-    ) -> Result<TceTable> {
+    pub fn create_window(&self, liobn: u64, page_shift: u32, offset_pages: u64, size_pages: u64) -> Result<Window> {
         let a = kvm_create_spapr_tce_64 { liobn, page_shift, flags: 0, offset: offset_pages, size: size_pages };
         let fd = sys::kvm_create_spapr_tce_64(self.fd(), &a).map_err(kerr("KVM_CREATE_SPAPR_TCE_64", "VM"))?;
-        Ok(TceTable { fd, liobn, page_shift, offset_pages, size_pages })
+        Ok(Window { fd, liobn, page_shift, offset_pages, size_pages })
     }
 
     pub fn create_vfio_device(&self) -> Result<VfioDevice> {
@@ -251,7 +245,7 @@ impl VfioDevice {
     }
 
     /// Links a TCE window to the group's hardware table (KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE).
-    pub fn link_tce(&self, group: BorrowedFd<'_>, table: &TceTable) -> Result<()> {
+    pub fn link_tce(&self, group: BorrowedFd<'_>, table: &Window) -> Result<()> {
         sys::kvm_vfio_group_set_spapr_tce(self.fd.as_fd(), group, table.fd.as_fd())
             .map_err(kerr("KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE", "KVM VFIO device"))
     }
@@ -394,9 +388,9 @@ impl Drop for Vcpu {
 mod tests {
     use super::*;
 
-    fn table_on(path: &str, size_pages: u64) -> TceTable {
+    fn table_on(path: &str, size_pages: u64) -> Window {
         let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
-        TceTable { fd: OwnedFd::from(f), liobn: 0x8000_0000, page_shift: 12, offset_pages: 0, size_pages }
+        Window { fd: OwnedFd::from(f), liobn: 0x8000_0000, page_shift: 12, offset_pages: 0, size_pages }
     }
 
     // qemu-user (the ppc64le runner) answers the pvtce ioctl ENOSYS itself, so these run on the host only.

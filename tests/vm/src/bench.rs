@@ -93,7 +93,7 @@ type Timed = (u64, u32, Option<(u64, u64)>);
 /// [`timed`] plus, on a pvtce window, how many host-table updates and invalidations the table caused.
 fn timed_stats(rig: &Rig, hp: &mut HostPe<'_>, liobn: u64, calls: &[Call]) -> Result<Timed, String> {
     let info = |hp: &HostPe<'_>| -> Result<Option<(u64, u64)>, String> {
-        match hp.window(pvtce_core::types::Liobn(liobn)).and_then(|w| w.table.as_ref()) {
+        match hp.window(pvtce_core::types::Liobn(liobn)).and_then(|w| w.kernel.as_ref()) {
             Some(t) => Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| (i.host_updates, i.host_kills))),
             None => Ok(None),
         }
@@ -145,7 +145,7 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
     // The windows are whose they should be.
     for l in [L0, L1] {
         let w = hp.window(pvtce_core::types::Liobn(l)).ok_or("window missing")?;
-        let owner = match &w.table {
+        let owner = match &w.kernel {
             None => Which::Userspace,
             Some(t) => match t.info().map_err(e("PVTCE_WINDOW_INFO"))? {
                 Some(_) => Which::Pvtce,
@@ -210,7 +210,7 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
 fn exchange_floor(rig: &Rig, hp: &HostPe<'_>, rep: u32) -> Result<(), String> {
     for (win, liobn, n) in [("4k", L0, INDIRECT), ("64k", L1, (RAM as u64) >> 16)] {
         let w = hp.window(pvtce_core::types::Liobn(liobn)).ok_or("window missing")?;
-        let t = w.table.as_ref().ok_or("no kernel window")?;
+        let t = w.kernel.as_ref().ok_or("no kernel window")?;
         let ua = rig.mem.host_addr();
         t.bare_exchange(8192, n, ua).map_err(e("PVTCE_WINDOW_EXCHANGE"))?;
         let (mut map, mut unmap) = (u64::MAX, u64::MAX);
@@ -285,9 +285,9 @@ fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
     // SAFETY: `vcpu` is declared after `mem`, so it is dropped first, and only this function runs it.
     let vcpu = unsafe { payload::boot(&vm, &mem) }.map_err(e("L2 vCPU"))?;
     let (lck0, free0) = (vmlck_kib()?, memfree_kib()?);
-    let t = vm.create_tce_table(0x9000_0000, 12, 0, ENTRIES).map_err(e("1 TiB window"))?;
+    let t = vm.create_window(0x9000_0000, 12, 0, ENTRIES).map_err(e("1 TiB window"))?;
     let (lck1, free1) = (vmlck_kib()?, memfree_kib()?);
-    let bytes = |t: &kvm::TceTable| -> Result<Option<u64>, String> {
+    let bytes = |t: &kvm::Window| -> Result<Option<u64>, String> {
         Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| i.table_bytes))
     };
     let empty = bytes(&t)?;
@@ -342,7 +342,7 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
     for i in 0..n {
         mem.write(code(i), &payload::program_at(table(i))).map_err(e("payload"))?;
         let liobn = L0 + i as u64;
-        tables.push(vm.create_tce_table(liobn, 12, 0, (1 << 30) >> 12).map_err(e("window"))?);
+        tables.push(vm.create_window(liobn, 12, 0, (1 << 30) >> 12).map_err(e("window"))?);
     }
     let barrier = std::sync::Barrier::new(n);
     let results: Vec<Result<(f64, u64, u64), String>> = std::thread::scope(|s| {

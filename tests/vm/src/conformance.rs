@@ -38,14 +38,14 @@ impl Rng {
     }
 }
 
-struct Win {
+struct Window {
     liobn: u64,
     bus: u64,
     shift: u32,
     size: u64,
 }
 
-impl Win {
+impl Window {
     fn ioba(&self, r: &mut Rng) -> u64 {
         let ps = 1u64 << self.shift;
         match r.below(10) {
@@ -70,8 +70,8 @@ impl Win {
     }
 }
 
-impl Win {
-    /// A TCE with R or W set (valid or not): every class of [`Win::tce`] but the clear ones.
+impl Window {
+    /// A TCE with R or W set (valid or not): every class of [`Window::tce`] but the clear ones.
     fn mapping_tce(&self, r: &mut Rng) -> u64 {
         loop {
             let t = self.tce(r);
@@ -82,7 +82,7 @@ impl Win {
     }
 }
 
-fn random_call(r: &mut Rng, wins: &[Win; 2]) -> (Call, Option<Vec<u64>>) {
+fn random_call(r: &mut Rng, wins: &[Window; 2]) -> (Call, Option<Vec<u64>>) {
     let w = &wins[r.below(2) as usize];
     let liobn = if r.below(16) == 0 { LIOBN_UNKNOWN } else { w.liobn };
     match r.below(4) {
@@ -158,13 +158,13 @@ struct Run {
 fn run_all(mode: Mode, count: u64) -> Result<Run, String> {
     set_mode(mode)?;
     let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
-    let (win, win_size) = (rig.win()?, rig.win_size()?);
+    let (win, win_size) = (rig.window_bus()?, rig.window_size()?);
     let pvtce = rig.pvtce_info()?.is_some();
     let b_pages = (1u64 << 28) >> 16;
     let _b = rig.add_window(LIOBN_B, 16, 0, b_pages)?;
     let wins = [
-        Win { liobn: LIOBN, bus: win, shift: 12, size: win_size },
-        Win { liobn: LIOBN_B, bus: 0, shift: 16, size: 1 << 28 },
+        Window { liobn: LIOBN, bus: win, shift: 12, size: win_size },
+        Window { liobn: LIOBN_B, bus: 0, shift: 16, size: 1 << 28 },
     ];
     let pages = rig.hpa_pages()?;
     let mut outcomes = Vec::new();

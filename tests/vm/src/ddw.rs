@@ -97,7 +97,7 @@ fn ddw_case(ps: u32, ws: u32, mode: Mode) -> Result<String, String> {
     }
     let want = [Some(a | 3), Some(b | 3), Some((b + page) | 1), Some(0)];
     let w = hp.window(Liobn(L1)).ok_or("no live DDW")?;
-    let Some(table) = w.table.as_ref() else {
+    let Some(table) = w.kernel.as_ref() else {
         // The fallback's own table.
         let seen = [3, 8, 9, 4].map(|i| hp.fallback.entry(Liobn(L1), i));
         if seen != want {

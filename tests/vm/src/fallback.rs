@@ -64,7 +64,7 @@ fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
         for nr in [H_PUT_TCE, H_GET_TCE, H_STUFF_TCE, H_PUT_TCE_INDIRECT] {
             rig.vm.disable_hcall(nr).map_err(e("disable TCE hypercall"))?;
         }
-        Some(rig.vm.create_tce_table(L0, 12, 0, (1 << 30) >> 12).map_err(e("unlinked kernel window"))?)
+        Some(rig.vm.create_window(L0, 12, 0, (1 << 30) >> 12).map_err(e("unlinked kernel window"))?)
     } else {
         None
     };
@@ -83,7 +83,7 @@ fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
     }
     let table: Vec<u64> = back.iter().map(|r| r.r4).collect();
     // And the VMM's view agrees: the table fd's mmap (Linux's windows) or the fallback's own table.
-    let vmm: Option<Vec<u64>> = match hp.window(Liobn(L0)).and_then(|w| w.table.as_ref()) {
+    let vmm: Option<Vec<u64>> = match hp.window(Liobn(L0)).and_then(|w| w.kernel.as_ref()) {
         Some(t) if t.info().map_err(e("PVTCE_WINDOW_INFO"))?.is_none() => {
             let v = t.view().map_err(e("table mmap"))?;
             Some(ENTRIES.iter().map(|i| v.get(*i).unwrap_or(u64::MAX)).collect())

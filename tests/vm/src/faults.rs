@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// until killed (`sigkill`) or closes its VM while the window lives and exits (`vm-destroy`).
 pub fn child(kind: &str) -> Result<(), String> {
     let mut rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
-    let win = rig.win()?;
+    let win = rig.window_bus()?;
     rig.pvtce_info()?.ok_or("the window is not pvtce's")?;
     let list: Vec<u64> = (0..32u64).map(|i| (0x40_0000 + (i << 12)) | TCE_R | TCE_W).collect();
     rig.write_list(&list)?;
@@ -102,7 +102,7 @@ fn after(baseline: i64, what: &str) -> Result<String, String> {
     // The group can be taken again, and DMA through a new window works.
     sh("modprobe pvtce")?;
     let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
-    let (page, ioba) = (0x20_0000u64, rig.win()? + 0x4_0000);
+    let (page, ioba) = (0x20_0000u64, rig.window_bus()? + 0x4_0000);
     let (r, _) = rig.run(&[call(H_PUT_TCE, [LIOBN, ioba, page | TCE_R | TCE_W, 0])])?;
     if r[0].r3 != H_SUCCESS || !rig.dma_copy(ioba, page, ioba + 0x800, page + 0x800, 21)? {
         return Err(format!("{what}: a new window on the same group does not work"));

@@ -111,7 +111,7 @@ struct PathResult {
 fn one_path(mode: Mode, tables: u64) -> Result<PathResult, String> {
     set_mode(mode)?;
     let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
-    let win = rig.win()?;
+    let win = rig.window_bus()?;
     rig.mem.write(ENTRY, &program()).map_err(e("load the instrumented payload"))?;
     let m = &rig.mem;
     let mut r = PathResult { runs: 0, lost: Vec::new(), exits: Vec::new(), anomalies: Vec::new() };

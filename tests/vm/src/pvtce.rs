@@ -36,8 +36,8 @@ fn run_scenario(rig: &Rig, tce_shift: u32) -> Result<String, String> {
             return Err(format!("pvtce reports {} linked tables, expected 1", info.links));
         }
         let ps = 1u64 << tce_shift;
-        let (win, win_size, a, b) = (rig.win()?, rig.win_size()?, 0x20_0000u64, 0x40_0000u64);
-        let table = rig.linked()?;
+        let (win, win_size, a, b) = (rig.window_bus()?, rig.window_size()?, 0x20_0000u64, 0x40_0000u64);
+        let table = rig.window()?;
         let ioba_a = win + 4 * ps;
         let ioba_b = win + 64 * ps;
         let rw = TCE_R | TCE_W;
@@ -150,7 +150,7 @@ fn bare_exchange(rig: &Rig, tce_shift: u32) -> Result<String, String> {
     };
     // A mapped entry inside the range: EBUSY.
     let mapped = 200u64;
-    let win = rig.win()?;
+    let win = rig.window_bus()?;
     let (r, _) = rig.run(&[call(H_PUT_TCE, [LIOBN, win + mapped * ps, 0x40_0000 | TCE_R, 0])])?;
     check("H_PUT_TCE before the exchange checks", r[0].r3, H_SUCCESS)?;
     let unregistered = pvtce_vmm_glue::mem::GuestMem::new(1 << 20).map_err(e("scratch memory"))?;
@@ -159,8 +159,8 @@ fn bare_exchange(rig: &Rig, tce_shift: u32) -> Result<String, String> {
         Ok((s.host_updates, s.host_kills, s.tces_changed))
     };
     let before = stats(rig)?;
-    let size = rig.win_size()? >> tce_shift;
-    let t = rig.linked()?;
+    let size = rig.window_size()? >> tce_shift;
+    let t = rig.window()?;
     let cases = [
         ("count 0", errno(t.bare_exchange(300, 0, ua)), libc::EINVAL),
         ("count 513", errno(t.bare_exchange(300, 513, ua)), libc::EINVAL),

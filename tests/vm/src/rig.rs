@@ -181,7 +181,7 @@ pub fn run_on(
 pub struct Rig {
     pub vcpu: kvm::Vcpu,
     /// The linked window of [`Windows::Linked`].
-    pub window: Option<kvm::TceTable>,
+    pub window: Option<kvm::Window>,
     /// Held for the links' lifetime (dropping it releases the group from KVM).
     pub kdev: kvm::VfioDevice,
     pub vm: kvm::Vm,
@@ -216,7 +216,7 @@ impl Rig {
                 // (measured).
                 let bus = container.create_window(tce_shift, size, 1).map_err(e("VFIO_IOMMU_SPAPR_TCE_CREATE"))?;
                 let table = vm
-                    .create_tce_table(LIOBN, tce_shift, bus >> tce_shift, size >> tce_shift)
+                    .create_window(LIOBN, tce_shift, bus >> tce_shift, size >> tce_shift)
                     .map_err(e("KVM_CREATE_SPAPR_TCE_64"))?;
                 kdev.add_group(group.fd()).map_err(e("KVM_DEV_VFIO_FILE_ADD"))?;
                 kdev.link_tce(group.fd(), &table).map_err(e("link window to group"))?;
@@ -248,19 +248,19 @@ impl Rig {
     }
 
     /// The linked window ([`Windows::Linked`]).
-    pub fn linked(&self) -> Result<&kvm::TceTable, String> {
+    pub fn window(&self) -> Result<&kvm::Window, String> {
         self.window.as_ref().ok_or_else(|| "the rig has no linked window".to_string())
     }
 
     /// Bus address of the linked window (host and guest).
-    pub fn win(&self) -> Result<u64, String> {
-        let t = self.linked()?;
+    pub fn window_bus(&self) -> Result<u64, String> {
+        let t = self.window()?;
         Ok(t.offset_pages << t.page_shift)
     }
 
     /// Bytes of the linked window.
-    pub fn win_size(&self) -> Result<u64, String> {
-        let t = self.linked()?;
+    pub fn window_size(&self) -> Result<u64, String> {
+        let t = self.window()?;
         Ok(t.size_pages << t.page_shift)
     }
 
@@ -331,7 +331,7 @@ impl Rig {
 
     /// pvtce's statistics of the linked window, or None if Linux's built-in code owns it (ENOTTY).
     pub fn pvtce_info(&self) -> Result<Option<pvtce_uapi::pvtce_window_info>, String> {
-        self.linked()?.info().map_err(e("PVTCE_WINDOW_INFO"))
+        self.window()?.info().map_err(e("PVTCE_WINDOW_INFO"))
     }
 }
 
@@ -399,9 +399,9 @@ impl Rig {
         shift: u32,
         offset_pages: u64,
         size_pages: u64,
-    ) -> Result<kvm::TceTable, String> {
+    ) -> Result<kvm::Window, String> {
         self.vm
-            .create_tce_table(liobn, shift, offset_pages, size_pages)
+            .create_window(liobn, shift, offset_pages, size_pages)
             .map_err(e("KVM_CREATE_SPAPR_TCE_64 (second window)"))
     }
 }

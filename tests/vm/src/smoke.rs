@@ -30,7 +30,7 @@ pub fn smoke() -> Result<String, String> {
     if rig.pvtce_info()?.is_some() {
         return Err("the window is pvtce's; expected Linux's built-in one".into());
     }
-    let (win, win_size, page) = (rig.win()?, rig.win_size()?, 0x20_0000u64);
+    let (win, win_size, page) = (rig.window_bus()?, rig.window_size()?, 0x20_0000u64);
     let ioba = win + 0x4_0000;
     let tce = page | TCE_R | TCE_W;
     let calls = [
