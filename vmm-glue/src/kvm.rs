@@ -96,9 +96,10 @@ impl Drop for TableView {
 }
 
 impl Window {
-    /// Maps the guest-visible table read-only (the kernel provides its pages on first touch: reading an
-    /// entry that was never written gives 0). Works for Linux's windows and for pvtce's, whose mapping is
-    /// read-only (kmod/window.rs `Shadow`).
+    /// Maps the guest-visible table for reading (the kernel provides its pages on first touch: reading an
+    /// entry that was never written gives 0). Works for Linux's windows and for pvtce's. Both kernels' table
+    /// mappings are writable too ([`Window::write_entry`] maps one page read-write, as QEMU does on
+    /// incoming migration); this view asks for PROT_READ only because it only reads.
     pub fn view(&self) -> Result<TableView> {
         let liobn = self.liobn;
         let bytes = self.size_pages.checked_mul(8).and_then(|b| usize::try_from(b).ok());

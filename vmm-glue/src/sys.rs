@@ -510,8 +510,8 @@ pub unsafe fn munmap(p: *mut u8, len: usize) {
 mod tests {
     use super::*;
 
-    // Numbers from the kernel headers, per architecture (notes/papr-tce.md: 0x8020aea8 on ppc64le, 0x4020aea8 on
-    // x86). The tests run on the host for x86_64 and, for ppc64le, under qemu-user (.cargo/config.toml runner).
+    // Numbers from the kernel headers, per architecture (docs/vmm-glue.md, "ioctl numbers": 0x8020aea8 on
+    // ppc64le, 0x4020aea8 on x86). The tests run on the host for x86_64 and, for ppc64le, under qemu-user (.cargo/config.toml runner).
     #[test]
     fn create_spapr_tce_64_number() {
         #[cfg(target_arch = "powerpc64")]

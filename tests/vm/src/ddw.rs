@@ -105,13 +105,11 @@ fn ddw_case(ps: u32, ws: u32, mode: Mode) -> Result<String, String> {
         }
         return finish(rig, ddw, hp, ps, ws, (a, b), exiting, format!("VMM fallback: {} of {} TCE hypercalls exited and were answered with the host table written by VFIO MAP_DMA", tce, calls.len()));
     };
-    // The table fd's mmap shows the same entries (Linux's windows; pvtce.ko does not map its table yet).
-    if mode == Mode::Linux {
-        let view = table.view().map_err(e("table mmap"))?;
-        let seen = [view.get(3), view.get(8), view.get(9), view.get(4)];
-        if seen != want {
-            return Err(format!("table fd shows {seen:x?}"));
-        }
+    // The table fd's mmap shows the same entries (Linux's windows and pvtce's alike).
+    let view = table.view().map_err(e("table mmap"))?;
+    let seen = [view.get(3), view.get(8), view.get(9), view.get(4)];
+    if seen != want {
+        return Err(format!("table fd shows {seen:x?}"));
     }
     let stats = match (table.info().map_err(e("PVTCE_WINDOW_INFO"))?, mode == Mode::Pvtce) {
         (None, false) => "kernel: 0 TCE exits, window info ENOTTY (Linux's C path)".to_string(),
