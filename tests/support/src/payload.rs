@@ -102,30 +102,14 @@ pub unsafe fn boot(vm: &Vm, mem: &GuestMem) -> Result<Vcpu> {
     Ok(vcpu)
 }
 
-/// A hypercall that exited to userspace: the handler returns the value for r3 (H_TOO_HARD from the kernel
-/// arrives here too, as the original call).
-pub type HcallHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> u64 + 'a;
-
-/// A hypercall handler that can also set r4 (H_GET_TCE through the fallback).
+/// What the VMM answers to each hypercall that exits while a table runs (H_TOO_HARD from the kernel arrives
+/// here too, as the original call).
 pub type ReplyHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> Reply + 'a;
 
-/// Runs `calls` in L2; hypercalls the kernel passes up go to `on_hcall`. Returns the results and the timebase
-/// ticks the whole table took, measured inside L2.
-pub fn run(vcpu: &Vcpu, mem: &GuestMem, calls: &[Call], on_hcall: &mut HcallHandler<'_>) -> Result<(Vec<Ret>, u64)> {
-    run_full(vcpu, mem, calls, &mut |nr, args| Reply { r3: on_hcall(nr, args), r4: None })
-}
-
-/// [`run`] with a handler that may set r4.
-pub fn run_full(
-    vcpu: &Vcpu,
-    mem: &GuestMem,
-    calls: &[Call],
-    on_hcall: &mut ReplyHandler<'_>,
-) -> Result<(Vec<Ret>, u64)> {
-    run_at(vcpu, mem, TABLE, calls, on_hcall)
-}
-
-/// [`run_full`] for a vCPU running [`program_at`]`(table)`.
+/// Runs `calls` on a vCPU running [`program_at`]`(table)` ([`TABLE`] for [`program`]); hypercalls the kernel
+/// passes up go to `on_hcall`. Returns the results and the timebase ticks the whole table took, measured
+/// inside L2. The tests' one loop over `KVM_RUN` (tests/vm/src/rig.rs `run_on` picks the handler; only
+/// `kvm-run-fp` issues `KVM_RUN` itself, from inline assembly with FP registers loaded).
 pub fn run_at(
     vcpu: &Vcpu,
     mem: &GuestMem,
