@@ -520,6 +520,23 @@ mod tests {
         assert_eq!(KVM_CREATE_SPAPR_TCE_64 as u64, 0x4020_aea8);
     }
 
+    // vmm-sys-util's `ioctl_*_nr!` macros hard-code the generic layout on every target, so what they make is
+    // x86's number, wrong on powerpc (docs/vmm-glue.md, "ioctl numbers"): the reason sys.rs uses libc::_IO*.
+    vmm_sys_util::ioctl_iow_nr!(VSU_CREATE_SPAPR_TCE_64, KVMIO, 0xa8, kvm_create_spapr_tce_64);
+    vmm_sys_util::ioctl_io_nr!(VSU_KVM_RUN, KVMIO, 0x80);
+
+    #[test]
+    fn vmm_sys_util_macros_give_the_generic_layout_everywhere() {
+        assert_eq!(VSU_CREATE_SPAPR_TCE_64() as u64, 0x4020_aea8);
+        assert_eq!(VSU_KVM_RUN() as u64, 0xae80);
+        let ours = (KVM_CREATE_SPAPR_TCE_64 as u64, KVM_RUN as u64);
+        let theirs = (VSU_CREATE_SPAPR_TCE_64() as u64, VSU_KVM_RUN() as u64);
+        #[cfg(target_arch = "powerpc64")]
+        assert!(ours.0 != theirs.0 && ours.1 != theirs.1, "vmm-sys-util agrees with powerpc: {ours:x?}");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(ours, theirs);
+    }
+
     // _IO carries no size but still a direction field: NONE is 0 in the generic layout and 1 (in the top
     // 3 bits) on powerpc, so even size-less numbers differ.
     #[test]
