@@ -105,9 +105,12 @@ fn ddw_case(ps: u32, ws: u32, mode: Mode) -> Result<String, String> {
         }
         return finish(rig, ddw, hp, ps, ws, (a, b), exiting, format!("VMM fallback: {} of {} TCE hypercalls exited and were answered with the host table written by VFIO MAP_DMA", tce, calls.len()));
     };
-    // The table fd's mmap shows the same entries (Linux's windows and pvtce's alike).
-    let view = table.view().map_err(e("table mmap"))?;
-    let seen = [view.get(3), view.get(8), view.get(9), view.get(4)];
+    // The table fd's mmap shows the same entries (Linux's windows and pvtce's alike). The mapping is
+    // dropped right away: it holds the window open, and `finish` removes the window.
+    let seen = {
+        let view = table.view().map_err(e("table mmap"))?;
+        [view.get(3), view.get(8), view.get(9), view.get(4)]
+    };
     if seen != want {
         return Err(format!("table fd shows {seen:x?}"));
     }
