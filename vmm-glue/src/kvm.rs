@@ -63,15 +63,19 @@ pub struct VfioDevice {
 
 /// A read-only view of a window's guest-visible table (the table fd's mmap): what H_GET_TCE answers.
 ///
+/// The mapping holds the window's file open, so the window lives on in the kernel while a view exists:
+/// the view borrows its [`Window`], and the window cannot be dropped (removed) before it.
+///
 /// # Invariants
 /// `ptr` is a live read-only shared mapping of `len` bytes (at least `entries * 8`) until drop.
-pub struct TableView {
+pub struct TableView<'a> {
     ptr: *mut u8,
     len: usize,
     entries: u64,
+    _window: std::marker::PhantomData<&'a Window>,
 }
 
-impl TableView {
+impl TableView<'_> {
     /// Entry `index` (window-relative) as KVM stores it (native-endian), `None` past the end.
     pub fn get(&self, index: u64) -> Option<u64> {
         if index >= self.entries {
@@ -88,7 +92,7 @@ impl TableView {
     }
 }
 
-impl Drop for TableView {
+impl Drop for TableView<'_> {
     fn drop(&mut self) {
         // SAFETY: by the type invariant `ptr`/`len` is our mapping; no reference into it escapes.
         unsafe { sys::munmap(self.ptr, self.len) };
@@ -100,7 +104,7 @@ impl Window {
     /// entry that was never written gives 0). Works for Linux's windows and for pvtce's. Both kernels' table
     /// mappings are writable too ([`Window::write_entry`] maps one page read-write, as QEMU does on
     /// incoming migration); this view asks for PROT_READ only because it only reads.
-    pub fn view(&self) -> Result<TableView> {
+    pub fn view(&self) -> Result<TableView<'_>> {
         let liobn = self.liobn;
         let bytes = self.size_pages.checked_mul(8).and_then(|b| usize::try_from(b).ok());
         let page = host_page_size();
@@ -111,7 +115,7 @@ impl Window {
         })?;
         let ptr = sys::mmap_ro(self.fd.as_fd(), len).map_err(|source| Error::TableMap { liobn, len, source })?;
         // INVARIANT: `ptr` maps `len >= size_pages * 8` bytes.
-        Ok(TableView { ptr, len, entries: self.size_pages })
+        Ok(TableView { ptr, len, entries: self.size_pages, _window: std::marker::PhantomData })
     }
 
     /// Writes entry `index` (window-relative, native-endian) through a read-write mapping of the table, as
@@ -410,7 +414,8 @@ mod tests {
     fn a_table_that_cannot_be_mapped_reports_its_liobn() {
         // /dev/null takes no mmap: ENODEV, reported with the window's LIOBN.
         let t = table_on("/dev/null", 10);
-        match t.view() {
+        let r = t.view();
+        match r {
             Err(Error::TableMap { liobn: 0x8000_0000, .. }) | Err(Error::WindowInfo { liobn: 0x8000_0000, .. }) => {}
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("/dev/null mapped"),
