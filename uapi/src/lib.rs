@@ -75,7 +75,7 @@ mod tests {
     // Worked by hand from the two layouts, so the helpers are checked too: _IOWR(0xB9, 0, 120 bytes) is the
     // same word on both (READ|WRITE fills the top bits either way), while an _IOW differs:
     // KVM_CREATE_SPAPR_TCE_64 = _IOW(0xAE, 0xa8, 32 bytes) is 0x4020aea8 on x86, 0x8020aea8 on powerpc
-    // (notes/papr-tce.md).
+    // (docs/vmm-glue.md, "ioctl numbers").
     #[test]
     fn layouts_by_hand() {
         assert_eq!(nr::generic_iowr(0xB9, 0, 120), 0xC078_B900);

@@ -40,8 +40,6 @@ pub enum Error {
     NoDevice { vendor: u16, device: u16 },
     #[error("guest address range {gpa:#x}+{len:#x} is outside guest memory of {size:#x} bytes")]
     GuestRange { gpa: u64, len: u64, size: u64 },
-    #[error("edu: {0}")]
-    Edu(String),
     #[error("vCPU: unexpected exit reason {0}")]
     UnexpectedExit(u32),
     #[error("VFIO_IOMMU_MAP_DMA of {size:#x} bytes at iova {iova:#x} from vaddr {vaddr:#x}")]

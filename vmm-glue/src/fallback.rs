@@ -9,10 +9,10 @@
 //! turns the user address into the real one through the preregistered region.
 
 use crate::error::Result;
+use crate::kvm::Reply;
 use crate::mem::GuestMem;
-use crate::payload::Reply;
 use crate::vfio::Container;
-use pvtce_core::hcall::{hcall_from, Dispatch, Machine};
+use pvtce_core::hcall::{hcall_with_buf, Dispatch, Machine};
 use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};
 use pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
 use pvtce_core::types::{Liobn, Perm, WindowGeometry};
@@ -22,13 +22,18 @@ use std::collections::BTreeMap;
 /// What the fallback needs from VFIO: the two calls that write host table entries. The container is the
 /// real one; unit tests use a recorder.
 pub trait DmaMap {
-    fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()>;
+    /// Lets the device reach `[vaddr, vaddr + size)` at `iova`.
+    ///
+    /// # Safety
+    /// As [`Container::map_dma`]: the range is memory given to the device (guest RAM).
+    unsafe fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()>;
     fn unmap(&self, iova: u64, size: u64) -> Result<()>;
 }
 
 impl DmaMap for &Container {
-    fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
-        self.map_dma(vaddr, iova, size, read, write)
+    unsafe fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
+        // SAFETY: the caller's promise is this method's `# Safety` contract, the same as `map_dma`'s.
+        unsafe { self.map_dma(vaddr, iova, size, read, write) }
     }
     fn unmap(&self, iova: u64, size: u64) -> Result<()> {
         self.unmap_dma(iova, size)
@@ -147,11 +152,19 @@ impl<D: DmaMap> Host for FbHost<'_, D> {
                 self.errors.push(format!("{e}: {:?}", std::error::Error::source(&e)));
             }
         }
-        if new != HostTce::EMPTY {
+        // The core names `ua` from `prereg_lookup`, i.e. inside guest memory; checked again here because the
+        // map below hands the range to the device.
+        let base = self.mem.host_addr();
+        let in_guest = ua >= base && ua.checked_add(size).is_some_and(|end| end <= base + self.mem.len() as u64);
+        if new != HostTce::EMPTY && !in_guest {
+            self.errors.push(format!("host entry {index} of table {id:?}: ua {ua:#x} is outside guest memory"));
+        } else if new != HostTce::EMPTY {
             let perm = new.perm();
             let (read, write) = (matches!(perm, Perm::Read | Perm::ReadWrite), perm.device_writes());
             self.vfio_calls += 1;
-            match self.dma.map(ua, iova, size, read, write) {
+            // SAFETY: `[ua, ua + size)` lies inside guest RAM (checked above), memory given to the guest and
+            // its devices, which no Rust reference covers (`GuestMem` only copies through raw pointers).
+            match unsafe { self.dma.map(ua, iova, size, read, write) } {
                 Ok(()) => {
                     self.shadow.insert((id, index), new);
                 }
@@ -275,13 +288,14 @@ impl<'a, D: DmaMap> Fallback<'a, D> {
         w.table().get(&self.store, index)
     }
 
-    /// Finishes hypercall `nr` (args r4..) from entry `start` (0, or the `applied` the kernel reported).
+    /// Answers hypercall `nr` (args r4..) whole, as the kernel would have (pvtce-core's all-or-nothing
+    /// rule: after the kernel's H_TOO_HARD nothing was applied, and the call is redone here from the start).
     /// `None`: not a TCE hypercall.
-    pub fn handle_from(&mut self, nr: u64, args: &[u64; 9], start: u64) -> Option<Reply> {
+    pub fn handle(&mut self, nr: u64, args: &[u64; 9]) -> Option<Reply> {
         let mut buf = [0u64; MAX_INDIRECT_TCES as usize];
         let a = [args[0], args[1], args[2], args[3]];
         loop {
-            match hcall_from(self, nr, a, start, &mut buf) {
+            match hcall_with_buf(self, nr, a, &mut buf) {
                 Dispatch::Return { ret, r4, .. } => {
                     let kind = match nr {
                         pvtce_core::hcall::H_PUT_TCE => 0,
@@ -307,11 +321,6 @@ impl<'a, D: DmaMap> Fallback<'a, D> {
             }
         }
     }
-
-    /// [`Fallback::handle_from`] for a fresh call.
-    pub fn handle(&mut self, nr: u64, args: &[u64; 9]) -> Option<Reply> {
-        self.handle_from(nr, args, 0)
-    }
 }
 
 #[cfg(test)]
@@ -332,7 +341,7 @@ mod tests {
     }
 
     impl DmaMap for &Rec {
-        fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
+        unsafe fn map(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
             if Some(iova) == self.fail_iova {
                 return Err(crate::Error::MapDma {
                     iova,
@@ -421,23 +430,21 @@ mod tests {
         assert_eq!(f.handle(H_PUT_TCE, &args(&[LIOBN, BUS, (1 << 20) | 3])).unwrap().r3 as i64, -4);
     }
 
-    // The kernel answered H_TOO_HARD after applying 2 of 4 entries: the fallback does the other two only.
+    // A batch with an entry the VMM cannot map (outside guest memory) is refused whole: nothing is mapped
+    // and no entry changes, as in the kernel.
     #[test]
-    fn resumes_a_batch_at_applied() {
+    fn a_batch_with_a_bad_entry_changes_nothing() {
         let mem = GuestMem::new(1 << 20).unwrap();
         let rec = Rec::default();
         let mut f = setup(&mem, &rec, PageShift::SZ_64K);
-        let list: Vec<u8> = (1..=4u64).flat_map(|k| ((k << 16) | 3).to_be_bytes()).collect();
+        let list: Vec<u8> =
+            [0x1_0003u64, 0x2_0003, (1 << 20) | 3, 0x4_0003].iter().flat_map(|t| t.to_be_bytes()).collect();
         mem.write(0x8000, &list).unwrap();
-        let r = f.handle_from(H_PUT_TCE_INDIRECT, &args(&[LIOBN, BUS, 0x8000, 4]), 2).unwrap();
-        assert_eq!(r.r3, 0);
-        let iovas: Vec<u64> = rec.calls.borrow().iter().map(|c| c.2).collect();
-        assert_eq!(iovas, vec![BUS + 0x2_0000, BUS + 0x3_0000]);
+        let r = f.handle(H_PUT_TCE_INDIRECT, &args(&[LIOBN, BUS, 0x8000, 4])).unwrap();
+        assert_eq!(r.r3 as i64, -4);
+        assert!(rec.calls.borrow().is_empty());
         let entries: Vec<Option<u64>> = (0..4).map(|i| f.entry(Liobn(LIOBN), i)).collect();
-        assert_eq!(entries, vec![Some(0), Some(0), Some(0x3_0003), Some(0x4_0003)]);
-        // A start past the batch is the caller's mistake: H_PARAMETER, nothing done.
-        assert_eq!(f.handle_from(H_PUT_TCE_INDIRECT, &args(&[LIOBN, BUS, 0x8000, 4]), 5).unwrap().r3 as i64, -4);
-        assert_eq!(rec.calls.borrow().len(), 2);
+        assert_eq!(entries, vec![Some(0); 4]);
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! KVM for a PAPR (pseries) guest on a KVM-HV host: VM, memory slots, TCE windows, the KVM VFIO device and vCPUs.
-//! kvm-bindings and kvm-ioctls have no powerpc support; the uAPI pieces live in [`crate::sys`].
+//! kvm-bindings and kvm-ioctls have no powerpc support: the uAPI structs are generated from the built kernel's
+//! headers ([`crate::sys`], `gen-kvm.sh`) and the ioctls are typed functions there.
 
 use crate::error::{Error, Result};
-use crate::sys::{self, *};
+use crate::sys::{
+    self, kvm_create_spapr_tce_64, kvm_enable_cap, kvm_ppc_mmuv3_cfg, kvm_regs, kvm_userspace_memory_region,
+};
+use crate::sys::{kvm_run, KVM_PPC_MMUV3_GTSE, KVM_PPC_MMUV3_RADIX, PATB_GR};
+use crate::sys::{KVM_CAP_PPC_ENABLE_HCALL, KVM_CAP_PPC_PAPR, KVM_DEV_TYPE_VFIO, KVM_EXIT_MMIO, KVM_EXIT_PAPR_HCALL};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::{addr_of, addr_of_mut};
 
 fn kerr(name: &'static str, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Ioctl { name, what, source }
@@ -25,15 +31,15 @@ impl Kvm {
     }
 
     pub fn check_extension(&self, cap: u32) -> Result<i32> {
-        ioctl_val(self.file.as_fd(), KVM_CHECK_EXTENSION, cap.into()).map_err(kerr("KVM_CHECK_EXTENSION", "/dev/kvm"))
+        sys::kvm_check_extension(self.file.as_fd(), cap).map_err(kerr("KVM_CHECK_EXTENSION", "/dev/kvm"))
     }
 
     /// Creates a VM of the default type (KVM-HV when kvm-hv is loaded).
     pub fn create_vm(&self) -> Result<Vm> {
-        let fd = ioctl_val(self.file.as_fd(), KVM_CREATE_VM, 0).map_err(kerr("KVM_CREATE_VM", "/dev/kvm"))?;
-        let run_size = ioctl_val(self.file.as_fd(), KVM_GET_VCPU_MMAP_SIZE, 0)
-            .map_err(kerr("KVM_GET_VCPU_MMAP_SIZE", "/dev/kvm"))?;
-        Ok(Vm { fd: sys::owned(fd), run_size: run_size as usize })
+        let fd = sys::kvm_create_vm(self.file.as_fd()).map_err(kerr("KVM_CREATE_VM", "/dev/kvm"))?;
+        let run_size =
+            sys::kvm_get_vcpu_mmap_size(self.file.as_fd()).map_err(kerr("KVM_GET_VCPU_MMAP_SIZE", "/dev/kvm"))?;
+        Ok(Vm { fd, run_size })
     }
 }
 
@@ -43,7 +49,7 @@ pub struct Vm {
 }
 
 /// A guest TCE window created with `KVM_CREATE_SPAPR_TCE_64`: its fd is the table (mmap'able).
-pub struct TceTable {
+pub struct Window {
     pub fd: OwnedFd,
     pub liobn: u64,
     pub page_shift: u32,
@@ -57,15 +63,19 @@ pub struct VfioDevice {
 
 /// A read-only view of a window's guest-visible table (the table fd's mmap): what H_GET_TCE answers.
 ///
+/// The mapping holds the window's file open, so the window lives on in the kernel while a view exists:
+/// the view borrows its [`Window`], and the window cannot be dropped (removed) before it.
+///
 /// # Invariants
 /// `ptr` is a live read-only shared mapping of `len` bytes (at least `entries * 8`) until drop.
-pub struct TableView {
+pub struct TableView<'a> {
     ptr: *mut u8,
     len: usize,
     entries: u64,
+    _window: std::marker::PhantomData<&'a Window>,
 }
 
-impl TableView {
+impl TableView<'_> {
     /// Entry `index` (window-relative) as KVM stores it (native-endian), `None` past the end.
     pub fn get(&self, index: u64) -> Option<u64> {
         if index >= self.entries {
@@ -82,18 +92,19 @@ impl TableView {
     }
 }
 
-impl Drop for TableView {
+impl Drop for TableView<'_> {
     fn drop(&mut self) {
         // SAFETY: by the type invariant `ptr`/`len` is our mapping; no reference into it escapes.
         unsafe { sys::munmap(self.ptr, self.len) };
     }
 }
 
-impl TceTable {
-    /// Maps the guest-visible table read-only (the kernel provides its pages on first touch: reading an
-    /// entry that was never written gives 0). Works for Linux's windows and for pvtce's, whose mapping is
-    /// read-only (kmod/window.rs `Shadow`).
-    pub fn view(&self) -> Result<TableView> {
+impl Window {
+    /// Maps the guest-visible table for reading (the kernel provides its pages on first touch: reading an
+    /// entry that was never written gives 0). Works for Linux's windows and for pvtce's. Both kernels' table
+    /// mappings are writable too ([`Window::write_entry`] maps one page read-write, as QEMU does on
+    /// incoming migration); this view asks for PROT_READ only because it only reads.
+    pub fn view(&self) -> Result<TableView<'_>> {
         let liobn = self.liobn;
         let bytes = self.size_pages.checked_mul(8).and_then(|b| usize::try_from(b).ok());
         let page = host_page_size();
@@ -104,7 +115,7 @@ impl TceTable {
         })?;
         let ptr = sys::mmap_ro(self.fd.as_fd(), len).map_err(|source| Error::TableMap { liobn, len, source })?;
         // INVARIANT: `ptr` maps `len >= size_pages * 8` bytes.
-        Ok(TableView { ptr, len, entries: self.size_pages })
+        Ok(TableView { ptr, len, entries: self.size_pages, _window: std::marker::PhantomData })
     }
 
     /// Writes entry `index` (window-relative, native-endian) through a read-write mapping of the table, as
@@ -134,36 +145,14 @@ impl TceTable {
     /// pvtce's statistics of this window (PVTCE_WINDOW_INFO). `Ok(None)` when the table fd answers ENOTTY:
     /// the window was created by Linux's own code, not by pvtce.
     pub fn info(&self) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
-        window_info(self.fd.as_fd(), self.liobn)
+        crate::pvtce::window_info(self.fd.as_fd(), self.liobn)
     }
 
     /// pvtce's bare host-table update (PVTCE_WINDOW_EXCHANGE): maps `count` window entries from `first` to
     /// this VMM's preregistered pages from `ua`, then clears them; returns the timebase ticks of the two
     /// passes, each `count` exchanges and one invalidation.
     pub fn bare_exchange(&self, first: u64, count: u64, ua: u64) -> Result<(u64, u64)> {
-        let mut x = pvtce_uapi::pvtce_exchange {
-            argsz: std::mem::size_of::<pvtce_uapi::pvtce_exchange>() as u32,
-            first,
-            count,
-            ua,
-            ..Default::default()
-        };
-        ioctl_mut(self.fd.as_fd(), pvtce_uapi::PVTCE_WINDOW_EXCHANGE, &mut x)
-            .map_err(|source| Error::WindowExchange { liobn: self.liobn, source })?;
-        Ok((x.map_ticks, x.unmap_ticks))
-    }
-}
-
-/// PVTCE_WINDOW_INFO on any table fd (see [`TceTable::info`]).
-pub fn window_info(fd: BorrowedFd<'_>, liobn: u64) -> Result<Option<pvtce_uapi::pvtce_window_info>> {
-    let mut i = pvtce_uapi::pvtce_window_info {
-        argsz: std::mem::size_of::<pvtce_uapi::pvtce_window_info>() as u32,
-        ..Default::default()
-    };
-    match ioctl_mut(fd, pvtce_uapi::PVTCE_WINDOW_INFO, &mut i) {
-        Ok(_) => Ok(Some(i)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => Ok(None),
-        Err(source) => Err(Error::WindowInfo { liobn, source }),
+        crate::pvtce::window_exchange(self.fd.as_fd(), self.liobn, first, count, ua)
     }
 }
 
@@ -179,7 +168,14 @@ impl Vm {
         self.fd.as_fd()
     }
 
-    pub fn set_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
+    /// Backs guest physical `[gpa, gpa + size)` with this process's memory at `host_addr` (memory slot `slot`).
+    ///
+    /// # Safety
+    /// `[host_addr, host_addr + size)` must be a mapping of this process that stays mapped for as long as a
+    /// vCPU of this VM may run (until the VM is dropped, or the slot replaced), and no Rust reference may cover
+    /// it: the guest reads and writes it behind the compiler's back. [`crate::mem::GuestMem`] is such memory
+    /// when it outlives the VM's vCPUs.
+    pub unsafe fn set_memory(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<()> {
         let r = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -187,13 +183,14 @@ impl Vm {
             memory_size: size,
             userspace_addr: host_addr,
         };
-        ioctl_ref(self.fd(), KVM_SET_USER_MEMORY_REGION, &r).map_err(kerr("KVM_SET_USER_MEMORY_REGION", "VM"))?;
+        // SAFETY: the caller's promise for the range is this function's own `# Safety` contract.
+        unsafe { sys::kvm_set_user_memory_region(self.fd(), &r) }.map_err(kerr("KVM_SET_USER_MEMORY_REGION", "VM"))?;
         Ok(())
     }
 
     pub fn enable_cap(&self, cap: u32, args: [u64; 4]) -> Result<()> {
         let c = kvm_enable_cap { cap, args, ..Default::default() };
-        ioctl_ref(self.fd(), KVM_ENABLE_CAP, &c).map_err(kerr("KVM_ENABLE_CAP", "VM"))?;
+        sys::kvm_enable_cap(self.fd(), &c).map_err(kerr("KVM_ENABLE_CAP", "VM"))?;
         Ok(())
     }
 
@@ -210,32 +207,32 @@ impl Vm {
 
     /// Radix guest with a (empty) process table: enough for a real-mode payload under nested KVM-HV.
     pub fn configure_radix(&self) -> Result<()> {
-        let c = kvm_ppc_mmuv3_cfg { flags: KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE, process_table: PATB_GR };
-        ioctl_ref(self.fd(), KVM_PPC_CONFIGURE_V3_MMU, &c).map_err(kerr("KVM_PPC_CONFIGURE_V3_MMU", "VM"))?;
+        let flags = u64::from(KVM_PPC_MMUV3_RADIX | KVM_PPC_MMUV3_GTSE);
+        let c = kvm_ppc_mmuv3_cfg { flags, process_table: PATB_GR };
+        sys::kvm_ppc_configure_v3_mmu(self.fd(), &c).map_err(kerr("KVM_PPC_CONFIGURE_V3_MMU", "VM"))?;
         Ok(())
     }
 
-    pub fn create_tce_table(
-        &self,
-        liobn: u64,
-        page_shift: u32,
-        offset_pages: u64,
-        size_pages: u64,
-    ) -> Result<TceTable> {
+    pub fn create_window(&self, liobn: u64, page_shift: u32, offset_pages: u64, size_pages: u64) -> Result<Window> {
         let a = kvm_create_spapr_tce_64 { liobn, page_shift, flags: 0, offset: offset_pages, size: size_pages };
-        let fd = ioctl_ref(self.fd(), KVM_CREATE_SPAPR_TCE_64, &a).map_err(kerr("KVM_CREATE_SPAPR_TCE_64", "VM"))?;
-        Ok(TceTable { fd: sys::owned(fd), liobn, page_shift, offset_pages, size_pages })
+        let fd = sys::kvm_create_spapr_tce_64(self.fd(), &a).map_err(kerr("KVM_CREATE_SPAPR_TCE_64", "VM"))?;
+        Ok(Window { fd, liobn, page_shift, offset_pages, size_pages })
     }
 
     pub fn create_vfio_device(&self) -> Result<VfioDevice> {
-        let mut d = kvm_create_device { type_: KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
-        ioctl_mut(self.fd(), KVM_CREATE_DEVICE, &mut d).map_err(kerr("KVM_CREATE_DEVICE", "VM"))?;
-        Ok(VfioDevice { fd: sys::owned(d.fd as i32) })
+        let fd = sys::kvm_create_device(self.fd(), KVM_DEV_TYPE_VFIO).map_err(kerr("KVM_CREATE_DEVICE", "VM"))?;
+        Ok(VfioDevice { fd })
     }
 
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
-        let fd = ioctl_val(self.fd(), KVM_CREATE_VCPU, id as libc::c_ulong).map_err(kerr("KVM_CREATE_VCPU", "VM"))?;
-        let fd = sys::owned(fd);
+        if self.run_size < std::mem::size_of::<kvm_run>() {
+            return Err(Error::Mmap {
+                what: "kvm_run",
+                len: self.run_size,
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
+        let fd = sys::kvm_create_vcpu(self.fd(), id).map_err(kerr("KVM_CREATE_VCPU", "VM"))?;
         let run = sys::mmap_shared(Some(fd.as_fd()), self.run_size, 0).map_err(|source| Error::Mmap {
             what: "kvm_run",
             len: self.run_size,
@@ -247,33 +244,21 @@ impl Vm {
 }
 
 impl VfioDevice {
-    fn set_attr(&self, attr: u64, addr: u64, name: &'static str) -> Result<()> {
-        let a = kvm_device_attr { flags: 0, group: KVM_DEV_VFIO_FILE, attr, addr };
-        ioctl_ref(self.fd.as_fd(), KVM_SET_DEVICE_ATTR, &a).map_err(kerr(name, "KVM VFIO device"))?;
-        Ok(())
-    }
-
     /// Tells KVM about a VFIO group (KVM_DEV_VFIO_FILE_ADD).
     pub fn add_group(&self, group: BorrowedFd<'_>) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let fd: i32 = group.as_raw_fd();
-        self.set_attr(KVM_DEV_VFIO_FILE_ADD, &fd as *const i32 as u64, "KVM_DEV_VFIO_FILE_ADD")
+        sys::kvm_vfio_file_add(self.fd.as_fd(), group).map_err(kerr("KVM_DEV_VFIO_FILE_ADD", "KVM VFIO device"))
     }
 
     /// Links a TCE window to the group's hardware table (KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE).
-    pub fn link_tce(&self, group: BorrowedFd<'_>, table: &TceTable) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let p = kvm_vfio_spapr_tce { groupfd: group.as_raw_fd(), tablefd: table.fd.as_raw_fd() };
-        self.set_attr(
-            KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE,
-            &p as *const kvm_vfio_spapr_tce as u64,
-            "KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE",
-        )
+    pub fn link_tce(&self, group: BorrowedFd<'_>, table: &Window) -> Result<()> {
+        sys::kvm_vfio_group_set_spapr_tce(self.fd.as_fd(), group, table.fd.as_fd())
+            .map_err(kerr("KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE", "KVM VFIO device"))
     }
 }
 
 /// # Invariants
-/// `run` is a live mapping of `run_size` bytes of this vCPU's `struct kvm_run`.
+/// `run` is a live mapping of `run_size` bytes (at least `size_of::<kvm_run>()`) of this vCPU's
+/// `struct kvm_run`, page aligned.
 pub struct Vcpu {
     fd: OwnedFd,
     run: *mut u8,
@@ -289,6 +274,13 @@ pub enum Exit {
     PaprHcall { nr: u64, args: [u64; 9] },
 }
 
+/// What the VMM answers to a hypercall that exited: r3 and, when set, r4 (see [`Vcpu::reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub r3: u64,
+    pub r4: Option<u64>,
+}
+
 pub const MSR_SF: u64 = 1 << 63;
 pub const MSR_ME: u64 = 1 << 12;
 pub const MSR_LE: u64 = 1;
@@ -296,18 +288,16 @@ pub const MSR_LE: u64 = 1;
 impl Vcpu {
     pub fn enable_papr(&self) -> Result<()> {
         let c = kvm_enable_cap { cap: KVM_CAP_PPC_PAPR, ..Default::default() };
-        ioctl_ref(self.fd.as_fd(), KVM_ENABLE_CAP, &c).map_err(kerr("KVM_ENABLE_CAP(PPC_PAPR)", "vCPU"))?;
+        sys::kvm_enable_cap(self.fd.as_fd(), &c).map_err(kerr("KVM_ENABLE_CAP(PPC_PAPR)", "vCPU"))?;
         Ok(())
     }
 
     pub fn regs(&self) -> Result<kvm_regs> {
-        let mut r = kvm_regs::default();
-        ioctl_mut(self.fd.as_fd(), KVM_GET_REGS, &mut r).map_err(kerr("KVM_GET_REGS", "vCPU"))?;
-        Ok(r)
+        sys::kvm_get_regs(self.fd.as_fd()).map_err(kerr("KVM_GET_REGS", "vCPU"))
     }
 
     pub fn set_regs(&self, r: &kvm_regs) -> Result<()> {
-        ioctl_ref(self.fd.as_fd(), KVM_SET_REGS, r).map_err(kerr("KVM_SET_REGS", "vCPU"))?;
+        sys::kvm_set_regs(self.fd.as_fd(), r).map_err(kerr("KVM_SET_REGS", "vCPU"))?;
         Ok(())
     }
 
@@ -319,26 +309,14 @@ impl Vcpu {
         self.set_regs(&r)
     }
 
-    fn run_u32(&self, off: usize) -> u32 {
-        // SAFETY: `off + 4 <= run_size` for the offsets used (all within the 256-byte head of kvm_run); the
-        // mapping is live by the type invariant; read_unaligned makes no alignment assumption.
-        unsafe { std::ptr::read_volatile(self.run.add(off).cast::<u32>()) }
-    }
-
-    fn run_u64(&self, off: usize) -> u64 {
-        // SAFETY: as in `run_u32`; kvm_run's union members are 8-byte aligned at these offsets.
-        unsafe { std::ptr::read_volatile(self.run.add(off).cast::<u64>()) }
-    }
-
-    fn set_run_u64(&self, off: usize, v: u64) {
-        // SAFETY: as in `run_u64`; the kernel reads these fields on the next KVM_RUN only.
-        unsafe { std::ptr::write_volatile(self.run.add(off).cast::<u64>(), v) }
+    fn kvm_run(&self) -> *mut kvm_run {
+        self.run.cast()
     }
 
     /// Runs until an exit userspace must handle; retries on EINTR.
     pub fn run(&self) -> Result<Exit> {
         loop {
-            match ioctl_val(self.fd.as_fd(), KVM_RUN, 0) {
+            match sys::kvm_run(self.fd.as_fd()) {
                 Ok(_) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => continue,
                 Err(source) => return Err(Error::Ioctl { name: "KVM_RUN", what: "vCPU", source }),
@@ -354,39 +332,53 @@ impl Vcpu {
 
     /// Why the last `KVM_RUN` returned.
     pub fn last_exit(&self) -> Result<Exit> {
-        let reason = self.run_u32(KVM_RUN_EXIT_REASON);
-        let u = KVM_RUN_UNION;
-        match reason {
-            KVM_EXIT_MMIO => {
-                // struct { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write; }
-                let addr = self.run_u64(u);
-                let data = self.run_u64(u + 8);
-                // SAFETY: inside the kvm_run head, see `run_u32`.
-                let is_write = unsafe { std::ptr::read_volatile(self.run.add(u + 20)) } != 0;
-                Ok(Exit::Mmio { addr, is_write, data })
-            }
-            KVM_EXIT_PAPR_HCALL => {
-                // struct { __u64 nr; __u64 ret; __u64 args[9]; }
-                let nr = self.run_u64(u);
-                let mut args = [0u64; 9];
-                for (i, a) in args.iter_mut().enumerate() {
-                    *a = self.run_u64(u + 16 + 8 * i);
+        let run = self.kvm_run();
+        // SAFETY: `run` maps a whole `struct kvm_run` (type invariant); the kernel writes it only inside
+        // KVM_RUN, which no other thread issues on this vCPU while `&self` reads it (the vCPU fd is ours);
+        // volatile reads of plain integers through raw pointers, no reference into the mapping.
+        unsafe {
+            let reason = addr_of!((*run).exit_reason).read_volatile();
+            let u = addr_of!((*run).__bindgen_anon_1);
+            match reason {
+                KVM_EXIT_MMIO => {
+                    let m = addr_of!((*u).mmio);
+                    let addr = addr_of!((*m).phys_addr).read_volatile();
+                    let data = u64::from_ne_bytes(addr_of!((*m).data).read_volatile());
+                    let is_write = addr_of!((*m).is_write).read_volatile() != 0;
+                    Ok(Exit::Mmio { addr, is_write, data })
                 }
-                Ok(Exit::PaprHcall { nr, args })
+                KVM_EXIT_PAPR_HCALL => {
+                    let h = addr_of!((*u).papr_hcall);
+                    let nr = addr_of!((*h).nr).read_volatile();
+                    let args = addr_of!((*h).args).read_volatile();
+                    Ok(Exit::PaprHcall { nr, args })
+                }
+                other => Err(Error::UnexpectedExit(other)),
             }
-            other => Err(Error::UnexpectedExit(other)),
         }
     }
 
     /// Sets the return value of a hypercall that exited to userspace (read by the next KVM_RUN).
     pub fn set_hcall_ret(&self, ret: u64) {
-        self.set_run_u64(KVM_RUN_UNION + 8, ret);
+        let run = self.kvm_run();
+        // SAFETY: as in `last_exit`; the kernel reads `papr_hcall.ret` on the next KVM_RUN only.
+        unsafe { addr_of_mut!((*run).__bindgen_anon_1.papr_hcall.ret).write_volatile(ret) }
     }
 
     /// Sets what the guest finds in r4 after the hypercall (KVM copies `papr_hcall.args[0..9]` back to
     /// r4..r12 on the next KVM_RUN; H_GET_TCE returns its TCE there).
     pub fn set_hcall_r4(&self, r4: u64) {
-        self.set_run_u64(KVM_RUN_UNION + 16, r4);
+        let run = self.kvm_run();
+        // SAFETY: as in `set_hcall_ret`.
+        unsafe { addr_of_mut!((*run).__bindgen_anon_1.papr_hcall.args[0]).write_volatile(r4) }
+    }
+
+    /// Answers the hypercall that exited: r3, and r4 when the reply has one.
+    pub fn reply(&self, r: Reply) {
+        self.set_hcall_ret(r.r3);
+        if let Some(r4) = r.r4 {
+            self.set_hcall_r4(r4);
+        }
     }
 }
 
@@ -401,9 +393,9 @@ impl Drop for Vcpu {
 mod tests {
     use super::*;
 
-    fn table_on(path: &str, size_pages: u64) -> TceTable {
+    fn table_on(path: &str, size_pages: u64) -> Window {
         let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
-        TceTable { fd: OwnedFd::from(f), liobn: 0x8000_0000, page_shift: 12, offset_pages: 0, size_pages }
+        Window { fd: OwnedFd::from(f), liobn: 0x8000_0000, page_shift: 12, offset_pages: 0, size_pages }
     }
 
     // qemu-user (the ppc64le runner) answers the pvtce ioctl ENOSYS itself, so these run on the host only.
@@ -422,7 +414,8 @@ mod tests {
     fn a_table_that_cannot_be_mapped_reports_its_liobn() {
         // /dev/null takes no mmap: ENODEV, reported with the window's LIOBN.
         let t = table_on("/dev/null", 10);
-        match t.view() {
+        let r = t.view();
+        match r {
             Err(Error::TableMap { liobn: 0x8000_0000, .. }) | Err(Error::WindowInfo { liobn: 0x8000_0000, .. }) => {}
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("/dev/null mapped"),

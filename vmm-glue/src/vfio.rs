@@ -2,7 +2,9 @@
 //! vfio-bindings has the structs but no ioctl numbers, and vfio-ioctls is Type1 only.
 
 use crate::error::{Error, Result};
-use crate::sys::{self, *};
+use crate::sys::{self, vfio_iommu_spapr_tce_create, vfio_iommu_type1_dma_map};
+use crate::sys::{VFIO_SPAPR_TCE_v2_IOMMU, VFIO_PCI_CONFIG_REGION_INDEX};
+use crate::sys::{VFIO_API_VERSION, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -84,11 +86,11 @@ pub struct SpaprInfo {
 impl Container {
     pub fn open() -> Result<Self> {
         let file = open_rw("/dev/vfio/vfio")?;
-        let v = ioctl_val(file.as_fd(), VFIO_GET_API_VERSION, 0).map_err(verr("VFIO_GET_API_VERSION", "container"))?;
-        if v != VFIO_API_VERSION {
+        let v = sys::vfio_get_api_version(file.as_fd()).map_err(verr("VFIO_GET_API_VERSION", "container"))?;
+        if v != VFIO_API_VERSION as i32 {
             return Err(Error::ApiVersion(v));
         }
-        let ok = ioctl_val(file.as_fd(), VFIO_CHECK_EXTENSION, VFIO_SPAPR_TCE_V2_IOMMU as libc::c_ulong)
+        let ok = sys::vfio_check_extension(file.as_fd(), VFIO_SPAPR_TCE_v2_IOMMU)
             .map_err(verr("VFIO_CHECK_EXTENSION", "container"))?;
         if ok != 1 {
             return Err(Error::NoSpaprV2);
@@ -102,17 +104,11 @@ impl Container {
 
     /// Selects the sPAPR v2 IOMMU; needs at least one group attached.
     pub fn set_spapr_v2(&self) -> Result<()> {
-        ioctl_val(self.fd(), VFIO_SET_IOMMU, VFIO_SPAPR_TCE_V2_IOMMU as libc::c_ulong)
-            .map_err(verr("VFIO_SET_IOMMU", "container"))?;
-        Ok(())
+        sys::vfio_set_iommu(self.fd(), VFIO_SPAPR_TCE_v2_IOMMU).map_err(verr("VFIO_SET_IOMMU", "container"))
     }
 
     pub fn info(&self) -> Result<SpaprInfo> {
-        let mut i = vfio_iommu_spapr_tce_info {
-            argsz: std::mem::size_of::<vfio_iommu_spapr_tce_info>() as u32,
-            ..Default::default()
-        };
-        ioctl_mut(self.fd(), VFIO_IOMMU_SPAPR_TCE_GET_INFO, &mut i)
+        let i = sys::vfio_iommu_spapr_tce_get_info(self.fd())
             .map_err(verr("VFIO_IOMMU_SPAPR_TCE_GET_INFO", "container"))?;
         Ok(SpaprInfo {
             dma32_start: i.dma32_window_start,
@@ -126,15 +122,8 @@ impl Container {
 
     /// Pins `[vaddr, vaddr+size)` once (preregistration); hypercalls then translate without pinning.
     pub fn register_memory(&self, vaddr: u64, size: u64) -> Result<()> {
-        let r = vfio_iommu_spapr_register_memory {
-            argsz: std::mem::size_of::<vfio_iommu_spapr_register_memory>() as u32,
-            flags: 0,
-            vaddr,
-            size,
-        };
-        ioctl_ref(self.fd(), VFIO_IOMMU_SPAPR_REGISTER_MEMORY, &r)
-            .map_err(verr("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", "container"))?;
-        Ok(())
+        sys::vfio_iommu_spapr_register_memory(self.fd(), vaddr, size)
+            .map_err(verr("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", "container"))
     }
 
     /// Creates a host DMA window. Returns its bus address.
@@ -144,14 +133,8 @@ impl Container {
     /// first call makes two windows: the default one at bus 0 and the requested one in slot 1 (1 << 59 on
     /// pseries). [`Container::drop_pending_default`] first makes the first call create exactly one window.
     pub fn create_window(&self, page_shift: u32, window_size: u64, levels: u32) -> Result<u64> {
-        let mut c = vfio_iommu_spapr_tce_create {
-            argsz: std::mem::size_of::<vfio_iommu_spapr_tce_create>() as u32,
-            page_shift,
-            window_size,
-            levels,
-            ..Default::default()
-        };
-        ioctl_mut(self.fd(), VFIO_IOMMU_SPAPR_TCE_CREATE, &mut c).map_err(|source| Error::CreateHostWindow {
+        let mut c = vfio_iommu_spapr_tce_create { page_shift, window_size, levels, ..Default::default() };
+        sys::vfio_iommu_spapr_tce_create(self.fd(), &mut c).map_err(|source| Error::CreateHostWindow {
             page_shift,
             window_size,
             source,
@@ -160,14 +143,8 @@ impl Container {
     }
 
     pub fn remove_window(&self, start_addr: u64) -> Result<()> {
-        let r = vfio_iommu_spapr_tce_remove {
-            argsz: std::mem::size_of::<vfio_iommu_spapr_tce_remove>() as u32,
-            flags: 0,
-            start_addr,
-        };
-        ioctl_ref(self.fd(), VFIO_IOMMU_SPAPR_TCE_REMOVE, &r)
-            .map_err(|source| Error::RemoveHostWindow { start: start_addr, source })?;
-        Ok(())
+        sys::vfio_iommu_spapr_tce_remove(self.fd(), start_addr)
+            .map_err(|source| Error::RemoveHostWindow { start: start_addr, source })
     }
 
     /// Cancels the default window the kernel would create on the first window or map ioctl
@@ -178,7 +155,12 @@ impl Container {
 
     /// Maps `[vaddr, vaddr + size)` (preregistered memory) at `iova` (VFIO_IOMMU_MAP_DMA): writes the host
     /// table entries of the window holding `iova`. Outside every window: ENXIO.
-    pub fn map_dma(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
+    ///
+    /// # Safety
+    /// `[vaddr, vaddr + size)` must be memory given to the device (guest RAM such as
+    /// [`crate::mem::GuestMem`]): no Rust reference may cover it while the mapping lasts, since the device
+    /// may write it at any time.
+    pub unsafe fn map_dma(&self, vaddr: u64, iova: u64, size: u64, read: bool, write: bool) -> Result<()> {
         let mut flags = 0;
         if read {
             flags |= VFIO_DMA_MAP_FLAG_READ;
@@ -193,38 +175,23 @@ impl Container {
             iova,
             size,
         };
-        ioctl_ref(self.fd(), VFIO_IOMMU_MAP_DMA, &m).map_err(|source| Error::MapDma { iova, size, vaddr, source })?;
-        Ok(())
+        // SAFETY: what the device may reach is the caller's promise (this function's `# Safety`).
+        unsafe { sys::vfio_iommu_map_dma(self.fd(), &m) }.map_err(|source| Error::MapDma { iova, size, vaddr, source })
     }
 
     /// Clears the host table entries of `[iova, iova + size)` (VFIO_IOMMU_UNMAP_DMA).
     pub fn unmap_dma(&self, iova: u64, size: u64) -> Result<()> {
-        let u = vfio_iommu_type1_dma_unmap {
-            argsz: std::mem::size_of::<vfio_iommu_type1_dma_unmap>() as u32,
-            flags: 0,
-            iova,
-            size,
-        };
-        ioctl_ref(self.fd(), VFIO_IOMMU_UNMAP_DMA, &u).map_err(|source| Error::UnmapDma { iova, size, source })?;
-        Ok(())
+        sys::vfio_iommu_unmap_dma(self.fd(), iova, size).map_err(|source| Error::UnmapDma { iova, size, source })
     }
 
     /// VFIO_EEH_PE_OP on the container (its single group's PE). Emulated host bridges have no EEH: ENODEV.
     pub fn eeh_pe_op(&self, op: u32) -> Result<i32> {
-        let o = vfio_eeh_pe_op { argsz: std::mem::size_of::<vfio_eeh_pe_op>() as u32, flags: 0, op };
-        ioctl_ref(self.fd(), VFIO_EEH_PE_OP, &o).map_err(|source| Error::EehPeOp { op, source })
+        sys::vfio_eeh_pe_op(self.fd(), op).map_err(|source| Error::EehPeOp { op, source })
     }
 
     pub fn unregister_memory(&self, vaddr: u64, size: u64) -> Result<()> {
-        let r = vfio_iommu_spapr_register_memory {
-            argsz: std::mem::size_of::<vfio_iommu_spapr_register_memory>() as u32,
-            flags: 0,
-            vaddr,
-            size,
-        };
-        ioctl_ref(self.fd(), VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY, &r)
-            .map_err(verr("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", "container"))?;
-        Ok(())
+        sys::vfio_iommu_spapr_unregister_memory(self.fd(), vaddr, size)
+            .map_err(verr("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", "container"))
     }
 }
 
@@ -236,9 +203,8 @@ pub struct Group {
 impl Group {
     pub fn open(id: u32) -> Result<Self> {
         let file = open_rw(&format!("/dev/vfio/{id}"))?;
-        let mut st = vfio_group_status { argsz: 8, flags: 0 };
-        ioctl_mut(file.as_fd(), VFIO_GROUP_GET_STATUS, &mut st).map_err(verr("VFIO_GROUP_GET_STATUS", "group"))?;
-        if st.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
+        let flags = sys::vfio_group_get_status(file.as_fd()).map_err(verr("VFIO_GROUP_GET_STATUS", "group"))?;
+        if flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(Error::GroupNotViable { group: id });
         }
         Ok(Group { id, file })
@@ -249,17 +215,13 @@ impl Group {
     }
 
     pub fn set_container(&self, c: &Container) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let fd: i32 = c.fd().as_raw_fd();
-        ioctl_ref(self.fd(), VFIO_GROUP_SET_CONTAINER, &fd).map_err(verr("VFIO_GROUP_SET_CONTAINER", "group"))?;
-        Ok(())
+        sys::vfio_group_set_container(self.fd(), c.fd()).map_err(verr("VFIO_GROUP_SET_CONTAINER", "group"))
     }
 
     pub fn device(&self, bdf: &str) -> Result<Device> {
         let name = CString::new(bdf).map_err(|_| Error::NoDevice { vendor: 0, device: 0 })?;
-        let fd = ioctl_cstr(self.fd(), VFIO_GROUP_GET_DEVICE_FD, &name)
-            .map_err(verr("VFIO_GROUP_GET_DEVICE_FD", "group"))?;
-        Ok(Device { file: File::from(sys::owned(fd)) })
+        let fd = sys::vfio_group_get_device_fd(self.fd(), &name).map_err(verr("VFIO_GROUP_GET_DEVICE_FD", "group"))?;
+        Ok(Device { file: File::from(fd) })
     }
 }
 
@@ -276,9 +238,7 @@ pub struct Region {
 
 impl Device {
     pub fn region(&self, index: u32) -> Result<Region> {
-        let mut r =
-            vfio_region_info { argsz: std::mem::size_of::<vfio_region_info>() as u32, index, ..Default::default() };
-        ioctl_mut(self.file.as_fd(), VFIO_DEVICE_GET_REGION_INFO, &mut r)
+        let r = sys::vfio_device_get_region_info(self.file.as_fd(), index)
             .map_err(verr("VFIO_DEVICE_GET_REGION_INFO", "device"))?;
         Ok(Region { index, size: r.size, offset: r.offset })
     }

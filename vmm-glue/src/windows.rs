@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::fallback::Fallback;
-use crate::kvm::{TceTable, VfioDevice, Vm};
+use crate::kvm::{self, VfioDevice, Vm};
 use crate::mem::GuestMem;
 use crate::rtas::DdwBackend;
 use crate::vfio::{Container, Group};
@@ -28,14 +28,14 @@ pub enum Path {
     Fallback,
 }
 
-/// One live window.
-pub struct LiveWindow {
+/// One live window of the PE.
+pub struct Window {
     pub liobn: Liobn,
     pub geometry: WindowGeometry,
     /// Bus address of the host window (equal to the guest window's).
     pub host_bus: u64,
     /// The kernel window, on the kernel path.
-    pub table: Option<TceTable>,
+    pub kernel: Option<kvm::Window>,
 }
 
 /// The windows of one PE over KVM and a VFIO container.
@@ -45,7 +45,7 @@ pub struct HostPe<'a> {
     container: &'a Container,
     group: &'a Group,
     pub path: Path,
-    pub live: Vec<LiveWindow>,
+    pub live: Vec<Window>,
     pub fallback: Fallback<'a, &'a Container>,
     next_table: u32,
 }
@@ -61,7 +61,7 @@ impl<'a> HostPe<'a> {
         path: Path,
     ) -> Result<Self> {
         container.drop_pending_default()?;
-        let host_shift = crate::kvm::host_page_size().trailing_zeros();
+        let host_shift = kvm::host_page_size().trailing_zeros();
         Ok(HostPe {
             vm,
             kdev,
@@ -74,16 +74,16 @@ impl<'a> HostPe<'a> {
         })
     }
 
-    pub fn window(&self, liobn: Liobn) -> Option<&LiveWindow> {
+    pub fn window(&self, liobn: Liobn) -> Option<&Window> {
         self.live.iter().find(|w| w.liobn == liobn)
     }
 
-    fn make(&mut self, w: &Created, host_bus: u64) -> Result<Option<TceTable>> {
+    fn make(&mut self, w: &Created, host_bus: u64) -> Result<Option<kvm::Window>> {
         let g = w.geometry;
         let shift = g.page_shift().get();
         match self.path {
             Path::Kernel => {
-                let table = self.vm.create_tce_table(w.liobn.0, shift, g.offset(), g.size())?;
+                let table = self.vm.create_window(w.liobn.0, shift, g.offset(), g.size())?;
                 self.kdev.link_tce(self.group.fd(), &table)?;
                 Ok(Some(table))
             }
@@ -113,8 +113,8 @@ impl DdwBackend for HostPe<'_> {
             return Err(Error::HostWindowPlacement { page_shift: shift, want: g.bus_start(), got: host_bus });
         }
         match self.make(w, host_bus) {
-            Ok(table) => {
-                self.live.push(LiveWindow { liobn: w.liobn, geometry: g, host_bus, table });
+            Ok(kernel) => {
+                self.live.push(Window { liobn: w.liobn, geometry: g, host_bus, kernel });
                 Ok(())
             }
             Err(e) => {
@@ -131,7 +131,7 @@ impl DdwBackend for HostPe<'_> {
         let w = self.live.swap_remove(i);
         // Closing the table fd ends the kernel window and its link; then the host window goes (VFIO clears
         // its entries).
-        drop(w.table);
+        drop(w.kernel);
         self.fallback.remove_window(liobn);
         self.container.remove_window(w.host_bus)
     }

@@ -36,7 +36,7 @@ pub enum Dispatch {
         ret: i64,
         /// Value returned in r4 (0 unless H_GET_TCE succeeded).
         r4: u64,
-        /// Entries in effect; the fallback resumes there after `H_TOO_HARD`.
+        /// Entries now in effect: the request's on success, 0 on an error (nothing changed).
         applied: u64,
     },
     /// Nothing changed; fill the store's reserve with `pages` pages outside the lock and call again.
@@ -64,18 +64,6 @@ impl Dispatch {
 /// `buf` holds the copied H_PUT_TCE_INDIRECT list (the module passes a per-vCPU buffer to keep 4 KiB
 /// off the kernel stack).
 pub fn hcall_with_buf<M: Machine>(m: &mut M, nr: u64, args: [u64; 4], buf: &mut [u64; 512]) -> Dispatch {
-    hcall_from(m, nr, args, 0, buf)
-}
-
-/// [`hcall_with_buf`] with a list buffer on the stack (tests, fuzzing, userspace).
-pub fn hcall<M: Machine>(m: &mut M, nr: u64, args: [u64; 4]) -> Dispatch {
-    let mut buf = [0u64; MAX_INDIRECT_TCES as usize];
-    hcall_from(m, nr, args, 0, &mut buf)
-}
-
-/// Runs hypercall `nr` from entry `start` on: the userspace fallback's resume after the kernel answered
-/// `H_TOO_HARD` with `applied == start`. `start == 0` is a plain call.
-pub fn hcall_from<M: Machine>(m: &mut M, nr: u64, args: [u64; 4], start: u64, buf: &mut [u64; 512]) -> Dispatch {
     let [liobn, ioba, arg, npages] = args;
     if !matches!(nr, H_GET_TCE | H_PUT_TCE | H_STUFF_TCE | H_PUT_TCE_INDIRECT) {
         return Dispatch::NotOurs;
@@ -89,13 +77,10 @@ pub fn hcall_from<M: Machine>(m: &mut M, nr: u64, args: [u64; 4], start: u64, bu
             Ok(v) => Dispatch::Return { ret: H_SUCCESS, r4: v, applied: 0 },
             Err(e) => Dispatch::err(e),
         },
-        H_PUT_TCE => Dispatch::from_outcome(window.execute(store, host, &Request::Put { ioba, tce: Tce(arg) }, start)),
-        H_STUFF_TCE => Dispatch::from_outcome(window.execute(
-            store,
-            host,
-            &Request::Stuff { ioba, value: Tce(arg), npages },
-            start,
-        )),
+        H_PUT_TCE => Dispatch::from_outcome(window.execute(store, host, &Request::Put { ioba, tce: Tce(arg) })),
+        H_STUFF_TCE => {
+            Dispatch::from_outcome(window.execute(store, host, &Request::Stuff { ioba, value: Tce(arg), npages }))
+        }
         _ => {
             if let Err(e) = window.indirect_precheck(ioba, arg, npages) {
                 return Dispatch::err(e);
@@ -111,7 +96,13 @@ pub fn hcall_from<M: Machine>(m: &mut M, nr: u64, args: [u64; 4], start: u64, bu
             if !host.read_tce_list(ua, list) {
                 return Dispatch::err(HcallError::TooHard);
             }
-            Dispatch::from_outcome(window.execute(store, host, &Request::Indirect { ioba, list }, start))
+            Dispatch::from_outcome(window.execute(store, host, &Request::Indirect { ioba, list }))
         }
     }
+}
+
+/// [`hcall_with_buf`] with a list buffer on the stack (tests, fuzzing, userspace).
+pub fn hcall<M: Machine>(m: &mut M, nr: u64, args: [u64; 4]) -> Dispatch {
+    let mut buf = [0u64; MAX_INDIRECT_TCES as usize];
+    hcall_with_buf(m, nr, args, &mut buf)
 }

@@ -7,7 +7,7 @@
 //! - [`error`]: PAPR hypercall and RTAS return codes.
 //! - [`table`]: the sparse multi-level guest table and the [`table::PageStore`] / `NeedAlloc` protocol.
 //! - [`host`]: the [`host::Host`] trait (memslots, preregistered memory, host IOMMU tables) and links.
-//! - [`window`]: a window and its four hypercalls, with partial progress.
+//! - [`window`]: a window and its four hypercalls, each applied whole or not at all.
 //! - [`hcall`]: the dispatcher by hypercall number.
 //! - [`ddw`]: dynamic DMA window policy (RTAS query/create/remove/reset).
 #![no_std]

@@ -76,15 +76,15 @@ impl Request<'_> {
 pub struct Completion {
     /// `Ok(r4)` or the PAPR error.
     pub result: HResult<u64>,
-    /// Entries `0..applied` are in effect in the guest table and every linked host table; entries from
-    /// `applied` on are untouched. On `H_TOO_HARD` the fallback resumes at `applied`.
+    /// Entries now in effect in the guest table and every linked host table: all of the request's on
+    /// success, 0 on an error (a call is applied whole or not at all).
     pub applied: u64,
 }
 
 /// The answer of a state-changing call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The call finished (successfully, with a guest error, or with `H_TOO_HARD` after `applied` entries).
+    /// The call finished (successfully, or with an error and nothing changed).
     Done(Completion),
     /// Nothing changed: add `pages` pages to the store's reserve (outside any lock) and call again.
     NeedAlloc(NeedAlloc),
@@ -199,7 +199,7 @@ impl Window {
         ioba: Ioba,
         tce: Tce,
     ) -> Outcome {
-        self.execute(store, host, &Request::Put { ioba, tce }, 0)
+        self.execute(store, host, &Request::Put { ioba, tce })
     }
 
     /// H_STUFF_TCE (Linux `kvmppc_h_stuff_tce`).
@@ -211,7 +211,7 @@ impl Window {
         value: Tce,
         npages: u64,
     ) -> Outcome {
-        self.execute(store, host, &Request::Stuff { ioba, value, npages }, 0)
+        self.execute(store, host, &Request::Stuff { ioba, value, npages })
     }
 
     /// The H_PUT_TCE_INDIRECT checks made before the list is read (Linux order: `npages > 512`, list
@@ -232,42 +232,18 @@ impl Window {
         ioba: Ioba,
         list: &[u64],
     ) -> Outcome {
-        self.execute(store, host, &Request::Indirect { ioba, list }, 0)
+        self.execute(store, host, &Request::Indirect { ioba, list })
     }
 
-    /// Runs `request` from entry `start` on (0 for a new call; the `applied` of an earlier `H_TOO_HARD`
-    /// when the fallback resumes). The request-level checks always cover the whole request.
+    /// Runs `request` as Linux does: the request-level checks, then every entry is validated before any is
+    /// written (Linux `kvmppc_h_put_tce_indirect` validates the whole list first). On a validation failure
+    /// nothing is applied and the error comes back with `applied == 0`; after `H_TOO_HARD` the VMM redoes the
+    /// whole call, since the stock uAPI cannot tell it how far a batch got.
     pub fn execute<S: PageStore, H: Host + ?Sized>(
         &mut self,
         store: &mut S,
         host: &mut H,
         request: &Request<'_>,
-        start: u64,
-    ) -> Outcome {
-        self.run(store, host, request, start, true)
-    }
-
-    /// [`Window::execute`] with Linux's rule for a batch whose validation fails: nothing is applied and the
-    /// error comes back with `applied == start` (Linux `kvmppc_h_put_tce_indirect` validates the whole list
-    /// before it writes an entry). The kernel module uses this: the stock uAPI cannot tell a VMM how far a
-    /// batch got, and an unmodified VMM redoes the whole hypercall after `H_TOO_HARD`.
-    pub fn execute_all_or_nothing<S: PageStore, H: Host + ?Sized>(
-        &mut self,
-        store: &mut S,
-        host: &mut H,
-        request: &Request<'_>,
-        start: u64,
-    ) -> Outcome {
-        self.run(store, host, request, start, false)
-    }
-
-    fn run<S: PageStore, H: Host + ?Sized>(
-        &mut self,
-        store: &mut S,
-        host: &mut H,
-        request: &Request<'_>,
-        start: u64,
-        partial: bool,
     ) -> Outcome {
         let npages = request.npages();
         if let Request::Indirect { .. } = request {
@@ -284,50 +260,51 @@ impl Window {
                 return Outcome::err(HcallError::Parameter, 0);
             }
         }
-        if start > npages {
-            return Outcome::err(HcallError::Parameter, 0);
-        }
 
-        // Validate every entry before touching anything; stop at the first the kernel cannot do.
-        let mut end = npages;
-        let mut failure = None;
+        // Validate every entry before touching anything (STUFF's value was checked above).
         if !matches!(request, Request::Stuff { .. }) {
-            for i in start..npages {
+            for i in 0..npages {
                 if let Err(e) = self.validate_entry(host, first + i, request.entry(i)) {
-                    end = i;
-                    failure = Some(e);
-                    break;
+                    return Outcome::err(e, 0);
                 }
             }
         }
-        if let (Some(e), false) = (failure, partial) {
-            return Outcome::err(e, start);
-        }
 
         let rel = first - self.geometry.offset();
-        let count = end - start;
         let needed = match request {
             // Clearing never allocates: skip the walk (STUFF may cover the whole window).
             Request::Stuff { value, .. } if value.0 == 0 => 0,
-            _ => self.table.pages_needed(store, rel + start, count, |j| request.entry(start + j).0 != 0),
+            _ => self.table.pages_needed(store, rel, npages, |j| request.entry(j).0 != 0),
         };
         if needed > store.available() {
             return Outcome::NeedAlloc(NeedAlloc { pages: needed - store.available() });
         }
 
-        if count > 0 {
-            self.apply_host(host, request, first, start, end);
-            let written = self.table.write_run(store, rel + start, count, |j| request.entry(start + j).0);
+        if npages > 0 {
+            self.apply_host(host, request, first, npages);
+            let written = self.table.write_run(store, rel, npages, |j| request.entry(j).0);
             if let Err(need) = written {
                 // Cannot happen: the reserve was checked above and nothing else takes from it.
                 return Outcome::NeedAlloc(need);
             }
         }
+        Outcome::Done(Completion { result: Ok(0), applied: npages })
+    }
 
-        match failure {
-            Some(e) => Outcome::err(e, end),
-            None => Outcome::Done(Completion { result: Ok(0), applied: npages }),
+    /// [`Window::execute`] by the name `kmod/` calls it today. `start` must be 0: the resumable protocol it
+    /// was for is gone (nothing in production could resume). Removed once `kmod/` calls `execute`.
+    #[doc(hidden)]
+    pub fn execute_all_or_nothing<S: PageStore, H: Host + ?Sized>(
+        &mut self,
+        store: &mut S,
+        host: &mut H,
+        request: &Request<'_>,
+        start: u64,
+    ) -> Outcome {
+        if start != 0 {
+            return Outcome::err(HcallError::Parameter, 0);
         }
+        self.execute(store, host, request)
     }
 
     /// Linux `kvmppc_tce_validate` for one entry at absolute page `page`, extended to every sub-page
@@ -359,13 +336,13 @@ impl Window {
         Ok(())
     }
 
-    /// Writes entries `start..end` (validated) into every linked host table, one invalidation per table.
-    fn apply_host<H: Host + ?Sized>(&self, host: &mut H, request: &Request<'_>, first: u64, start: u64, end: u64) {
+    /// Writes the `npages` (validated) entries into every linked host table, one invalidation per table.
+    fn apply_host<H: Host + ?Sized>(&self, host: &mut H, request: &Request<'_>, first: u64, npages: u64) {
         for link in self.links() {
             let hs = link.page_shift;
             let diff = self.geometry.page_shift().get() - hs.get();
             let subpages = 1u64 << diff;
-            for i in start..end {
+            for i in 0..npages {
                 let tce = request.entry(i);
                 let base = (first + i) << diff;
                 let ua = if tce.is_clear() { None } else { host.gpa_to_ua(tce.gpa()) };
@@ -377,7 +354,7 @@ impl Window {
                     host.table_exchange(link.id, base + j, new, ua_j);
                 }
             }
-            host.table_kill(link.id, (first + start) << diff, (end - start) << diff);
+            host.table_kill(link.id, first << diff, npages << diff);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The kernel's rule for a batch whose validation fails (Linux `kvmppc_h_put_tce_indirect` validates the
-//! whole list before writing any entry) against the partial rule the userspace fallback uses.
+//! The rule for a batch whose validation fails (Linux `kvmppc_h_put_tce_indirect` validates the whole list
+//! before writing any entry): nothing is applied, for the module and the userspace fallback alike.
 
 use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};
 use pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
@@ -54,34 +54,38 @@ impl PageStore for Store {
     fn free(&mut self, _: PageId) {}
 }
 
-fn run(all_or_nothing: bool) -> (Outcome, Vec<u64>) {
+fn run() -> (Outcome, Vec<u64>) {
     let geometry = WindowGeometry::new(PageShift::new(12).unwrap(), 0, 1024).unwrap();
     let mut w = Window::new(Liobn(1), geometry);
     let mut store = Store(Vec::new(), 16);
     // Entries 0 and 1 map RAM; entry 2 names an address without a memslot (H_TOO_HARD); entry 3 maps RAM.
     let list: Vec<u64> = [0x1000u64 | 3, 0x2000 | 3, (1 << 30) | 3, 0x3000 | 3].iter().map(|t| t.to_be()).collect();
     let req = Request::Indirect { ioba: Ioba(0), list: &list };
-    let o = if all_or_nothing {
-        w.execute_all_or_nothing(&mut store, &mut SmallRam, &req, 0)
-    } else {
-        w.execute(&mut store, &mut SmallRam, &req, 0)
-    };
+    let o = w.execute(&mut store, &mut SmallRam, &req);
     let read: Vec<u64> = (0..4).map(|i| w.get_tce(&store, Ioba(i << 12)).unwrap()).collect();
     (o, read)
 }
 
 #[test]
 fn all_or_nothing_applies_nothing_when_an_entry_fails() {
-    let (o, read) = run(true);
+    let (o, read) = run();
     assert_eq!(o, Outcome::Done(Completion { result: Err(pvtce_core::error::HcallError::TooHard), applied: 0 }));
     assert_eq!(read, vec![0, 0, 0, 0]);
 }
 
+/// The name `kmod/` still calls takes only `start == 0` (the resume protocol is gone).
 #[test]
-fn partial_applies_up_to_the_failing_entry() {
-    let (o, read) = run(false);
-    assert_eq!(o, Outcome::Done(Completion { result: Err(pvtce_core::error::HcallError::TooHard), applied: 2 }));
-    assert_eq!(read, vec![0x1003, 0x2003, 0, 0]);
+fn the_kmod_entry_point_refuses_a_resume() {
+    let geometry = WindowGeometry::new(PageShift::new(12).unwrap(), 0, 1024).unwrap();
+    let mut w = Window::new(Liobn(1), geometry);
+    let mut store = Store(Vec::new(), 16);
+    let list: Vec<u64> = [0x1000u64 | 3, 0x2000 | 3].iter().map(|t| t.to_be()).collect();
+    let req = Request::Indirect { ioba: Ioba(0), list: &list };
+    let o = w.execute_all_or_nothing(&mut store, &mut SmallRam, &req, 1);
+    assert_eq!(o, Outcome::Done(Completion { result: Err(pvtce_core::error::HcallError::Parameter), applied: 0 }));
+    assert_eq!(w.get_tce(&store, Ioba(0x1000)), Ok(0));
+    let o = w.execute_all_or_nothing(&mut store, &mut SmallRam, &req, 0);
+    assert_eq!(o, Outcome::Done(Completion { result: Ok(0), applied: 2 }));
 }
 
 /// Found by the in-VM conformance test: clearing with H_STUFF_TCE across entries an INDIRECT mapped must
@@ -94,15 +98,15 @@ fn stuff_clear_after_indirect_needs_no_pages() {
     let list: Vec<u64> = (0..8u64).map(|i| ((i << 16) | 3).to_be()).collect();
     let req = Request::Indirect { ioba: Ioba(22 << 16), list: &list };
     // First call asks for pages, the retry with them in the reserve succeeds.
-    let need = match w.execute_all_or_nothing(&mut store, &mut SmallRam, &req, 0) {
+    let need = match w.execute(&mut store, &mut SmallRam, &req) {
         Outcome::NeedAlloc(n) => n.pages,
         o => panic!("expected NeedAlloc, got {o:?}"),
     };
     store.1 += need;
-    let done = w.execute_all_or_nothing(&mut store, &mut SmallRam, &req, 0);
+    let done = w.execute(&mut store, &mut SmallRam, &req);
     assert_eq!(done, Outcome::Done(Completion { result: Ok(0), applied: 8 }));
     let clear = Request::Stuff { ioba: Ioba(0), value: pvtce_core::types::Tce(0), npages: 32 };
-    let o = w.execute_all_or_nothing(&mut store, &mut SmallRam, &clear, 0);
+    let o = w.execute(&mut store, &mut SmallRam, &clear);
     assert_eq!(o, Outcome::Done(Completion { result: Ok(0), applied: 32 }));
     assert_eq!(w.get_tce(&store, Ioba(23 << 16)), Ok(0));
 }
@@ -115,10 +119,10 @@ fn stuff_clear_of_an_empty_window_needs_no_pages() {
         let mut w = Window::new(Liobn(3), geometry);
         let mut store = Store(Vec::new(), 0);
         let clear = Request::Stuff { ioba: Ioba(0), value: pvtce_core::types::Tce(0), npages: 32 };
-        let o = w.execute_all_or_nothing(&mut store, &mut SmallRam, &clear, 0);
+        let o = w.execute(&mut store, &mut SmallRam, &clear);
         assert_eq!(o, Outcome::Done(Completion { result: Ok(0), applied: 32 }), "shift {shift}");
         // Poison is stored, so it does need the table's pages.
         let poison = Request::Stuff { ioba: Ioba(0), value: pvtce_core::types::Tce(0xf0), npages: 32 };
-        assert!(matches!(w.execute_all_or_nothing(&mut store, &mut SmallRam, &poison, 0), Outcome::NeedAlloc(_)));
+        assert!(matches!(w.execute(&mut store, &mut SmallRam, &poison), Outcome::NeedAlloc(_)));
     }
 }

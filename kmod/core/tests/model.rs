@@ -15,8 +15,8 @@ fn add(total: &mut Stats, s: &Stats) {
     total.success += s.success;
     total.param += s.param;
     total.too_hard += s.too_hard;
-    total.partial += s.partial;
-    total.resumes += s.resumes;
+    total.refused_midway += s.refused_midway;
+    total.retries += s.retries;
     total.need_alloc += s.need_alloc;
     total.fanout_calls += s.fanout_calls;
     total.two_table_calls += s.two_table_calls;
@@ -50,8 +50,8 @@ fn core_matches_model() {
         panic!("divergence: {e}");
     }
     // The generator must reach the interesting paths, or the comparison proves little.
-    assert!(total.partial > 0, "no partial batch generated");
-    assert!(total.resumes > 0, "no resume generated");
+    assert!(total.refused_midway > 0, "no batch refused after valid entries generated");
+    assert!(total.retries > 0, "no retry after H_TOO_HARD generated");
     assert!(total.fanout_calls > 0, "no fan-out generated");
     assert!(total.two_table_calls > 0, "no two-table window generated");
     assert!(total.need_alloc > 0, "no NeedAlloc generated");

@@ -19,9 +19,8 @@
 //! Every figure is one line `PVTCE-BENCH key=value ...` on the console; the host computes medians, spreads
 //! and ratios. Nothing here judges a time.
 
-use crate::rig::{e, sh};
-use crate::vmmrig::*;
-use pvtce_vmm_glue::payload::{self, Call};
+use crate::rig::*;
+use pvtce_test_support::payload::{self, Call};
 use pvtce_vmm_glue::windows::{HostPe, Path};
 use pvtce_vmm_glue::{kvm, mem::GuestMem};
 use std::time::Instant;
@@ -67,28 +66,16 @@ fn opt(key: &str) -> Option<u64> {
     p.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// [`crate::vmmrig::run`] for TCE tables. Returns the results, the L2 ticks and the TCE hypercalls that exited.
+/// A TCE table under [`Policy::Fallback`]. Returns the results, the L2 ticks and the TCE hypercalls that exited.
 /// Any other hypercall voids the table (the child fails and the parent runs the piece again): before patch
 /// 0004 numbers of 0 came this way, from a VMM whose vector registers `KVM_RUN` had replaced with the guest's
 /// (tests/vm/src/fpregs.rs).
 fn run_tces(rig: &Rig, hp: &mut HostPe<'_>, calls: &[Call]) -> Result<(Vec<payload::Ret>, u64, u32), String> {
-    let mut exits = 0u32;
-    let mut other = None;
-    let mut handler = |nr: u64, args: &[u64; 9]| match hp.fallback.handle(nr, args) {
-        Some(r) => {
-            exits += 1;
-            r
-        }
-        None => {
-            other = Some(nr);
-            payload::Reply { r3: (-2i64) as u64, r4: None }
-        }
-    };
-    let (rets, tb) = payload::run_full(&rig.vcpu, &rig.mem, calls, &mut handler).map_err(e("run L2"))?;
-    if let Some(nr) = other {
+    let run = rig.run_with(calls, Policy::Fallback(hp))?;
+    if let Some(nr) = run.last_other {
         return Err(format!("L2 made hypercall {nr:#x}, not a TCE one"));
     }
-    Ok((rets, tb, exits))
+    Ok((run.rets, run.tb, run.tce))
 }
 
 /// A table that must succeed call by call; returns the L2 ticks and the TCE exits.
@@ -106,7 +93,7 @@ type Timed = (u64, u32, Option<(u64, u64)>);
 /// [`timed`] plus, on a pvtce window, how many host-table updates and invalidations the table caused.
 fn timed_stats(rig: &Rig, hp: &mut HostPe<'_>, liobn: u64, calls: &[Call]) -> Result<Timed, String> {
     let info = |hp: &HostPe<'_>| -> Result<Option<(u64, u64)>, String> {
-        match hp.window(pvtce_core::types::Liobn(liobn)).and_then(|w| w.table.as_ref()) {
+        match hp.window(pvtce_core::types::Liobn(liobn)).and_then(|w| w.kernel.as_ref()) {
             Some(t) => Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| (i.host_updates, i.host_kills))),
             None => Ok(None),
         }
@@ -140,9 +127,8 @@ fn load_for(which: Which) -> Result<(), String> {
 /// One path, one repetition: a fresh rig, both windows, every workload.
 fn one_path(which: Which, rep: u32) -> Result<(), String> {
     let path = if which == Which::Userspace { Path::Fallback } else { Path::Kernel };
-    let rig = &Rig::new(path == Path::Kernel)?;
-    let hp =
-        &mut HostPe::open(&rig.vm, &rig.kdev, &rig.v.container, &rig.v.group, &rig.mem, path).map_err(e("host PE"))?;
+    let rig = &Rig::new(Windows::Pe { add_group: path == Path::Kernel })?;
+    let hp = &mut rig.host_pe(path)?;
     let ddw = &mut new_ddw();
     ddw.boot(hp).map_err(e("default window"))?;
     // The 64-bit window as RTAS would make it (pvtce-core's policy, then host window + kernel window), without
@@ -159,7 +145,7 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
     // The windows are whose they should be.
     for l in [L0, L1] {
         let w = hp.window(pvtce_core::types::Liobn(l)).ok_or("window missing")?;
-        let owner = match &w.table {
+        let owner = match &w.kernel {
             None => Which::Userspace,
             Some(t) => match t.info().map_err(e("PVTCE_WINDOW_INFO"))? {
                 Some(_) => Which::Pvtce,
@@ -224,7 +210,7 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
 fn exchange_floor(rig: &Rig, hp: &HostPe<'_>, rep: u32) -> Result<(), String> {
     for (win, liobn, n) in [("4k", L0, INDIRECT), ("64k", L1, (RAM as u64) >> 16)] {
         let w = hp.window(pvtce_core::types::Liobn(liobn)).ok_or("window missing")?;
-        let t = w.table.as_ref().ok_or("no kernel window")?;
+        let t = w.kernel.as_ref().ok_or("no kernel window")?;
         let ua = rig.mem.host_addr();
         t.bare_exchange(8192, n, ua).map_err(e("PVTCE_WINDOW_EXCHANGE"))?;
         let (mut map, mut unmap) = (u64::MAX, u64::MAX);
@@ -242,7 +228,7 @@ fn exchange_floor(rig: &Rig, hp: &HostPe<'_>, rep: u32) -> Result<(), String> {
 /// in L1 (no hypercall; the sPAPR v2 driver does the same per-entry work as the kernel paths: preregistered
 /// ua -> hpa, `iommu_tce_xchg_no_kill`, one kill per call). Reported in timebase ticks (ns x 0.512).
 fn floor(rig: &Rig, rep: u32) -> Result<(), String> {
-    let c = &rig.v.container;
+    let c = &rig.container;
     for (win, base, shift, n) in [("4k", 0u64, 12u32, 512u64), ("64k", BUS64, 16, 128)] {
         let iova = base + (8192u64 << shift);
         let ua = rig.mem.host_addr() + DATA;
@@ -254,7 +240,8 @@ fn floor(rig: &Rig, rep: u32) -> Result<(), String> {
             const ROUNDS: u32 = 8;
             for _ in 0..ROUNDS {
                 let t = Instant::now();
-                c.map_dma(ua, iova, len, true, true).map_err(e("floor MAP_DMA"))?;
+                // SAFETY: `[ua, ua + len)` is guest RAM (DATA + 512 4K or 128 64K pages, inside RAM).
+                unsafe { c.map_dma(ua, iova, len, true, true) }.map_err(e("floor MAP_DMA"))?;
                 map = map.min(t.elapsed().as_nanos() as f64);
                 let t = Instant::now();
                 c.unmap_dma(iova, len).map_err(e("floor UNMAP_DMA"))?;
@@ -295,11 +282,12 @@ fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
     let k = kvm::Kvm::open().map_err(e("open /dev/kvm"))?;
     let vm = k.create_vm().map_err(e("create VM"))?;
     let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
-    let vcpu = payload::boot(&vm, &mem).map_err(e("L2 vCPU"))?;
+    // SAFETY: `vcpu` is declared after `mem`, so it is dropped first, and only this function runs it.
+    let vcpu = unsafe { payload::boot(&vm, &mem) }.map_err(e("L2 vCPU"))?;
     let (lck0, free0) = (vmlck_kib()?, memfree_kib()?);
-    let t = vm.create_tce_table(0x9000_0000, 12, 0, ENTRIES).map_err(e("1 TiB window"))?;
+    let t = vm.create_window(0x9000_0000, 12, 0, ENTRIES).map_err(e("1 TiB window"))?;
     let (lck1, free1) = (vmlck_kib()?, memfree_kib()?);
-    let bytes = |t: &kvm::TceTable| -> Result<Option<u64>, String> {
+    let bytes = |t: &kvm::Window| -> Result<Option<u64>, String> {
         Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| i.table_bytes))
     };
     let empty = bytes(&t)?;
@@ -313,14 +301,10 @@ fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
         let calls: Vec<Call> = (done..done + n)
             .map(|k| c(H_PUT_TCE_INDIRECT, [0x9000_0000, (k * INDIRECT) << 12, LIST, INDIRECT]))
             .collect();
-        let mut other = 0u32;
-        let (rets, _) = payload::run(&vcpu, &mem, &calls, &mut |_, _| {
-            other += 1;
-            H_PARAMETER as u64
-        })
-        .map_err(e("run L2"))?;
-        if other != 0 || rets.iter().any(|r| r.r3 != H_SUCCESS) {
-            return Err(format!("1% mapping: {other} exits, returns {:?}", rets.iter().find(|r| r.r3 != 0)));
+        let run = run_on(&vcpu, &mem, payload::TABLE, &calls, Policy::Count, &ExitLog::default())?;
+        if run.other != 0 || run.rets.iter().any(|r| r.r3 != H_SUCCESS) {
+            let bad = run.rets.iter().find(|r| r.r3 != 0);
+            return Err(format!("1% mapping: {} exits, returns {bad:?}", run.other));
         }
         done += n;
     }
@@ -347,7 +331,9 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
     let k = kvm::Kvm::open().map_err(e("open /dev/kvm"))?;
     let vm = k.create_vm().map_err(e("create VM"))?;
     let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
-    vm.set_memory(0, 0, RAM as u64, mem.host_addr()).map_err(e("memory slot"))?;
+    // SAFETY: `mem` is guest RAM; every vCPU is created and dropped inside the scoped threads below, which
+    // end before `mem` goes.
+    unsafe { vm.set_memory(0, 0, RAM as u64, mem.host_addr()) }.map_err(e("memory slot"))?;
     vm.configure_radix().map_err(e("radix"))?;
     // vCPU i: code at 0x1000 * (i + 1), table at 1 MiB + 64 KiB * i (below DATA).
     let code = |i: usize| 0x1000 * (i as u64 + 1);
@@ -356,7 +342,7 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
     for i in 0..n {
         mem.write(code(i), &payload::program_at(table(i))).map_err(e("payload"))?;
         let liobn = L0 + i as u64;
-        tables.push(vm.create_tce_table(liobn, 12, 0, (1 << 30) >> 12).map_err(e("window"))?);
+        tables.push(vm.create_window(liobn, 12, 0, (1 << 30) >> 12).map_err(e("window"))?);
     }
     let barrier = std::sync::Barrier::new(n);
     let results: Vec<Result<(f64, u64, u64), String>> = std::thread::scope(|s| {
@@ -373,12 +359,8 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
                             [c(H_PUT_TCE, [liobn, p << 12, tce(p, 12), 0]), c(H_PUT_TCE, [liobn, p << 12, 0, 0])]
                         })
                         .collect();
-                    let other = std::cell::Cell::new(0u32);
-                    let mut handler = |_: u64, _: &[u64; 9]| {
-                        other.set(other.get() + 1);
-                        payload::Reply { r3: H_PARAMETER as u64, r4: None }
-                    };
-                    let mut run = || payload::run_at(&vcpu, mem, table(i), &calls, &mut handler).map_err(e("run L2"));
+                    let log = ExitLog::default();
+                    let run = || run_on(&vcpu, mem, table(i), &calls, Policy::Count, &log).map(|r| (r.rets, r.tb));
                     // One warm-up table (first-touch allocation of the guest table), then the timed rounds.
                     run()?;
                     b.wait();
@@ -392,8 +374,8 @@ fn scaling(which: Which, n: usize, rounds: u32, rep: u32) -> Result<(), String> 
                         ticks += tb;
                     }
                     let wall = t.elapsed().as_secs_f64();
-                    if other.get() > 0 {
-                        return Err(format!("{} hypercalls left the kernel", other.get()));
+                    if log.count.get() > 0 {
+                        return Err(format!("{} hypercalls left the kernel", log.count.get()));
                     }
                     Ok((wall, ticks, calls.len() as u64 * u64::from(rounds)))
                 })

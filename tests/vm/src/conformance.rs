@@ -9,7 +9,8 @@
 //! memslot-less addresses.
 
 use crate::rig::*;
-use pvtce_vmm_glue::payload::{Call, Ret};
+use pvtce_test_support::payload::{Call, Ret};
+use pvtce_vmm_glue::pvtce::Mode;
 
 pub const SEQUENCES: u64 = 1000;
 /// Calls each class in [`Coverage`] must get in a full run (observed: every class occurs far more often;
@@ -40,14 +41,14 @@ impl Rng {
     }
 }
 
-struct Win {
+struct Window {
     liobn: u64,
     bus: u64,
     shift: u32,
     size: u64,
 }
 
-impl Win {
+impl Window {
     fn ioba(&self, r: &mut Rng) -> u64 {
         let ps = 1u64 << self.shift;
         match r.below(10) {
@@ -72,8 +73,8 @@ impl Win {
     }
 }
 
-impl Win {
-    /// A TCE with R or W set (valid or not): every class of [`Win::tce`] but the clear ones.
+impl Window {
+    /// A TCE with R or W set (valid or not): every class of [`Window::tce`] but the clear ones.
     fn mapping_tce(&self, r: &mut Rng) -> u64 {
         loop {
             let t = self.tce(r);
@@ -84,7 +85,7 @@ impl Win {
     }
 }
 
-fn random_call(r: &mut Rng, wins: &[Win; 2]) -> (Call, Option<Vec<u64>>) {
+fn random_call(r: &mut Rng, wins: &[Window; 2]) -> (Call, Option<Vec<u64>>) {
     let w = &wins[r.below(2) as usize];
     let liobn = if r.below(16) == 0 { LIOBN_UNKNOWN } else { w.liobn };
     match r.below(4) {
@@ -157,15 +158,16 @@ struct Run {
     pvtce: bool,
 }
 
-fn run_all(mode: u32, count: u64) -> Result<Run, String> {
+fn run_all(mode: Mode, count: u64) -> Result<Run, String> {
     set_mode(mode)?;
-    let mut rig = Rig::new(12, 1 << 28)?;
+    let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
+    let (win, win_size) = (rig.window_bus()?, rig.window_size()?);
     let pvtce = rig.pvtce_info()?.is_some();
     let b_pages = (1u64 << 28) >> 16;
     let _b = rig.add_window(LIOBN_B, 16, 0, b_pages)?;
     let wins = [
-        Win { liobn: LIOBN, bus: rig.win, shift: 12, size: rig.win_size },
-        Win { liobn: LIOBN_B, bus: 0, shift: 16, size: 1 << 28 },
+        Window { liobn: LIOBN, bus: win, shift: 12, size: win_size },
+        Window { liobn: LIOBN_B, bus: 0, shift: 16, size: 1 << 28 },
     ];
     let pages = rig.hpa_pages()?;
     let mut outcomes = Vec::new();
@@ -181,7 +183,7 @@ fn run_all(mode: u32, count: u64) -> Result<Run, String> {
         }
         // INDIRECT lists live in one guest page: run the calls one table at a time where a list changes.
         let mut rets: Vec<Ret> = Vec::new();
-        let exits0 = rig.exits;
+        let exits0 = rig.exited();
         for (c, l) in calls.iter().zip(&lists) {
             if let Some(l) = l {
                 rig.write_list(l)?;
@@ -199,21 +201,21 @@ fn run_all(mode: u32, count: u64) -> Result<Run, String> {
             0 => 0,
             t => pages.get(&(t & !0xffff)).map_or(u64::MAX, |gpa| gpa | (t & 0xffff)),
         };
-        let host: Vec<u64> = rig.host_read_any(rig.win >> 12, REACH as usize)?.iter().map(|&t| as_gpa(t)).collect();
+        let host: Vec<u64> = rig.host_read_any(win >> 12, REACH as usize)?.iter().map(|&t| as_gpa(t)).collect();
         // Clear both windows for the next sequence; how that goes is compared too.
         let clear: Vec<Call> = wins.iter().map(|w| call(H_STUFF_TCE, [w.liobn, w.bus, 0, REACH])).collect();
         rets.extend(rig.run(&clear)?.0);
         // What the clear left in the hardware table is compared too (a use of the preregistered memory left
         // behind shows at exit instead: the region outlives the mm and destroy_context WARNs, which fails
         // the run; VFIO's UNREGISTER_MEMORY cannot tell, it reports success even when the region stays).
-        let left = rig.host_read_any(rig.win >> 12, REACH as usize)?;
+        let left = rig.host_read_any(win >> 12, REACH as usize)?;
         let host: Vec<u64> = host.into_iter().chain(left.iter().map(|&t| as_gpa(t))).collect();
-        let exits = rig.exits - exits0;
+        let exits = rig.exited() - exits0;
         outcomes.push(Outcome { rets: rets.iter().map(|r| (r.r3, r.r4)).collect(), exits, host });
         seqs.push(calls);
     }
     eprintln!("conformance: {} run done, closing its windows", if pvtce { "pvtce" } else { "builtin" });
-    Ok(Run { exit_log: rig.exit_log.clone(), outcomes, seqs, pvtce })
+    Ok(Run { exit_log: rig.exit_log(), outcomes, seqs, pvtce })
 }
 
 /// The child side: runs every sequence on one path and prints one encoded outcome per line.
@@ -226,11 +228,11 @@ pub fn child(mode: &str) -> Result<(), String> {
         None => (mode, SEQUENCES),
     };
     let mode = match mode {
-        "builtin" => pvtce_uapi::PVTCE_MODE_BUILTIN,
-        "pvtce" => pvtce_uapi::PVTCE_MODE_PVTCE,
+        "builtin" => Mode::Builtin,
+        "pvtce" => Mode::Pvtce,
         _ => return Err(format!("unknown path {mode}")),
     };
-    let mode_name = if mode == pvtce_uapi::PVTCE_MODE_PVTCE { "pvtce" } else { "builtin" };
+    let mode_name = if mode == Mode::Pvtce { "pvtce" } else { "builtin" };
     let run = run_all(mode, count)?;
     println!("owner {}", if run.pvtce { "pvtce" } else { "builtin" });
     eprintln!("{mode_name}: last exits {:x?}", run.exit_log);

@@ -4,9 +4,9 @@
 //! (VFIO, same bus address and page size) plus a kernel window linked to edu's group. L2 then maps its pages
 //! at 1 << 59, and edu's DMA through those bus addresses must land in exactly those pages.
 
-use crate::vmmrig::*;
+use crate::rig::*;
 use pvtce_core::types::Liobn;
-use pvtce_vmm_glue::payload::Call;
+use pvtce_test_support::payload::Call;
 use pvtce_vmm_glue::sys::VFIO_EEH_PE_GET_STATE;
 use pvtce_vmm_glue::windows::{HostPe, Path};
 use pvtce_vmm_glue::Error;
@@ -32,12 +32,13 @@ fn errno(r: Result<(), Error>) -> Option<i32> {
 /// created (then removed again).
 fn no_host_window_at_bus64(rig: &Rig, page_shift: u32, window_shift: u32) -> Result<(), String> {
     let page = 1u64 << page_shift;
-    match errno(rig.v.container.map_dma(rig.mem.host_addr(), BUS64, page, true, true)) {
+    // SAFETY: the range is the first page of guest RAM (and the map is refused anyway).
+    match errno(unsafe { rig.container.map_dma(rig.mem.host_addr(), BUS64, page, true, true) }) {
         Some(libc::ENXIO) => {}
         other => return Err(format!("MAP_DMA at {BUS64:#x} after remove: errno {other:?}, expected ENXIO")),
     }
-    let at = rig.v.container.create_window(page_shift, 1 << window_shift, 1).map_err(e("TCE_CREATE probe"))?;
-    rig.v.container.remove_window(at).map_err(e("TCE_REMOVE probe"))?;
+    let at = rig.container.create_window(page_shift, 1 << window_shift, 1).map_err(e("TCE_CREATE probe"))?;
+    rig.container.remove_window(at).map_err(e("TCE_REMOVE probe"))?;
     if at != BUS64 {
         return Err(format!("probe window landed at {at:#x}"));
     }
@@ -57,9 +58,8 @@ enum Mode {
 
 fn ddw_case(ps: u32, ws: u32, mode: Mode) -> Result<String, String> {
     let path = if mode == Mode::Fallback { Path::Fallback } else { Path::Kernel };
-    let rig = &Rig::new(path == Path::Kernel)?;
-    let hp =
-        &mut HostPe::open(&rig.vm, &rig.kdev, &rig.v.container, &rig.v.group, &rig.mem, path).map_err(e("host PE"))?;
+    let rig = &Rig::new(Windows::Pe { add_group: path == Path::Kernel })?;
+    let hp = &mut rig.host_pe(path)?;
     // TCE hypercalls that exit: none on the kernel path, each of them on the fallback path.
     let exiting = |n: u32| if path == Path::Kernel { 0 } else { n };
     let ddw = &mut new_ddw();
@@ -87,31 +87,32 @@ fn ddw_case(ps: u32, ws: u32, mode: Mode) -> Result<String, String> {
         put(L1, BUS64 + (1 << ws), a | 3),
         put(L1, BUS64 + 3 * page + 0x800, a | 3),
     ];
-    let (rets, exits) = run(rig, ddw, hp, &calls)?;
+    let Run { rets, tce, .. } = rig.run_with(&calls, Policy::RtasFallback(ddw, hp))?;
     let got: Vec<i64> = rets.iter().map(|r| r.r3).collect();
     if got != [0, 0, 0, 0, H_PARAMETER, H_PARAMETER] || rets[1].r4 != a | 3 || rets[3].r4 != (b + page) | 1 {
         return Err(format!("L2 calls returned {rets:x?}"));
     }
-    if exits.tce != exiting(calls.len() as u32) {
-        return Err(format!("{} of {} TCE hypercalls exited", exits.tce, calls.len()));
+    if tce != exiting(calls.len() as u32) {
+        return Err(format!("{} of {} TCE hypercalls exited", tce, calls.len()));
     }
     let want = [Some(a | 3), Some(b | 3), Some((b + page) | 1), Some(0)];
     let w = hp.window(Liobn(L1)).ok_or("no live DDW")?;
-    let Some(table) = w.table.as_ref() else {
+    let Some(table) = w.kernel.as_ref() else {
         // The fallback's own table.
         let seen = [3, 8, 9, 4].map(|i| hp.fallback.entry(Liobn(L1), i));
         if seen != want {
             return Err(format!("the fallback's table shows {seen:x?}"));
         }
-        return finish(rig, ddw, hp, ps, ws, (a, b), exiting, format!("VMM fallback: {} of {} TCE hypercalls exited and were answered with the host table written by VFIO MAP_DMA", exits.tce, calls.len()));
+        return finish(rig, ddw, hp, ps, ws, (a, b), exiting, format!("VMM fallback: {} of {} TCE hypercalls exited and were answered with the host table written by VFIO MAP_DMA", tce, calls.len()));
     };
-    // The table fd's mmap shows the same entries (Linux's windows; pvtce.ko does not map its table yet).
-    if mode == Mode::Linux {
+    // The table fd's mmap shows the same entries (Linux's windows and pvtce's alike). The mapping is
+    // dropped right away: it holds the window open, and `finish` removes the window.
+    let seen = {
         let view = table.view().map_err(e("table mmap"))?;
-        let seen = [view.get(3), view.get(8), view.get(9), view.get(4)];
-        if seen != want {
-            return Err(format!("table fd shows {seen:x?}"));
-        }
+        [view.get(3), view.get(8), view.get(9), view.get(4)]
+    };
+    if seen != want {
+        return Err(format!("table fd shows {seen:x?}"));
     }
     let stats = match (table.info().map_err(e("PVTCE_WINDOW_INFO"))?, mode == Mode::Pvtce) {
         (None, false) => "kernel: 0 TCE exits, window info ENOTTY (Linux's C path)".to_string(),
@@ -154,8 +155,8 @@ fn finish(
     // edu through the PUT mapping and through the INDIRECT one.
     // A neighbouring 4K slice stays untouched.
     rig.mem.write(a - 0x1000 + 0x800, &[0u8; 256]).map_err(e("clear neighbour"))?;
-    dma_reaches(rig, BUS64 + 3 * page, a, 3)?;
-    dma_reaches(rig, BUS64 + 8 * page, b, 11)?;
+    rig.dma_reaches(BUS64 + 3 * page, a, 3)?;
+    rig.dma_reaches(BUS64 + 8 * page, b, 11)?;
     if ps == 12 {
         let mut n = [0u8; 256];
         rig.mem.read(a - 0x1000 + 0x800, &mut n).map_err(e("neighbour"))?;
@@ -170,9 +171,9 @@ fn finish(
         return Err(format!("remove/query returned {r:x?}"));
     }
     no_host_window_at_bus64(rig, ps, ws)?;
-    let (rets, exits) = run(rig, ddw, hp, &[put(L1, BUS64, a | 3)])?;
-    if rets[0].r3 != H_PARAMETER || exits.tce != 1 {
-        return Err(format!("PUT on the removed window: {rets:x?}, {} exits", exits.tce));
+    let Run { rets, tce, .. } = rig.run_with(&[put(L1, BUS64, a | 3)], Policy::RtasFallback(ddw, hp))?;
+    if rets[0].r3 != H_PARAMETER || tce != 1 {
+        return Err(format!("PUT on the removed window: {rets:x?}, {} exits", tce));
     }
 
     // Create again, then reset: only the default window is left, in the kernel and on the host.
@@ -186,11 +187,11 @@ fn finish(
     }
     no_host_window_at_bus64(rig, ps, ws)?;
     // The restored default window works end to end.
-    let (rets, exits) = run(rig, ddw, hp, &[put(L0, 0x4_0000, a | 3)])?;
-    if rets[0].r3 != 0 || exits.tce != exiting(1) {
-        return Err(format!("PUT on the restored default window: {rets:x?}, {} exits", exits.tce));
+    let Run { rets, tce, .. } = rig.run_with(&[put(L0, 0x4_0000, a | 3)], Policy::RtasFallback(ddw, hp))?;
+    if rets[0].r3 != 0 || tce != exiting(1) {
+        return Err(format!("PUT on the restored default window: {rets:x?}, {} exits", tce));
     }
-    dma_reaches(rig, 0x4_0000, a, 5)?;
+    rig.dma_reaches(0x4_0000, a, 5)?;
     Ok(format!(
         "DDW {}K pages 2^{ws} at {BUS64:#x} (host window there too, default at 0); L2 PUT/INDIRECT/GET; edu DMA reached L2 pages {a:#x} and {b:#x}; remove and reset leave no host window at {BUS64:#x} (MAP_DMA ENXIO, probe TCE_CREATE ok); default window works after reset; {stats}",
         page >> 10
@@ -223,9 +224,8 @@ pub fn ddw_4k_pvtce() -> Result<String, String> {
 
 /// Bad RTAS inputs get PAPR's codes and change nothing; EEH on the emulated bridge answers ENODEV.
 pub fn rtas_errors() -> Result<String, String> {
-    let rig = &Rig::new(true)?;
-    let hp = &mut HostPe::open(&rig.vm, &rig.kdev, &rig.v.container, &rig.v.group, &rig.mem, Path::Kernel)
-        .map_err(e("host PE"))?;
+    let rig = &Rig::new(Windows::Pe { add_group: true })?;
+    let hp = &mut rig.host_pe(Path::Kernel)?;
     let ddw = &mut new_ddw();
     ddw.boot(hp).map_err(e("default window"))?;
     let before = ddw.pe;
@@ -257,11 +257,11 @@ pub fn rtas_errors() -> Result<String, String> {
         return Err(format!("{} live windows after a refused third", hp.live.len()));
     }
     // An unknown LIOBN in a TCE hypercall: the kernel does not know it, the VMM answers H_PARAMETER.
-    let (rets, exits) = run(rig, ddw, hp, &[put(0x1234, 0, 0x20_0003)])?;
-    if rets[0].r3 != H_PARAMETER || exits.tce != 1 {
-        return Err(format!("PUT with an unknown LIOBN: {rets:x?}, {} exits", exits.tce));
+    let Run { rets, tce, .. } = rig.run_with(&[put(0x1234, 0, 0x20_0003)], Policy::RtasFallback(ddw, hp))?;
+    if rets[0].r3 != H_PARAMETER || tce != 1 {
+        return Err(format!("PUT with an unknown LIOBN: {rets:x?}, {} exits", tce));
     }
-    let eeh = match rig.v.container.eeh_pe_op(VFIO_EEH_PE_GET_STATE) {
+    let eeh = match rig.container.eeh_pe_op(VFIO_EEH_PE_GET_STATE) {
         Err(Error::EehPeOp { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
             "EEH GET_STATE: ENODEV (emulated bridge)".to_string()
         }

@@ -10,39 +10,35 @@
 //! Return codes, the TCEs H_GET_TCE reads back, the guest-visible tables and an edu DMA through a mapped
 //! bus address must be the same in all three.
 
-use crate::vmmrig::*;
+use crate::rig::*;
 use pvtce_core::types::Liobn;
-use pvtce_vmm_glue::payload::Call;
-use pvtce_vmm_glue::windows::{HostPe, Path};
+use pvtce_test_support::payload::Call;
+use pvtce_vmm_glue::windows::Path;
 
 const P1: u64 = 0x20_0000;
 const P2: u64 = 0x21_0000;
 const P3: u64 = 0x22_3000;
 
-fn c(nr: u64, a: [u64; 4]) -> Call {
-    Call { nr, args: [a[0], a[1], a[2], a[3], 0] }
-}
-
 fn sequence() -> Vec<Call> {
     vec![
-        c(H_PUT_TCE, [L0, 0x4_0000, P1 | 3, 0]),
-        c(H_GET_TCE, [L0, 0x4_0000, 0, 0]),
-        c(H_PUT_TCE, [L0, 1 << 30, P1 | 3, 0]),  // outside the window
-        c(H_PUT_TCE, [L0, 0x4_0100, P1 | 3, 0]), // ioba not page aligned
-        c(H_PUT_TCE_INDIRECT, [L0, 0x10_0000, LIST, 2]),
-        c(H_GET_TCE, [L0, 0x10_1000, 0, 0]),
-        c(H_PUT_TCE_INDIRECT, [L0, 0x10_0000, LIST, 513]),   // too many
-        c(H_PUT_TCE_INDIRECT, [L0, 0x10_0000, LIST + 8, 1]), // list not 4K aligned
-        c(H_STUFF_TCE, [L0, 0x10_0000, 0, 2]),
-        c(H_GET_TCE, [L0, 0x10_0000, 0, 0]),
-        c(H_STUFF_TCE, [L0, 0x10_0000, 1, 1]),           // stuffing a mapping
-        c(H_PUT_TCE, [L0, 0x5_0000, P1 | 0x800 | 3, 0]), // TCE address not page aligned
-        c(H_GET_TCE, [L0, 1 << 30, 0, 0]),               // outside the window
-        c(H_PUT_TCE, [0x1234, 0, P1 | 3, 0]),            // unknown LIOBN
-        c(H_PUT_TCE, [L0, 0x6_0000, P2 | 1, 0]),
-        c(H_GET_TCE, [L0, 0x6_0000, 0, 0]),
-        c(H_PUT_TCE, [L0, 0x7_0000, (RAM as u64 + 0x1_0000) | 3, 0]), // outside guest memory
-        c(H_PUT_TCE_INDIRECT, [L0, 0x3FFF_F000, LIST, 2]),            // runs past the window end
+        call(H_PUT_TCE, [L0, 0x4_0000, P1 | 3, 0]),
+        call(H_GET_TCE, [L0, 0x4_0000, 0, 0]),
+        call(H_PUT_TCE, [L0, 1 << 30, P1 | 3, 0]),  // outside the window
+        call(H_PUT_TCE, [L0, 0x4_0100, P1 | 3, 0]), // ioba not page aligned
+        call(H_PUT_TCE_INDIRECT, [L0, 0x10_0000, LIST, 2]),
+        call(H_GET_TCE, [L0, 0x10_1000, 0, 0]),
+        call(H_PUT_TCE_INDIRECT, [L0, 0x10_0000, LIST, 513]), // too many
+        call(H_PUT_TCE_INDIRECT, [L0, 0x10_0000, LIST + 8, 1]), // list not 4K aligned
+        call(H_STUFF_TCE, [L0, 0x10_0000, 0, 2]),
+        call(H_GET_TCE, [L0, 0x10_0000, 0, 0]),
+        call(H_STUFF_TCE, [L0, 0x10_0000, 1, 1]),           // stuffing a mapping
+        call(H_PUT_TCE, [L0, 0x5_0000, P1 | 0x800 | 3, 0]), // TCE address not page aligned
+        call(H_GET_TCE, [L0, 1 << 30, 0, 0]),               // outside the window
+        call(H_PUT_TCE, [0x1234, 0, P1 | 3, 0]),            // unknown LIOBN
+        call(H_PUT_TCE, [L0, 0x6_0000, P2 | 1, 0]),
+        call(H_GET_TCE, [L0, 0x6_0000, 0, 0]),
+        call(H_PUT_TCE, [L0, 0x7_0000, (RAM as u64 + 0x1_0000) | 3, 0]), // outside guest memory
+        call(H_PUT_TCE_INDIRECT, [L0, 0x3FFF_F000, LIST, 2]),            // runs past the window end
     ]
 }
 
@@ -58,37 +54,36 @@ struct Outcome {
 }
 
 fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
-    let rig = Rig::new(path == Path::Kernel)?;
+    let rig = Rig::new(Windows::Pe { add_group: path == Path::Kernel })?;
     let list: Vec<u8> = [P2 | 1, P3 | 2].iter().flat_map(|t| t.to_be_bytes()).collect();
     rig.mem.write(LIST, &list).map_err(e("list"))?;
-    let mut hp =
-        HostPe::open(&rig.vm, &rig.kdev, &rig.v.container, &rig.v.group, &rig.mem, path).map_err(e("host PE"))?;
+    let mut hp = rig.host_pe(path)?;
     let mut ddw = new_ddw();
     ddw.boot(&mut hp).map_err(e("default window"))?;
     let shadow = if unlinked_kernel_window {
         for nr in [H_PUT_TCE, H_GET_TCE, H_STUFF_TCE, H_PUT_TCE_INDIRECT] {
             rig.vm.disable_hcall(nr).map_err(e("disable TCE hypercall"))?;
         }
-        Some(rig.vm.create_tce_table(L0, 12, 0, (1 << 30) >> 12).map_err(e("unlinked kernel window"))?)
+        Some(rig.vm.create_window(L0, 12, 0, (1 << 30) >> 12).map_err(e("unlinked kernel window"))?)
     } else {
         None
     };
     let calls = sequence();
-    let (rets, exits) = run(&rig, &mut ddw, &mut hp, &calls)?;
+    let Run { rets, tce, tb, .. } = rig.run_with(&calls, Policy::RtasFallback(&mut ddw, &mut hp))?;
     if !hp.fallback.host.errors.is_empty() {
         return Err(format!("VFIO errors in the fallback: {:?}", hp.fallback.host.errors));
     }
     let rets: Vec<(i64, Option<u64>)> =
         calls.iter().zip(&rets).map(|(c, r)| (r.r3, (c.nr == H_GET_TCE && r.r3 == 0).then_some(r.r4))).collect();
     // The guest reads the entries back with H_GET_TCE (answered where the window lives).
-    let gets: Vec<Call> = ENTRIES.iter().map(|i| c(H_GET_TCE, [L0, i << 12, 0, 0])).collect();
-    let (back, _) = run(&rig, &mut ddw, &mut hp, &gets)?;
+    let gets: Vec<Call> = ENTRIES.iter().map(|i| call(H_GET_TCE, [L0, i << 12, 0, 0])).collect();
+    let back = rig.run_with(&gets, Policy::RtasFallback(&mut ddw, &mut hp))?.rets;
     if let Some(r) = back.iter().find(|r| r.r3 != H_SUCCESS) {
         return Err(format!("H_GET_TCE read-back returned {}", r.r3));
     }
     let table: Vec<u64> = back.iter().map(|r| r.r4).collect();
     // And the VMM's view agrees: the table fd's mmap (Linux's windows) or the fallback's own table.
-    let vmm: Option<Vec<u64>> = match hp.window(Liobn(L0)).and_then(|w| w.table.as_ref()) {
+    let vmm: Option<Vec<u64>> = match hp.window(Liobn(L0)).and_then(|w| w.kernel.as_ref()) {
         Some(t) if t.info().map_err(e("PVTCE_WINDOW_INFO"))?.is_none() => {
             let v = t.view().map_err(e("table mmap"))?;
             Some(ENTRIES.iter().map(|i| v.get(*i).unwrap_or(u64::MAX)).collect())
@@ -119,8 +114,8 @@ fn one(path: Path, unlinked_kernel_window: bool) -> Result<Outcome, String> {
         }
     }
     // The host table holds P1 at 0x4_0000 (read-write): edu copies through it inside P1.
-    dma_reaches(&rig, 0x4_0000, P1, 0x5a)?;
-    Ok(Outcome { rets, table, exits: exits.tce, tb: exits.tb })
+    rig.dma_reaches(0x4_0000, P1, 0x5a)?;
+    Ok(Outcome { rets, table, exits: tce, tb })
 }
 
 pub fn fallback() -> Result<String, String> {

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 /// The child VMM: sets up a pvtce window, maps entries, says "ready", then either loops on hypercalls
 /// until killed (`sigkill`) or closes its VM while the window lives and exits (`vm-destroy`).
 pub fn child(kind: &str) -> Result<(), String> {
-    let mut rig = Rig::new(12, 1 << 28)?;
+    let mut rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
+    let win = rig.window_bus()?;
     rig.pvtce_info()?.ok_or("the window is not pvtce's")?;
     let list: Vec<u64> = (0..32u64).map(|i| (0x40_0000 + (i << 12)) | TCE_R | TCE_W).collect();
     rig.write_list(&list)?;
-    let (r, _) = rig.run(&[call(H_PUT_TCE_INDIRECT, [LIOBN, rig.win, LIST_GPA, 32])])?;
+    let (r, _) = rig.run(&[call(H_PUT_TCE_INDIRECT, [LIOBN, win, LIST_GPA, 32])])?;
     if r[0].r3 != H_SUCCESS {
         return Err(format!("INDIRECT returned {}", r[0].r3));
     }
@@ -25,7 +26,7 @@ pub fn child(kind: &str) -> Result<(), String> {
             println!("ready");
             let mut i = 0u64;
             loop {
-                let ioba = rig.win + ((64 + i % 64) << 12);
+                let ioba = win + ((64 + i % 64) << 12);
                 rig.run(&[
                     call(H_PUT_TCE, [LIOBN, ioba, 0x50_0000 | TCE_R, 0]),
                     call(H_STUFF_TCE, [LIOBN, ioba, 0, 1]),
@@ -35,9 +36,7 @@ pub fn child(kind: &str) -> Result<(), String> {
         }
         "unbind" => {
             // Close the device fd only (unbinding waits for it); keep the group, container, window and VM.
-            let Rig { vcpu, table, _kdev, _vm, v, mem, win, .. } = rig;
-            let pvtce_vmm_glue::vfio::Owned { container, group, device, .. } = v;
-            drop(device);
+            drop(rig.device.take());
             println!("ready");
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map_err(e("wait for the unbind"))?;
@@ -48,21 +47,20 @@ pub fn child(kind: &str) -> Result<(), String> {
                 call(H_STUFF_TCE, [LIOBN, win, 0, 64]),
                 call(H_GET_TCE, [LIOBN, win + (40 << 12), 0, 0]),
             ];
-            let mut on_hcall = |_nr: u64, _a: &[u64; 9]| EXITED as u64;
-            let (r, _) = pvtce_vmm_glue::payload::run(&vcpu, &mem, &calls, &mut on_hcall).map_err(e("run L2"))?;
+            let (r, _) = rig.run(&calls)?;
             println!("after-unbind {} {} {} {:#x}", r[0].r3, r[1].r3, r[2].r3, r[2].r4);
-            drop((vcpu, table, _kdev, _vm, group, container, mem));
+            drop(rig);
             Ok(())
         }
         "vm-destroy" => {
             // Close everything of the VM but the window; the window keeps the VM alive until it goes.
-            let Rig { vcpu, table, _kdev, _vm, v, mem, .. } = rig;
+            let Rig { vcpu, window, kdev, vm, device, group, container, mem, .. } = rig;
             drop(vcpu);
-            drop(_kdev);
-            drop(_vm);
+            drop(kdev);
+            drop(vm);
             println!("ready");
-            drop(table);
-            drop(v);
+            drop(window);
+            drop((device, group, container));
             drop(mem);
             Ok(())
         }
@@ -103,8 +101,8 @@ fn after(baseline: i64, what: &str) -> Result<String, String> {
     sh("rmmod pvtce").map_err(|err| format!("{what}: the module does not unload: {err}"))?;
     // The group can be taken again, and DMA through a new window works.
     sh("modprobe pvtce")?;
-    let mut rig = Rig::new(12, 1 << 28)?;
-    let (page, ioba) = (0x20_0000u64, rig.win + 0x4_0000);
+    let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
+    let (page, ioba) = (0x20_0000u64, rig.window_bus()? + 0x4_0000);
     let (r, _) = rig.run(&[call(H_PUT_TCE, [LIOBN, ioba, page | TCE_R | TCE_W, 0])])?;
     if r[0].r3 != H_SUCCESS || !rig.dma_copy(ioba, page, ioba + 0x800, page + 0x800, 21)? {
         return Err(format!("{what}: a new window on the same group does not work"));
@@ -141,7 +139,7 @@ pub fn sigkill() -> Result<String, String> {
 
 /// The device is unbound from vfio-pci while its group is linked to a pvtce window and mapped.
 pub fn unbind() -> Result<String, String> {
-    let bdf = pvtce_vmm_glue::vfio::find_pci(pvtce_vmm_glue::edu::VENDOR, pvtce_vmm_glue::edu::DEVICE)
+    let bdf = pvtce_vmm_glue::vfio::find_pci(pvtce_test_support::edu::VENDOR, pvtce_test_support::edu::DEVICE)
         .map_err(e("find edu"))?;
     let (baseline, mut child) = start("unbind", true)?;
     let out = child.stdout.take().ok_or("no child stdout")?;

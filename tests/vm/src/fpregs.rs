@@ -10,9 +10,10 @@
 //! loaded.
 
 use crate::rig::*;
-use pvtce_vmm_glue::asm::Asm;
+use pvtce_test_support::asm::Asm;
+use pvtce_test_support::payload::{self, DONE_MMIO, ENTRY, TABLE};
 use pvtce_vmm_glue::kvm::Exit;
-use pvtce_vmm_glue::payload::{self, DONE_MMIO, ENTRY, TABLE};
+use pvtce_vmm_glue::pvtce::Mode;
 
 const ESIZE: u64 = 128;
 
@@ -107,15 +108,16 @@ struct PathResult {
     anomalies: Vec<String>,
 }
 
-fn one_path(mode: u32, tables: u64) -> Result<PathResult, String> {
+fn one_path(mode: Mode, tables: u64) -> Result<PathResult, String> {
     set_mode(mode)?;
-    let rig = Rig::new(12, 1 << 28)?;
+    let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
+    let win = rig.window_bus()?;
     rig.mem.write(ENTRY, &program()).map_err(e("load the instrumented payload"))?;
     let m = &rig.mem;
     let mut r = PathResult { runs: 0, lost: Vec::new(), exits: Vec::new(), anomalies: Vec::new() };
     for t in 0..tables {
         // H_PUT_TCE map, H_GET_TCE, H_PUT_TCE clear, H_GET_TCE: all handled in the kernel.
-        let ioba = rig.win + ((t % 64) << 12);
+        let ioba = win + ((t % 64) << 12);
         let tce = (0x40_0000 + ((t % 16) << 12)) | 3;
         let expect = |i: u64| match i {
             0 => (H_PUT_TCE, tce, 0),
@@ -181,8 +183,8 @@ pub fn kvm_run_keeps_fp() -> Result<String, String> {
     let lost_getpid = control(20_000);
     sh("modprobe pvtce")?;
     let r = (|| {
-        let c = one_path(pvtce_uapi::PVTCE_MODE_BUILTIN, TABLES)?;
-        let p = one_path(pvtce_uapi::PVTCE_MODE_PVTCE, TABLES)?;
+        let c = one_path(Mode::Builtin, TABLES)?;
+        let p = one_path(Mode::Pvtce, TABLES)?;
         Ok::<_, String>([("Linux", c), ("pvtce", p)])
     })();
     let unload = sh("rmmod pvtce");

@@ -14,7 +14,6 @@ mod fpregs;
 mod pvtce;
 mod rig;
 mod smoke;
-mod vmmrig;
 
 use std::time::Instant;
 

@@ -17,10 +17,10 @@ fn check(what: &str, got: i64, want: i64) -> Result<(), String> {
 fn scenario(tce_shift: u32) -> Result<String, String> {
     sh("modprobe pvtce")?;
     let result = (|| {
-        let mut rig = Rig::new(tce_shift, 1 << 28)?;
+        let rig = Rig::new(Windows::Linked { tce_shift, size: 1 << 28 })?;
         // Every failure says which hypercalls left the kernel.
-        let r = run_scenario(&mut rig, tce_shift);
-        r.map_err(|err| format!("{err} (exits {:x?})", rig.exit_log))
+        let r = run_scenario(&rig, tce_shift);
+        r.map_err(|err| format!("{err} (exits {:x?})", rig.exit_log()))
     })();
     // Everything was closed when the rig dropped: the module must unload now.
     let unload = sh("rmmod pvtce");
@@ -29,14 +29,15 @@ fn scenario(tce_shift: u32) -> Result<String, String> {
     Ok(detail)
 }
 
-fn run_scenario(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
+fn run_scenario(rig: &Rig, tce_shift: u32) -> Result<String, String> {
     {
         let info = rig.pvtce_info()?.ok_or("the window is Linux's built-in one; pvtce did not take it")?;
         if info.links != 1 {
             return Err(format!("pvtce reports {} linked tables, expected 1", info.links));
         }
         let ps = 1u64 << tce_shift;
-        let (win, a, b) = (rig.win, 0x20_0000u64, 0x40_0000u64);
+        let (win, win_size, a, b) = (rig.window_bus()?, rig.window_size()?, 0x20_0000u64, 0x40_0000u64);
+        let table = rig.window()?;
         let ioba_a = win + 4 * ps;
         let ioba_b = win + 64 * ps;
         let rw = TCE_R | TCE_W;
@@ -45,7 +46,7 @@ fn run_scenario(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
         let calls = [
             call(H_PUT_TCE, [LIOBN, ioba_a, a | rw, 0]),
             call(H_GET_TCE, [LIOBN, ioba_a, 0, 0]),
-            call(H_PUT_TCE, [LIOBN, win + rig.win_size, a | rw, 0]),
+            call(H_PUT_TCE, [LIOBN, win + win_size, a | rw, 0]),
             call(H_PUT_TCE_INDIRECT, [LIOBN, ioba_b, LIST_GPA, list.len() as u64]),
             call(H_GET_TCE, [LIOBN, ioba_b + 2 * ps, 0, 0]),
             // 513 entries: H_PARAMETER, nothing changes.
@@ -64,7 +65,7 @@ fn run_scenario(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
         }
         check("H_PUT_TCE_INDIRECT of 513", rets[5].r3, H_PARAMETER)?;
         // The table fd's mapping shows what the guest wrote (Linux's layout: flat, native-endian).
-        let view = rig.table.view().map_err(e("mmap the table fd"))?;
+        let view = table.view().map_err(e("mmap the table fd"))?;
         let idx = |ioba: u64| (ioba - win) >> tce_shift;
         let seen = (view.get(idx(ioba_a)), view.get(idx(ioba_b) + 2), view.get(idx(ioba_a) + 1));
         if seen != (Some(a | rw), Some(list[2]), Some(0)) {
@@ -91,7 +92,7 @@ fn run_scenario(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
         // And writable, as Linux's: what the VMM writes there is what H_GET_TCE returns (QEMU restores
         // tables this way on incoming migration).
         let restored = 0x123_4000 | TCE_R;
-        rig.table.write_entry(idx(ioba_a) + 1, restored).map_err(e("write through the table mapping"))?;
+        table.write_entry(idx(ioba_a) + 1, restored).map_err(e("write through the table mapping"))?;
         let (rets4, _) = rig.run(&[call(H_GET_TCE, [LIOBN, ioba_a + ps, 0, 0])])?;
         if rets4[0].r4 != restored {
             return Err(format!("H_GET_TCE after a VMM write gave {:#x}, expected {restored:#x}", rets4[0].r4));
@@ -111,8 +112,8 @@ fn run_scenario(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
                 "hardware entries of the INDIRECT mappings: before clear {before:x?}, after {after:x?}"
             ));
         }
-        if rig.exits != 0 {
-            return Err(format!("{} TCE hypercall(s) exited to userspace", rig.exits));
+        if rig.exited() != 0 {
+            return Err(format!("{} TCE hypercall(s) exited to userspace", rig.exited()));
         }
         let s = rig.pvtce_info()?.ok_or("window info vanished")?;
         let counts = (s.h_put_tce, s.h_put_tce_indirect, s.h_stuff_tce, s.h_get_tce, s.rejected, s.tces_changed);
@@ -139,7 +140,7 @@ fn run_scenario(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
 
 /// PVTCE_WINDOW_EXCHANGE (the benchmark's floor): every bad request gets its errno and changes nothing; a
 /// good one maps and clears a range of the hardware table and leaves it empty.
-fn bare_exchange(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
+fn bare_exchange(rig: &Rig, tce_shift: u32) -> Result<String, String> {
     let ps = 1u64 << tce_shift;
     let ua = rig.mem.host_addr() + 0x40_0000;
     let errno = |r: Result<(u64, u64), pvtce_vmm_glue::Error>| match r {
@@ -149,7 +150,8 @@ fn bare_exchange(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
     };
     // A mapped entry inside the range: EBUSY.
     let mapped = 200u64;
-    let (r, _) = rig.run(&[call(H_PUT_TCE, [LIOBN, rig.win + mapped * ps, 0x40_0000 | TCE_R, 0])])?;
+    let win = rig.window_bus()?;
+    let (r, _) = rig.run(&[call(H_PUT_TCE, [LIOBN, win + mapped * ps, 0x40_0000 | TCE_R, 0])])?;
     check("H_PUT_TCE before the exchange checks", r[0].r3, H_SUCCESS)?;
     let unregistered = pvtce_vmm_glue::mem::GuestMem::new(1 << 20).map_err(e("scratch memory"))?;
     let stats = |rig: &Rig| -> Result<(u64, u64, u64), String> {
@@ -157,8 +159,8 @@ fn bare_exchange(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
         Ok((s.host_updates, s.host_kills, s.tces_changed))
     };
     let before = stats(rig)?;
-    let size = rig.win_size >> tce_shift;
-    let t = &rig.table;
+    let size = rig.window_size()? >> tce_shift;
+    let t = rig.window()?;
     let cases = [
         ("count 0", errno(t.bare_exchange(300, 0, ua)), libc::EINVAL),
         ("count 513", errno(t.bare_exchange(300, 513, ua)), libc::EINVAL),
@@ -173,10 +175,10 @@ fn bare_exchange(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
             return Err(format!("PVTCE_WINDOW_EXCHANGE with {what}: errno {got}, expected {want}"));
         }
     }
-    let host_first = (rig.win >> tce_shift) + 300;
+    let host_first = (win >> tce_shift) + 300;
     let (map, unmap) = t.bare_exchange(300, 64, ua).map_err(e("PVTCE_WINDOW_EXCHANGE"))?;
     let after = rig.host_read_any(host_first, 64)?;
-    let still = rig.host_read_any((rig.win >> tce_shift) + mapped, 1)?;
+    let still = rig.host_read_any((win >> tce_shift) + mapped, 1)?;
     if map == 0 || unmap == 0 || after.iter().any(|&h| h != 0) || still[0] == 0 {
         return Err(format!(
             "PVTCE_WINDOW_EXCHANGE of 64: ticks {map}/{unmap}, hardware entries after {:x?}, the mapped entry {:#x}",
@@ -188,10 +190,8 @@ fn bare_exchange(rig: &mut Rig, tce_shift: u32) -> Result<String, String> {
     if stats(rig)? != before {
         return Err(format!("PVTCE_WINDOW_EXCHANGE moved the window's counters: {before:?} -> {:?}", stats(rig)?));
     }
-    let (r, _) = rig.run(&[
-        call(H_GET_TCE, [LIOBN, rig.win + 300 * ps, 0, 0]),
-        call(H_STUFF_TCE, [LIOBN, rig.win + mapped * ps, 0, 1]),
-    ])?;
+    let (r, _) = rig
+        .run(&[call(H_GET_TCE, [LIOBN, win + 300 * ps, 0, 0]), call(H_STUFF_TCE, [LIOBN, win + mapped * ps, 0, 1])])?;
     if (r[0].r3, r[0].r4, r[1].r3) != (H_SUCCESS, 0, H_SUCCESS) {
         return Err(format!("after PVTCE_WINDOW_EXCHANGE: GET {:?}, clear {}", r[0], r[1].r3));
     }

@@ -2,7 +2,7 @@
 //! KVM-HV L2 guest, a window from KVM_CREATE_SPAPR_TCE_64 linked to edu's group, L2's H_PUT_TCE and H_GET_TCE,
 //! and an edu DMA through the mapped bus address that must land in exactly the L2 page the TCE names.
 
-use crate::rig::{call, sh, Rig, H_GET_TCE, H_PARAMETER, H_PUT_TCE, H_SUCCESS, LIOBN, TCE_R, TCE_W};
+use crate::rig::{call, sh, Rig, Windows, H_GET_TCE, H_PARAMETER, H_PUT_TCE, H_SUCCESS, LIOBN, TCE_R, TCE_W};
 
 /// pvtce.ko loads, reports the 64K host page size, and unloads.
 pub fn module_load() -> Result<String, String> {
@@ -26,22 +26,22 @@ pub fn module_load() -> Result<String, String> {
 pub fn smoke() -> Result<String, String> {
     // pvtce must not be loaded: this is Linux's C path.
     let _ = sh("rmmod pvtce");
-    let mut rig = Rig::new(12, 1 << 30)?;
+    let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 30 })?;
     if rig.pvtce_info()?.is_some() {
         return Err("the window is pvtce's; expected Linux's built-in one".into());
     }
-    let (win, page) = (rig.win, 0x20_0000u64);
+    let (win, win_size, page) = (rig.window_bus()?, rig.window_size()?, 0x20_0000u64);
     let ioba = win + 0x4_0000;
     let tce = page | TCE_R | TCE_W;
     let calls = [
         call(H_PUT_TCE, [LIOBN, ioba, tce, 0]),
         call(H_GET_TCE, [LIOBN, ioba, 0, 0]),
         // Outside the window: H_PARAMETER, as Linux answers.
-        call(H_PUT_TCE, [LIOBN, win + rig.win_size, tce, 0]),
+        call(H_PUT_TCE, [LIOBN, win + win_size, tce, 0]),
     ];
     let (rets, tb) = rig.run(&calls)?;
-    if rig.exits != 0 {
-        return Err(format!("{} hypercall(s) exited to userspace; the kernel should handle them all", rig.exits));
+    if rig.exited() != 0 {
+        return Err(format!("{} hypercall(s) exited to userspace; the kernel should handle them all", rig.exited()));
     }
     if rets[0].r3 != H_SUCCESS {
         return Err(format!("H_PUT_TCE returned {}", rets[0].r3));
@@ -58,6 +58,6 @@ pub fn smoke() -> Result<String, String> {
     }
     Ok(format!(
         "edu {} group {} window {win:#x}+{:#x} 4K; L2 H_PUT_TCE/H_GET_TCE = {tce:#x}, out-of-window = H_PARAMETER, 0 exits, {tb} tb ticks; edu DMA via ioba {ioba:#x} reached L2 page {page:#x}",
-        rig.bdf, rig.v.group.id, rig.win_size
+        rig.bdf, rig.group.id, win_size
     ))
 }

@@ -5,9 +5,8 @@
 //!   "pvtce not loaded" when /dev/pvtce is absent.
 //! - `pvtce` alone prints both.
 
-use pvtce_uapi::{pvtce_window_info, pvtce_windows, PVTCE_LIST_WINDOWS, PVTCE_WINDOWS_MAX};
-use pvtce_vmm_glue::sys;
-use std::os::fd::AsFd;
+use pvtce_vmm_glue::pvtce;
+use std::error::Error as _;
 use std::process::ExitCode;
 
 fn read_trim(p: &std::path::Path) -> String {
@@ -49,43 +48,24 @@ fn groups() -> Result<(), String> {
 }
 
 fn windows() -> Result<(), String> {
-    let path = "/dev/pvtce";
-    let f = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::path::Path::new("/sys/module/pvtce").exists() {
-                // A module without its control device (an older pvtce.ko).
-                println!("pvtce loaded, but it has no {path}: no window list");
-            } else {
-                println!("pvtce not loaded");
-            }
-            return Ok(());
+    let Some(ctl) =
+        pvtce::Control::open().map_err(|e| format!("{e}: {}", e.source().map_or(String::new(), |s| s.to_string())))?
+    else {
+        if std::path::Path::new("/sys/module/pvtce").exists() {
+            // A module without its control device (an older pvtce.ko).
+            println!("pvtce loaded, but it has no {}: no window list", pvtce::PATH);
+        } else {
+            println!("pvtce not loaded");
         }
-        Err(e) => return Err(format!("{path}: {e}")),
+        return Ok(());
     };
-    let mut entries = vec![pvtce_window_info::default(); 64];
-    let count = loop {
-        let mut l = pvtce_windows {
-            argsz: std::mem::size_of::<pvtce_windows>() as u32,
-            flags: 0,
-            capacity: entries.len() as u32,
-            count: 0,
-            entries: entries.as_mut_ptr() as u64,
-        };
-        for e in entries.iter_mut() {
-            e.argsz = std::mem::size_of::<pvtce_window_info>() as u32;
-        }
-        sys::ioctl_mut(f.as_fd(), PVTCE_LIST_WINDOWS, &mut l).map_err(|e| format!("PVTCE_LIST_WINDOWS: {e}"))?;
-        if (l.count as usize) <= entries.len() || entries.len() >= PVTCE_WINDOWS_MAX as usize {
-            break (l.count as usize).min(entries.len());
-        }
-        entries.resize((l.count as usize).min(PVTCE_WINDOWS_MAX as usize), pvtce_window_info::default());
-    };
+    let entries = ctl.windows().map_err(|e| format!("{e}: {}", e.source().map_or(String::new(), |s| s.to_string())))?;
+    let count = entries.len();
     println!(
         "{:<12} {:>5} {:<20} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
         "LIOBN", "SHIFT", "BUS", "PAGES", "LINKS", "PUT", "INDIRECT", "STUFF", "GET", "DECLINED", "REJECTED", "TABLE-B"
     );
-    for w in &entries[..count] {
+    for w in &entries {
         println!(
             "{:<#12x} {:>5} {:<#20x} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
             w.liobn,

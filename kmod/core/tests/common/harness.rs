@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pvtce_core::ddw::{Pe, PeConfig};
-use pvtce_core::hcall::{hcall_from, Dispatch};
+use pvtce_core::hcall::{hcall_with_buf, Dispatch};
 use pvtce_core::host::HostTableId;
 use pvtce_core::types::Liobn;
 use pvtce_core::window::{LinkOutcome, Window};
@@ -19,15 +19,34 @@ pub const LIOBNS: [u64; 2] = [0x8000_0000, 0x8000_0001];
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    Hcall { nr: u64, args: [u64; 4], list: Option<Vec<u64>> },
-    Resume,
-    Link { liobn: u64, table: u32 },
-    Unlink { liobn: u64, table: u32 },
-    Create { page_shift: u32, window_shift: u32 },
-    Remove { liobn: u64 },
+    Hcall {
+        nr: u64,
+        args: [u64; 4],
+        list: Option<Vec<u64>>,
+    },
+    /// The VMM redoes the last call refused with H_TOO_HARD, whole (as an unmodified VMM does).
+    Retry,
+    Link {
+        liobn: u64,
+        table: u32,
+    },
+    Unlink {
+        liobn: u64,
+        table: u32,
+    },
+    Create {
+        page_shift: u32,
+        window_shift: u32,
+    },
+    Remove {
+        liobn: u64,
+    },
     Reset,
     Query,
-    Unready { table: u32, block: u64 },
+    Unready {
+        table: u32,
+        block: u64,
+    },
     ReadyAll,
 }
 
@@ -39,8 +58,9 @@ pub struct Stats {
     pub success: u64,
     pub param: u64,
     pub too_hard: u64,
-    pub partial: u64,
-    pub resumes: u64,
+    /// Batches refused with entries before the failing one valid (none of them applied).
+    pub refused_midway: u64,
+    pub retries: u64,
     pub need_alloc: u64,
     pub fanout_calls: u64,
     pub two_table_calls: u64,
@@ -56,7 +76,7 @@ pub struct World {
     pub touched: BTreeMap<u64, BTreeSet<u64>>,
     /// Guest entries the current operation may have written.
     pub step: Vec<(u64, u64)>,
-    pub last_partial: Option<(u64, [u64; 4], u64)>,
+    pub last_too_hard: Option<(u64, [u64; 4])>,
     pub stats: Stats,
 }
 
@@ -73,16 +93,16 @@ impl World {
             model: Model::new(LIOBNS),
             touched: BTreeMap::new(),
             step: Vec::new(),
-            last_partial: None,
+            last_too_hard: None,
             stats: Stats::default(),
         }
     }
 
-    fn hcall(&mut self, nr: u64, args: [u64; 4], start: u64) -> Result<(), String> {
+    fn hcall(&mut self, nr: u64, args: [u64; 4]) -> Result<(), String> {
         let mut buf = [0u64; 512];
         let mut tries = 0;
         let got = loop {
-            match hcall_from(&mut self.sim, nr, args, start, &mut buf) {
+            match hcall_with_buf(&mut self.sim, nr, args, &mut buf) {
                 Dispatch::NeedAlloc(n) => {
                     tries += 1;
                     self.stats.need_alloc += 1;
@@ -95,7 +115,9 @@ impl World {
                 d => break d,
             }
         };
-        let want = self.model.hcall(nr, args, start);
+        let midway = self.model.refused_midway;
+        let want = self.model.hcall(nr, args);
+        self.stats.refused_midway += self.model.refused_midway - midway;
         self.stats.hcalls += 1;
         let got = match got {
             Dispatch::Return { ret, r4, applied } => Some((ret, r4, applied)),
@@ -104,18 +126,15 @@ impl World {
         };
         let want = want.map(|m| (m.ret, m.r4, m.applied));
         if got != want {
-            return Err(format!("hcall {nr:#x} {args:x?} start {start}: core {got:x?} model {want:x?}"));
+            return Err(format!("hcall {nr:#x} {args:x?}: core {got:x?} model {want:x?}"));
         }
-        if let Some((ret, _, applied)) = got {
+        if let Some((ret, _, _)) = got {
             match ret {
                 0 => self.stats.success += 1,
                 -4 => self.stats.param += 1,
                 9999 => {
                     self.stats.too_hard += 1;
-                    if applied > start {
-                        self.stats.partial += 1;
-                    }
-                    self.last_partial = Some((nr, args, applied));
+                    self.last_too_hard = Some((nr, args));
                 }
                 _ => {}
             }
@@ -244,12 +263,12 @@ impl World {
                         }
                     }
                 }
-                self.hcall(*nr, *args, 0)?;
+                self.hcall(*nr, *args)?;
             }
-            Op::Resume => {
-                if let Some((nr, args, applied)) = self.last_partial.take() {
-                    self.stats.resumes += 1;
-                    self.hcall(nr, args, applied)?;
+            Op::Retry => {
+                if let Some((nr, args)) = self.last_too_hard.take() {
+                    self.stats.retries += 1;
+                    self.hcall(nr, args)?;
                 }
             }
             Op::Link { liobn, table } => {
@@ -483,7 +502,7 @@ pub fn decode_op(b: &mut Bytes, model: &Model) -> Op {
             let list = (0..npages.min(512)).map(|_| pick_tce(b, shift)).collect();
             Op::Hcall { nr: 0x13C, args: [liobn, ioba, list_gpa, npages], list: Some(list) }
         }
-        19 => Op::Resume,
+        19 => Op::Retry,
         20..=22 => {
             let liobn = pick_liobn(b);
             // Mostly tables that can fit the window's bus offset: 0, 1 at bus 0; 2..5 at 1 << 59.

@@ -48,6 +48,8 @@ pub struct Model {
     pub page_shift_mask: u64,
     /// (table, index) of every host entry the model changed since the harness last looked.
     pub log: Vec<(u32, u64)>,
+    /// Batches refused at an entry after valid ones (nothing applied), for the coverage report.
+    pub refused_midway: u64,
 }
 
 impl MWindow {
@@ -79,6 +81,7 @@ impl Model {
             slots: [None, None],
             page_shift_mask: (1 << 12) | (1 << 16) | (1 << 21) | (1 << 24),
             log: Vec::new(),
+            refused_midway: 0,
         };
         m.open_slot(0, 12, 0, 1 << 18);
         m
@@ -221,8 +224,8 @@ impl Model {
         Some(page)
     }
 
-    /// One hypercall from entry `start`; None if `nr` is not a TCE hypercall.
-    pub fn hcall(&mut self, nr: u64, args: [u64; 4], start: u64) -> Option<MResult> {
+    /// One hypercall, applied whole or not at all; None if `nr` is not a TCE hypercall.
+    pub fn hcall(&mut self, nr: u64, args: [u64; 4]) -> Option<MResult> {
         let [liobn, ioba, arg, npages] = args;
         if ![0x1C, 0x20, 0x138, 0x13C].contains(&nr) {
             return None;
@@ -258,32 +261,28 @@ impl Model {
         } else {
             entries
         };
-        if start > n {
-            return Some(res(PARAM));
-        }
         if nr == 0x138 {
             if arg == 0 {
-                self.clear_range(liobn, page + start, n - start);
+                self.clear_range(liobn, page, n);
             } else {
-                for i in start..n {
+                for i in 0..n {
                     self.apply(liobn, page + i, arg);
                 }
             }
             return Some(MResult { ret: 0, r4: 0, applied: n });
         }
-        let mut k = n;
-        let mut code = 0;
-        for i in start..n {
+        for i in 0..n {
             if let Some(c) = self.problem(&w, page + i, entries[i as usize]) {
-                k = i;
-                code = c;
-                break;
+                if i > 0 {
+                    self.refused_midway += 1;
+                }
+                return Some(res(c));
             }
         }
-        for i in start..k {
+        for i in 0..n {
             self.apply(liobn, page + i, entries[i as usize]);
         }
-        Some(MResult { ret: code, r4: 0, applied: k })
+        Some(MResult { ret: 0, r4: 0, applied: n })
     }
 
     /// Link table `id` to window `liobn`: Some(true) linked, Some(false) already linked, None refused.

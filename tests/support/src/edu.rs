@@ -9,8 +9,8 @@
 //! edu's MMIO is `DEVICE_NATIVE_ENDIAN` in QEMU: big-endian on `qemu-system-ppc64`, little-endian on x86.
 //! The byte order is read off the id register (0x010000ed) once and used for every access.
 
-use crate::error::{Error, Result};
-use crate::vfio::{Device, Region};
+use crate::{Error, Result};
+use pvtce_vmm_glue::vfio::{Device, Region};
 use std::time::{Duration, Instant};
 
 pub const VENDOR: u16 = 0x1234;
@@ -26,7 +26,7 @@ pub struct Edu<'a> {
 
 impl<'a> Edu<'a> {
     pub fn new(dev: &'a Device) -> Result<Self> {
-        let bar = dev.region(crate::sys::VFIO_PCI_BAR0_REGION_INDEX)?;
+        let bar = dev.region(pvtce_vmm_glue::sys::VFIO_PCI_BAR0_REGION_INDEX)?;
         dev.enable_bus_master()?;
         let mut e = Edu { dev, bar, big_endian: false };
         let id = e.read32(0)?;
@@ -46,12 +46,12 @@ impl<'a> Edu<'a> {
 
     fn write32(&self, off: u64, v: u32) -> Result<()> {
         let b = if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
-        self.dev.write(&self.bar, off, &b)
+        Ok(self.dev.write(&self.bar, off, &b)?)
     }
 
     fn write64(&self, off: u64, v: u64) -> Result<()> {
         let b = if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
-        self.dev.write(&self.bar, off, &b)
+        Ok(self.dev.write(&self.bar, off, &b)?)
     }
 
     fn read64(&self, off: u64) -> Result<u64> {

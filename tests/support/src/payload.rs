@@ -8,9 +8,10 @@
 //! table header for the benchmark.
 
 use crate::asm::Asm;
-use crate::error::Result;
-use crate::kvm::{Exit, Vcpu};
-use crate::mem::GuestMem;
+use crate::{Error, Result};
+pub use pvtce_vmm_glue::kvm::Reply;
+use pvtce_vmm_glue::kvm::{Exit, Vcpu, Vm};
+use pvtce_vmm_glue::mem::GuestMem;
 
 pub const ENTRY: u64 = 0x100;
 pub const TABLE: u64 = 0x10000;
@@ -77,14 +78,20 @@ pub struct Ret {
 
 /// Loads the program into guest memory.
 pub fn load(mem: &GuestMem) -> Result<()> {
-    mem.write(ENTRY, &program())
+    Ok(mem.write(ENTRY, &program())?)
 }
 
 /// Makes `vm` a PAPR guest running the program out of `mem`: `mem` as slot 0 at guest physical 0, the two
 /// TCE hypercalls that are off by default (H_STUFF_TCE, H_PUT_TCE_INDIRECT) on, radix, and vCPU 0 with PAPR
 /// enabled, starting at [`ENTRY`].
-pub fn boot(vm: &crate::kvm::Vm, mem: &GuestMem) -> Result<Vcpu> {
-    vm.set_memory(0, 0, mem.len() as u64, mem.host_addr())?;
+///
+/// # Safety
+/// `mem` must stay alive for as long as a vCPU of `vm` may run (drop the vCPUs, or the VM, first):
+/// [`Vm::set_memory`]'s contract.
+pub unsafe fn boot(vm: &Vm, mem: &GuestMem) -> Result<Vcpu> {
+    // SAFETY: `mem` is a live shared mapping that no Rust reference covers; that it outlives the vCPUs is
+    // the caller's promise.
+    unsafe { vm.set_memory(0, 0, mem.len() as u64, mem.host_addr()) }?;
     vm.enable_hcall(pvtce_core::hcall::H_STUFF_TCE)?;
     vm.enable_hcall(pvtce_core::hcall::H_PUT_TCE_INDIRECT)?;
     vm.configure_radix()?;
@@ -95,37 +102,14 @@ pub fn boot(vm: &crate::kvm::Vm, mem: &GuestMem) -> Result<Vcpu> {
     Ok(vcpu)
 }
 
-/// A hypercall that exited to userspace: the handler returns the value for r3 (H_TOO_HARD from the kernel
-/// arrives here too, as the original call).
-pub type HcallHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> u64 + 'a;
-
-/// What the VMM answers to a hypercall that exited: r3 and, when set, r4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reply {
-    pub r3: u64,
-    pub r4: Option<u64>,
-}
-
-/// A hypercall handler that can also set r4 (H_GET_TCE through the fallback).
+/// What the VMM answers to each hypercall that exits while a table runs (H_TOO_HARD from the kernel arrives
+/// here too, as the original call).
 pub type ReplyHandler<'a> = dyn FnMut(u64, &[u64; 9]) -> Reply + 'a;
 
-/// Runs `calls` in L2; hypercalls the kernel passes up go to `on_hcall`. Returns the results and the timebase
-/// ticks the whole table took, measured inside L2.
-pub fn run(vcpu: &Vcpu, mem: &GuestMem, calls: &[Call], on_hcall: &mut HcallHandler<'_>) -> Result<(Vec<Ret>, u64)> {
-    run_full(vcpu, mem, calls, &mut |nr, args| Reply { r3: on_hcall(nr, args), r4: None })
-}
-
-/// [`run`] with a handler that may set r4.
-pub fn run_full(
-    vcpu: &Vcpu,
-    mem: &GuestMem,
-    calls: &[Call],
-    on_hcall: &mut ReplyHandler<'_>,
-) -> Result<(Vec<Ret>, u64)> {
-    run_at(vcpu, mem, TABLE, calls, on_hcall)
-}
-
-/// [`run_full`] for a vCPU running [`program_at`]`(table)`.
+/// Runs `calls` on a vCPU running [`program_at`]`(table)` ([`TABLE`] for [`program`]); hypercalls the kernel
+/// passes up go to `on_hcall`. Returns the results and the timebase ticks the whole table took, measured
+/// inside L2. The tests' one loop over `KVM_RUN` (tests/vm/src/rig.rs `run_on` picks the handler; only
+/// `kvm-run-fp` issues `KVM_RUN` itself, from inline assembly with FP registers loaded).
 pub fn run_at(
     vcpu: &Vcpu,
     mem: &GuestMem,
@@ -147,13 +131,9 @@ pub fn run_at(
     loop {
         match vcpu.run()? {
             Exit::Mmio { addr, .. } if addr == DONE_MMIO => break,
-            Exit::Mmio { addr, .. } => return Err(crate::Error::Edu(format!("L2 touched unexpected MMIO {addr:#x}"))),
+            Exit::Mmio { addr, .. } => return Err(Error::UnexpectedMmio(addr)),
             Exit::PaprHcall { nr, args } => {
-                let r = on_hcall(nr, &args);
-                vcpu.set_hcall_ret(r.r3);
-                if let Some(r4) = r.r4 {
-                    vcpu.set_hcall_r4(r4);
-                }
+                vcpu.reply(on_hcall(nr, &args));
             }
         }
     }
