@@ -140,7 +140,8 @@ fn host_tests(st: &mut Stages) -> Result<()> {
     })?;
     // The unit tests of the crates that run in L1, built for ppc64le and run under qemu-user: ioctl numbers
     // and struct layouts as powerpc64 defines them (they differ from x86_64's and fail if computed the
-    // generic way), the table views and errnos of vmm-glue, the in-VM binary's own logic (conformance
+    // generic way), the table views and errnos of vmm-glue, the L2 payload and its assembler
+    // (tests/support), the in-VM binary's own logic (conformance
     // coverage). Not covered here: any real KVM or VFIO ioctl (qemu-user has no such devices), which the
     // in-VM tests exercise.
     st.run("ppc64le-unit", || {
@@ -153,9 +154,11 @@ fn host_tests(st: &mut Stages) -> Result<()> {
             "-p",
             "pvtce-vmm-glue",
             "-p",
+            "pvtce-test-support",
+            "-p",
             "pvtce-vmtests",
         ]))?;
-        Ok("under qemu-ppc64le: powerpc64 ioctl numbers and layouts, vmm-glue and in-VM-binary logic; \
+        Ok("under qemu-ppc64le: powerpc64 ioctl numbers and layouts, vmm-glue, payload/assembler and in-VM-binary logic; \
             no real KVM/VFIO ioctl (that is the vm stage)"
             .into())
     })?;
@@ -276,6 +279,22 @@ fn real_main(args: &[String], st: &mut Stages) -> Result<()> {
             setup(st)?;
             host_tests(st)?;
             let b = build_all(st)?;
+            // The checked-in powerpc KVM bindings against bindgen's output for this kernel's headers (it needs
+            // the patched tree the kernel stage made, so it runs here rather than with the host tests).
+            st.run("kvm-bindings", || {
+                let tree = cache().join("ktree").join(b.kernel.build.file_name().ok_or("bad kernel build path")?);
+                run(cmd("cargo").current_dir(repo()).env("PVTCE_KTREE", &tree).args([
+                    "test",
+                    "-q",
+                    "-p",
+                    "pvtce-vmm-glue",
+                    "--test",
+                    "kvm_bindgen",
+                    "--",
+                    "--ignored",
+                ]))?;
+                Ok("vmm-glue/src/kvm_bindings.rs matches the kernel's linux/kvm.h".into())
+            })?;
             let o = boot(st, &b, "all", "test")?;
             let (p, f, s) = report(&o);
             println!("{}", st.summary());
