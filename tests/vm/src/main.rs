@@ -11,6 +11,7 @@ mod fallback;
 mod faults;
 mod fpregs;
 mod pvtce;
+mod realguest;
 mod rig;
 mod smoke;
 mod vmmrig;
@@ -43,8 +44,18 @@ const TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
-/// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md).
-const PROBES: &[(&str, TestFn)] = &[("conf-probe", conformance::probe), ("bench", bench::bench)];
+/// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md); the `real-*`
+/// scenarios need the real-guest boot (the Debian overlay and L0's NVMe), which xtask starts for them.
+const PROBES: &[(&str, TestFn)] = &[
+    ("conf-probe", conformance::probe),
+    ("bench", bench::bench),
+    ("real-pvtce-ddw", realguest::pvtce_ddw),
+    ("real-pvtce-noddw", realguest::pvtce_noddw),
+    ("real-builtin-ddw", realguest::builtin_ddw),
+    ("real-builtin-noddw", realguest::builtin_noddw),
+    ("real-userspace-ddw", realguest::userspace_ddw),
+    ("real-userspace-noddw", realguest::userspace_noddw),
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
