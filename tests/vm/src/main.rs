@@ -55,6 +55,7 @@ const PROBES: &[(&str, TestFn)] = &[
     ("real-builtin-noddw", realguest::builtin_noddw),
     ("real-userspace-ddw", realguest::userspace_ddw),
     ("real-userspace-noddw", realguest::userspace_noddw),
+    ("real-options", realguest::options),
 ];
 
 fn main() {
