@@ -431,51 +431,6 @@ fn scenario(path: Path, ddw: bool) -> Result<String, String> {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lines(s: &[&str]) -> Vec<String> {
-        s.iter().map(|l| l.to_string()).collect()
-    }
-
-    #[test]
-    fn parses_a_pass() {
-        let io = parse_io("[ 12.0] RG-IO verify-write bs=4096 bytes=4194304 secs=0.5 ok=1").unwrap();
-        assert_eq!(io.pass, "verify-write");
-        assert_eq!((io.bs, io.bytes, io.ok), (4096, 4194304, true));
-        assert_eq!(mbs(&io), "8.4");
-        assert!(parse_io("RG-IO verify-write bs=4096").is_none());
-        assert!(parse_io("RG-IO x bs=1 bytes=1 secs=1 ok=1 extra=2").is_none());
-    }
-
-    #[test]
-    fn a_failed_or_missing_pass_fails_the_check() {
-        let good: Vec<String> =
-            (0..IO_PASSES).map(|i| format!("RG-IO p{i} bs=4096 bytes=4096 secs=0.1 ok=1")).collect();
-        assert_eq!(check_io(&good).unwrap().len(), IO_PASSES);
-        let mut bad = good.clone();
-        bad[3] = "RG-IO p3 bs=4096 bytes=4096 secs=0.1 ok=0".into();
-        assert!(check_io(&bad).unwrap_err().contains("did not verify"));
-        assert!(check_io(&good[1..]).is_err());
-        assert!(check_io(&lines(&["RG-BOOT"])).is_err());
-    }
-
-    #[test]
-    fn window_proof_needs_pvtce_to_have_worked() {
-        let mut w =
-            pvtce_window_info { liobn: 0x8000_0000, page_shift: 12, links: 1, h_stuff_tce: 512, ..Default::default() };
-        assert!(check_windows(Path::Pvtce, false, &[w]).is_ok());
-        assert!(check_windows(Path::Pvtce, false, &[]).is_err());
-        assert!(check_windows(Path::Builtin, false, &[w]).is_err());
-        assert!(check_windows(Path::Userspace, true, &[]).is_ok());
-        // ddw mode needs the 64-bit window's INDIRECT mapping
-        assert!(check_windows(Path::Pvtce, true, &[w]).is_err());
-        w.declined = 1;
-        assert!(check_windows(Path::Pvtce, false, &[w]).unwrap_err().contains("declined"));
-    }
-}
-
 /// Which of L2's QEMU options this L1 really needs: QEMU is started with each one left out (or set to
 /// QEMU's default) and watched for 25 s; an option is required if QEMU exits with an error before that
 /// (the error is reported). The last line of each error names the cause (a KVM capability QEMU asked for).
@@ -534,4 +489,49 @@ pub fn options() -> Result<String, String> {
         return Err(format!("QEMU does not start with our own options: {}", out.join("; ")));
     }
     Ok(out.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &[&str]) -> Vec<String> {
+        s.iter().map(|l| l.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_a_pass() {
+        let io = parse_io("[ 12.0] RG-IO verify-write bs=4096 bytes=4194304 secs=0.5 ok=1").unwrap();
+        assert_eq!(io.pass, "verify-write");
+        assert_eq!((io.bs, io.bytes, io.ok), (4096, 4194304, true));
+        assert_eq!(mbs(&io), "8.4");
+        assert!(parse_io("RG-IO verify-write bs=4096").is_none());
+        assert!(parse_io("RG-IO x bs=1 bytes=1 secs=1 ok=1 extra=2").is_none());
+    }
+
+    #[test]
+    fn a_failed_or_missing_pass_fails_the_check() {
+        let good: Vec<String> =
+            (0..IO_PASSES).map(|i| format!("RG-IO p{i} bs=4096 bytes=4096 secs=0.1 ok=1")).collect();
+        assert_eq!(check_io(&good).unwrap().len(), IO_PASSES);
+        let mut bad = good.clone();
+        bad[3] = "RG-IO p3 bs=4096 bytes=4096 secs=0.1 ok=0".into();
+        assert!(check_io(&bad).unwrap_err().contains("did not verify"));
+        assert!(check_io(&good[1..]).is_err());
+        assert!(check_io(&lines(&["RG-BOOT"])).is_err());
+    }
+
+    #[test]
+    fn window_proof_needs_pvtce_to_have_worked() {
+        let mut w =
+            pvtce_window_info { liobn: 0x8000_0000, page_shift: 12, links: 1, h_stuff_tce: 512, ..Default::default() };
+        assert!(check_windows(Path::Pvtce, false, &[w]).is_ok());
+        assert!(check_windows(Path::Pvtce, false, &[]).is_err());
+        assert!(check_windows(Path::Builtin, false, &[w]).is_err());
+        assert!(check_windows(Path::Userspace, true, &[]).is_ok());
+        // ddw mode needs the 64-bit window's INDIRECT mapping
+        assert!(check_windows(Path::Pvtce, true, &[w]).is_err());
+        w.declined = 1;
+        assert!(check_windows(Path::Pvtce, false, &[w]).unwrap_err().contains("declined"));
+    }
 }
