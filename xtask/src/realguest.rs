@@ -129,7 +129,12 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 echo "RG-BOOT $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
-for m in $(cat /modules/order); do insmod /modules/$m || echo "RG-ERROR insmod $m"; done
+# busybox's insmod does not read module.param= from the kernel command line (modprobe would): pass them on.
+for m in $(cat /modules/order); do
+  n=$(echo "${m%.ko}" | tr - _)
+  args=$(for a in $(cat /proc/cmdline); do case "$a" in "$n".*) echo "${a#"$n".}";; esac; done)
+  insmod /modules/$m $args || echo "RG-ERROR insmod $m"
+done
 i=0
 while [ ! -b /dev/nvme0n1 ] && [ $i -lt 1200 ]; do usleep 100000; i=$((i+1)); done
 if [ ! -b /dev/nvme0n1 ]; then

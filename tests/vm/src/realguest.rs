@@ -25,7 +25,7 @@ const NVME_VENDOR: u16 = 0x1b36;
 const NVME_DEVICE: u16 = 0x0010;
 const QEMU: &str = "/usr/bin/qemu-system-ppc64";
 /// How long one L2 run may take before the scenario fails (a hang; TCG-nested L2 boots in ~20-60 s).
-const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 /// The I/O passes L2's /init prints: verify write+read at 3 block sizes, 2 read-only, 3 mixed.
 const IO_PASSES: usize = 11;
 
