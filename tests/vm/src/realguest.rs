@@ -26,6 +26,8 @@ const NVME_DEVICE: u16 = 0x0010;
 const QEMU: &str = "/usr/bin/qemu-system-ppc64";
 /// How long one L2 run may take before the scenario fails (a hang; TCG-nested L2 boots in ~20-60 s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the pins of an exited QEMU may take to go (see `scenario`).
+const PIN_SETTLE: Duration = Duration::from_secs(10);
 /// The I/O passes L2's /init prints: verify write+read at 3 block sizes, 2 read-only, 3 mixed.
 const IO_PASSES: usize = 11;
 
@@ -266,6 +268,14 @@ fn run_l2(bdf: &str, ddw: bool, seed: u32, log: &str) -> Result<Run, String> {
                 if error {
                     result = Err(format!("L2: {}", r.console.last().map(String::as_str).unwrap_or("")));
                 }
+                if done || error {
+                    // Which of the NVMe's MSI-X vectors reached L1 (vfio-pci's handlers), while they exist.
+                    if let Ok(irqs) = std::fs::read_to_string("/proc/interrupts") {
+                        for l in irqs.lines().filter(|l| l.contains("vfio")) {
+                            println!("PVTCE-INFO l1-irq {}", l.split_whitespace().collect::<Vec<_>>().join(" "));
+                        }
+                    }
+                }
                 if done {
                     // The windows live as long as QEMU: read them now.
                     r.windows = windows()?;
@@ -301,12 +311,7 @@ fn run_l2(bdf: &str, ddw: bool, seed: u32, log: &str) -> Result<Run, String> {
         r.console.push(line);
     }
     r.stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    // Which of the NVMe's MSI-X vectors reached L1 (vfio-pci's handlers), for the interrupt diagnosis.
-    if let Ok(irqs) = std::fs::read_to_string("/proc/interrupts") {
-        for l in irqs.lines().filter(|l| l.contains("vfio")) {
-            println!("PVTCE-INFO l1-irq {}", l.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-    }
+
     match result {
         Ok(()) => Ok(r),
         Err(x) => {
@@ -398,6 +403,9 @@ fn scenario(path: Path, ddw: bool) -> Result<String, String> {
     let run = run_l2(&bdf, ddw, seed, &log);
     let _ = set_mode(old);
     let r = run?;
+    for l in r.cli.lines() {
+        println!("PVTCE-INFO real-{name} windows | {l}");
+    }
     let ios = check_io(&r.console)?;
     let proof = check_windows(path, ddw, &r.windows)?;
     // QEMU's own fallback on the userspace path: its message when the window ioctl fails.
@@ -406,16 +414,21 @@ fn scenario(path: Path, ddw: bool) -> Result<String, String> {
     }
     // Nothing left: windows gone with the VM, every pin released (preregistration, mapped pages).
     let after = window_count()?;
-    let pins1 = pins_outstanding()?;
     if after != 0 {
         return Err(format!("{after} pvtce window(s) left after QEMU exited"));
     }
+    // Process exit releases the VFIO container and the VM from work that may finish a little later: give
+    // the pins PIN_SETTLE to go, and say how long they took.
+    let exited = Instant::now();
+    let mut pins1 = pins_outstanding()?;
+    while pins1 != pins0 && exited.elapsed() < PIN_SETTLE {
+        std::thread::sleep(Duration::from_millis(100));
+        pins1 = pins_outstanding()?;
+    }
     if pins1 != pins0 {
-        return Err(format!("{} page pin(s) left after QEMU exited", pins1 - pins0));
+        return Err(format!("{} page pin(s) left {} s after QEMU exited", pins1 - pins0, PIN_SETTLE.as_secs()));
     }
-    for l in r.cli.lines() {
-        println!("PVTCE-INFO real-{name} windows | {l}");
-    }
+    let settle_ms = exited.elapsed().as_millis();
     let rate =
         |pass: &str, bs: u64| ios.iter().find(|i| i.pass == pass && i.bs == bs).map(mbs).unwrap_or_else(|| "?".into());
     let mut sizes = Vec::new();
@@ -423,7 +436,7 @@ fn scenario(path: Path, ddw: bool) -> Result<String, String> {
         sizes.push(format!("{}K w/r {}/{}", bs >> 10, rate("verify-write", bs), rate("verify-read", bs)));
     }
     Ok(format!(
-        "data verified ({IO_PASSES} passes); MB/s {}; L2 boot {} s (to disk {} s); VmLck {} kB; {proof}; pins 0",
+        "data verified ({IO_PASSES} passes); MB/s {}; L2 boot {} s (to disk {} s); VmLck {} kB; {proof}; pins 0 ({settle_ms} ms after exit)",
         sizes.join(", "),
         r.boot_secs.map(|s| format!("{s:.1}")).unwrap_or("?".into()),
         r.disk_secs.map(|s| format!("{s:.1}")).unwrap_or("?".into()),
