@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! `/dev/pvtce`, the control device (`uapi/include/linux/pvtce.h`):
-//! - `PVTCE_SET_MODE`: whether new windows are pvtce's or Linux's built-in ones (side-by-side runs).
+//! - `PVTCE_SET_MODE`: whether new windows are pvtce's, Linux's built-in ones, or none at all so that the VMM
+//!   keeps its own (side-by-side runs of the three paths).
 //! - `PVTCE_HOST_READ`: hardware entries of a VFIO group's table (conformance tests compare them).
 //! - `PVTCE_LIST_WINDOWS`: every window with its statistics (the pvtce CLI).
 //!
@@ -10,9 +11,10 @@
 use crate::ffi;
 use crate::uapi::{
     pvtce_host_read, pvtce_mode, pvtce_window_info, pvtce_windows, PVTCE_HOST_READ, PVTCE_HOST_READ_MAX,
-    PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_SET_MODE, PVTCE_WINDOWS_MAX,
+    PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE, PVTCE_SET_MODE,
+    PVTCE_WINDOWS_MAX,
 };
-use crate::window::{self, MODE_PVTCE};
+use crate::window;
 use kernel::fs::File;
 use kernel::miscdevice::{MiscDevice, MiscDeviceRegistration};
 use kernel::prelude::*;
@@ -55,16 +57,34 @@ impl MiscDevice for Control {
     }
 }
 
+/// Which implementation creates new windows (`PVTCE_MODE_*`); existing windows keep theirs.
+static MODE: kernel::sync::atomic::Atomic<u32> = kernel::sync::atomic::Atomic::new(PVTCE_MODE_PVTCE);
+
+/// What the `create_table` hook answers instead of creating a pvtce window: `None` in pvtce's mode;
+/// `ENOIOCTLCMD` hands the request to Linux's built-in code; `EOPNOTSUPP` fails `KVM_CREATE_SPAPR_TCE_64`
+/// (no window on either side), which makes QEMU keep the table in its own memory (`kvmppc_create_spapr_tce`
+/// returns no table on any error and `spapr_tce_alloc_table` then allocates one).
+pub(crate) fn create_declined() -> Option<Error> {
+    match MODE.load(Relaxed) {
+        PVTCE_MODE_PVTCE => None,
+        PVTCE_MODE_USERSPACE => Some(EOPNOTSUPP),
+        _ => Some(ENOIOCTLCMD),
+    }
+}
+
+/// For the glue's `attach_group` hook: in `PVTCE_MODE_USERSPACE` linking "no table" (fd -1) succeeds.
+#[no_mangle]
+pub(crate) extern "C" fn pvtce_rs_userspace_mode() -> bool {
+    MODE.load(Relaxed) == PVTCE_MODE_USERSPACE
+}
+
 fn set_mode(arg: usize) -> Result {
     let (mut m, mut w) = read_checked::<pvtce_mode>(arg)?;
     check_head(m.argsz, m.flags, core::mem::size_of::<pvtce_mode>())?;
-    let pvtce = match m.mode {
-        PVTCE_MODE_PVTCE => true,
-        PVTCE_MODE_BUILTIN => false,
-        _ => return Err(EINVAL),
-    };
-    let old = MODE_PVTCE.xchg(pvtce, kernel::sync::atomic::Full);
-    m.old = if old { PVTCE_MODE_PVTCE } else { PVTCE_MODE_BUILTIN };
+    if !matches!(m.mode, PVTCE_MODE_PVTCE | PVTCE_MODE_BUILTIN | PVTCE_MODE_USERSPACE) {
+        return Err(EINVAL);
+    }
+    m.old = MODE.xchg(m.mode, kernel::sync::atomic::Full);
     w.write(&m)
 }
 
@@ -126,9 +146,9 @@ impl Drop for Backend {
 
 /// The mode a new window gets, for the module's load message.
 pub(crate) fn mode_name() -> &'static str {
-    if MODE_PVTCE.load(Relaxed) {
-        "pvtce"
-    } else {
-        "builtin"
+    match MODE.load(Relaxed) {
+        PVTCE_MODE_PVTCE => "pvtce",
+        PVTCE_MODE_USERSPACE => "none (userspace)",
+        _ => "builtin",
     }
 }

@@ -22,6 +22,7 @@
 long pvtce_rs_create_table(struct kvm *kvm, u64 liobn, u32 page_shift, u64 offset, u64 size);
 bool pvtce_rs_has_liobn(struct kvm *kvm, u64 liobn);
 long pvtce_rs_attach(struct kvm *kvm, void *window, struct iommu_group *grp);
+bool pvtce_rs_userspace_mode(void);
 void pvtce_rs_release_group(struct kvm *kvm, struct iommu_group *grp);
 bool pvtce_rs_hcall(struct kvm *kvm, unsigned long nr, unsigned long liobn, unsigned long a1,
 		    unsigned long a2, unsigned long a3, long *ret, unsigned long *r4);
@@ -58,6 +59,15 @@ static const struct file_operations pvtce_window_fops;
 
 static long pvtce_attach_group(struct kvm *kvm, int tablefd, struct iommu_group *grp)
 {
+	/*
+	 * PVTCE_MODE_USERSPACE: KVM_CREATE_SPAPR_TCE_64 failed, so the VMM keeps the table itself, and QEMU
+	 * still links "its" table fd, which is then -1 (hw/ppc/spapr_iommu.c spapr_tce_get_attr). If that
+	 * fails, QEMU's vfio_listener_region_add returns before it registers its IOMMU notifier and no guest
+	 * mapping ever reaches VFIO. There is nothing to link: succeed.
+	 */
+	if (tablefd == -1 && pvtce_rs_userspace_mode())
+		return 0;
+
 	CLASS(fd, f)(tablefd);
 
 	if (fd_empty(f))

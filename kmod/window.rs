@@ -87,9 +87,6 @@ pub(crate) fn clear_lookup() {
     retire(LOOKUP.xchg(core::ptr::null_mut(), Full));
 }
 
-/// Which implementation creates new windows (`PVTCE_SET_MODE`); existing windows keep theirs.
-pub(crate) static MODE_PVTCE: kernel::sync::atomic::Atomic<bool> = kernel::sync::atomic::Atomic::new(true);
-
 /// Counters of one window (`PVTCE_WINDOW_INFO`), under the window lock.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct Stats {
@@ -201,8 +198,8 @@ fn errno(e: Error) -> c_long {
 /// `create_table` hook: called with `kvm->lock` held, after Linux's argument checks and its own LIOBN check.
 #[no_mangle]
 pub(crate) extern "C" fn pvtce_rs_create_table(kvm: *mut Kvm, liobn: u64, page_shift: u32, offset: u64, size: u64) -> c_long {
-    if !MODE_PVTCE.load(kernel::sync::atomic::Relaxed) {
-        return errno(ENOIOCTLCMD);
+    if let Some(e) = crate::control::create_declined() {
+        return errno(e);
     }
     match create(kvm, liobn, page_shift, offset, size) {
         Ok(fd) => fd as c_long,

@@ -6,6 +6,7 @@ pub const PVTCE_IOCTL_TYPE: u32 = 185;
 pub const PVTCE_EXCHANGE_MAX: u32 = 512;
 pub const PVTCE_MODE_BUILTIN: u32 = 0;
 pub const PVTCE_MODE_PVTCE: u32 = 1;
+pub const PVTCE_MODE_USERSPACE: u32 = 2;
 pub const PVTCE_HOST_READ_MAX: u32 = 4096;
 pub const PVTCE_WINDOWS_MAX: u32 = 1024;
 pub type __s32 = ::core::ffi::c_int;

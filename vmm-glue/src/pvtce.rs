@@ -24,6 +24,9 @@ pub enum Mode {
     Builtin,
     /// pvtce.ko (its default once loaded).
     Pvtce,
+    /// No in-kernel window: `KVM_CREATE_SPAPR_TCE_64` fails, so the VMM keeps its own tables (QEMU falls back
+    /// to them on any error of that ioctl) and handles every TCE hypercall itself.
+    Userspace,
 }
 
 impl Mode {
@@ -31,6 +34,7 @@ impl Mode {
         match self {
             Mode::Builtin => pvtce_uapi::PVTCE_MODE_BUILTIN,
             Mode::Pvtce => pvtce_uapi::PVTCE_MODE_PVTCE,
+            Mode::Userspace => pvtce_uapi::PVTCE_MODE_USERSPACE,
         }
     }
 
@@ -38,6 +42,7 @@ impl Mode {
         match m {
             pvtce_uapi::PVTCE_MODE_BUILTIN => Some(Mode::Builtin),
             pvtce_uapi::PVTCE_MODE_PVTCE => Some(Mode::Pvtce),
+            pvtce_uapi::PVTCE_MODE_USERSPACE => Some(Mode::Userspace),
             _ => None,
         }
     }

@@ -12,6 +12,7 @@ mod fallback;
 mod faults;
 mod fpregs;
 mod pvtce;
+mod realguest;
 mod rig;
 mod smoke;
 
@@ -43,11 +44,22 @@ const TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
-/// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md); `abort-probe`
-/// aborts the binary on purpose, to show that the host fails such a run (`cargo xtask vm smoke abort-probe`
-/// must fail: docs/machine.md).
-const PROBES: &[(&str, TestFn)] =
-    &[("conf-probe", conformance::probe), ("bench", bench::bench), ("abort-probe", abort_probe)];
+/// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md); the `real-*`
+/// scenarios need the real-guest boot (the Debian overlay and L0's NVMe), which xtask starts for them;
+/// `abort-probe` aborts the binary on purpose, to show that the host fails such a run
+/// (`cargo xtask vm smoke abort-probe` must fail: docs/machine.md).
+const PROBES: &[(&str, TestFn)] = &[
+    ("conf-probe", conformance::probe),
+    ("bench", bench::bench),
+    ("real-pvtce-ddw", realguest::pvtce_ddw),
+    ("real-pvtce-noddw", realguest::pvtce_noddw),
+    ("real-builtin-ddw", realguest::builtin_ddw),
+    ("real-builtin-noddw", realguest::builtin_noddw),
+    ("real-userspace-ddw", realguest::userspace_ddw),
+    ("real-userspace-noddw", realguest::userspace_noddw),
+    ("real-options", realguest::options),
+    ("abort-probe", abort_probe),
+];
 
 /// Panics, which `panic = "abort"` turns into SIGABRT: the tests after it never run.
 fn abort_probe() -> Result<String, String> {

@@ -66,6 +66,13 @@ struct pvtce_exchange {
 /* Which implementation creates new windows (existing ones keep theirs). */
 #define PVTCE_MODE_BUILTIN 0 /* Linux's built-in code (pvtce declines) */
 #define PVTCE_MODE_PVTCE   1 /* pvtce (the default once loaded) */
+/*
+ * Neither: KVM_CREATE_SPAPR_TCE_64 fails with EOPNOTSUPP, so the VMM keeps the window in its own memory and
+ * handles every TCE hypercall itself (QEMU falls back on any failure of that ioctl), and
+ * KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE with tablefd -1 (what QEMU then links) succeeds and links nothing. For
+ * side-by-side runs of an unmodified VMM's userspace path.
+ */
+#define PVTCE_MODE_USERSPACE 2
 
 struct pvtce_mode {
 	__u32 argsz;
