@@ -11,6 +11,7 @@ mod fallback;
 mod faults;
 mod fpregs;
 mod pvtce;
+mod race;
 mod rig;
 mod smoke;
 mod vmmrig;
@@ -40,6 +41,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
     ("conformance", conformance::conformance),
+    ("race-unregister", race::race_unregister),
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
