@@ -155,10 +155,11 @@ impl IommuTable {
 
 /// One `it_userspace` slot: the big-endian user address mapped by a hardware entry.
 ///
-/// pvtce writes it under the window lock, after the `iommu_tce_xchg_no_kill` that made the entry its own; VFIO
-/// (`tce_iommu_clear` when its container goes) reads and zeroes it after its own exchange of the same entry.
-/// The exchange is atomic, so for each old entry exactly one side owns the slot; the accesses are volatile
-/// because the other side's are plain C loads and stores of an aligned word.
+/// pvtce writes it under the window lock, after the `iommu_tce_xchg_no_kill` that made the entry its own. VFIO
+/// writes it too, without that lock: when the VMM maps through the same table (`tce_iommu_build_v2`), and when
+/// it clears the table (`tce_iommu_clear` reads and zeroes it when its container goes). Each side touches the
+/// slot only after its own atomic exchange of the entry, so for each entry value exactly one side owns it; the
+/// accesses are volatile because the other side's are plain C loads and stores of an aligned word.
 ///
 /// # Invariants
 /// `ptr` points at an aligned word of the table's userspace array, alive while the borrowed table is.
