@@ -38,6 +38,7 @@ unsafe extern "C" {
     fn pvtce_glue_gpa_to_ua(kvm: *mut Vm, gpa: u64, ua: *mut u64) -> c_int;
     fn pvtce_glue_host_read(groupfd: c_int, table: u32, first: u64, count: u64, out: *mut u64) -> c_long;
     fn pvtce_glue_timebase() -> u64;
+    fn pvtce_glue_current_mm_is(mm: *mut c_void) -> bool;
 
     // virt/kvm/kvm_main.c (exported, but outside the kernel crate's bindings)
     fn kvm_get_kvm(kvm: *mut Vm);
@@ -170,6 +171,16 @@ pub(crate) fn host_read(groupfd: i32, table: u32, first: u64, out: &mut [u64]) -
 pub(crate) fn timebase() -> u64 {
     // SAFETY: reads a register; no arguments.
     unsafe { pvtce_glue_timebase() }
+}
+
+/// Whether the calling task's mm is `mm` (compared as pointers).
+///
+/// Not `kernel::current!().mm()`: on this 7.3 ppc64le build bindgen's `struct task_struct` is laid out
+/// differently from C's (`mm` at 0x530 instead of 0x560: `struct sched_statistics` comes out empty and
+/// without its cache-line alignment), so the kernel crate reads the wrong field. glue.c reads `current->mm`.
+pub(crate) fn current_mm_is(mm: &Mm) -> bool {
+    // SAFETY: glue.c compares `current->mm` with the pointer and dereferences neither.
+    unsafe { pvtce_glue_current_mm_is(mm.as_raw().cast()) }
 }
 
 /// Creates the window's anon-inode file; its `private_data` is `window`.

@@ -15,9 +15,13 @@
  * - struct iommu_table / iommu_table_group fields and it_ops callbacks (opaque in kernel::bindings), and the
  *   VFIO group behind a file for PVTCE_HOST_READ.
  * - get_tb() (an inline).
+ * - current->mm == kvm->mm (PVTCE_WINDOW_EXCHANGE's caller check). kernel::current!().mm() exists, but on this
+ *   7.3 ppc64le build bindgen lays struct task_struct out differently from C (measured: offsetof(mm) 0x530 in
+ *   kernel::bindings, 0x560 in C; struct sched_statistics comes out empty and without its cache-line
+ *   alignment), so it reads the wrong field and the check failed with EPERM for the VM's own VMM.
  * Everything else is Rust through the kernel crate: VM and table references are ARef<T> (kvm_get_kvm/
  * kvm_put_kvm, iommu_tce_table_get/put), kvm->srcu is kernel::sync::Srcu, the TCE list is read with
- * UserSlice, the caller's mm is current!()'s, locked memory is charged through bindings::account_locked_vm.
+ * UserSlice, the VM's mm is a kernel::mm::Mm, locked memory is charged through bindings::account_locked_vm.
  */
 #include <linux/anon_inodes.h>
 #include <linux/file.h>
@@ -63,6 +67,7 @@ void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *of
 __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
 long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out);
 u64 pvtce_glue_timebase(void);
+bool pvtce_glue_current_mm_is(struct mm_struct *mm);
 
 /* ---- the backend hooks ---- */
 
@@ -223,6 +228,12 @@ int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua)
 u64 pvtce_glue_timebase(void)
 {
 	return get_tb();
+}
+
+/* Whether the calling task runs in `mm` (a VM's VMM); see the header for why this is not Rust. */
+bool pvtce_glue_current_mm_is(struct mm_struct *mm)
+{
+	return current->mm == mm;
 }
 
 /* ---- the group's hardware tables ---- */

@@ -143,7 +143,10 @@ fn early(w: &KernelWindow, e: HcallError) -> i64 {
 /// H_PUT_TCE_INDIRECT: the request checks under the lock, then the list is translated and copied once, with
 /// no lock held (guest memory is read exactly once; a NeedAlloc retry reuses the copy).
 fn indirect(w: &KernelWindow, srcu: &VmSrcu<'_>, ioba: Ioba, list_gpa: u64, npages: u64) -> i64 {
-    if let Err(e) = w.state.lock().window.indirect_precheck(ioba, list_gpa, npages) {
+    // The guard must be gone before `early` locks again (an `if let` scrutinee's temporaries live through its
+    // body).
+    let pre = w.state.lock().window.indirect_precheck(ioba, list_gpa, npages);
+    if let Err(e) = pre {
         return early(w, e);
     }
     let Some(ua) = srcu.gpa_to_ua(list_gpa) else {

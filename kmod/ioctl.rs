@@ -76,8 +76,7 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
         return Err(EINVAL);
     }
     // The pages must be the caller's own, and the caller the VM's VMM.
-    let vm_mm = w.vm.mm().as_raw();
-    if kernel::current!().mm().is_none_or(|mm| mm.as_raw() != vm_mm) {
+    if !ffi::current_mm_is(w.vm.mm()) {
         return Err(EPERM);
     }
     let srcu = w.vm.srcu_read_lock();
