@@ -107,10 +107,10 @@ fn run(rig: &mut Rig) -> Result<String, String> {
         let r = errno(rig.v.container.unregister_memory(base + HALF, HALF))?;
         Ok((r, before - pins_outstanding()?))
     };
-    if unreg(rig)? != (0, PAGES) {
+    let first = unreg(rig)?;
+    if first != (0, PAGES) {
         return Err(format!(
-            "UNREGISTER_MEMORY of the unmapped racing region: (errno, pins released) {:?}, expected (0, {PAGES})",
-            unreg(rig)
+            "UNREGISTER_MEMORY of the unmapped racing region: (errno, pins released) {first:?}, expected (0, {PAGES})"
         ));
     }
     rig.v.container.register_memory(base + HALF, HALF).map_err(e("REGISTER_MEMORY again"))?;
