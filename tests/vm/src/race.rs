@@ -99,7 +99,21 @@ fn run(rig: &mut Rig) -> Result<String, String> {
     }
     let base = rig.mem.host_addr();
     let c = &rig.v.container;
+    let pins = pins_outstanding()?;
     c.unregister_memory(base, RAM as u64).map_err(e("UNREGISTER_MEMORY of the rig's RAM"))?;
+    // Its pages are unpinned by an RCU callback: wait for it, so that later pin counts see only the racing
+    // region.
+    let t = std::time::Instant::now();
+    while pins - pins_outstanding()? < 2 * PAGES && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if pins - pins_outstanding()? != 2 * PAGES {
+        return Err(format!(
+            "unregistering the rig's RAM released {} pins, expected {}",
+            pins - pins_outstanding()?,
+            2 * PAGES
+        ));
+    }
     c.register_memory(base, HALF).map_err(e("REGISTER_MEMORY, lower half"))?;
     c.register_memory(base + HALF, HALF).map_err(e("REGISTER_MEMORY, racing half"))?;
     let ps = 1u64 << SHIFT;
