@@ -9,34 +9,21 @@
 //! Only root may open it (mode 0600): it reveals host physical addresses.
 
 use crate::ffi;
+use crate::ioctl::{check_head, read_checked};
+use crate::registry;
 use crate::uapi::{
     pvtce_host_read, pvtce_mode, pvtce_window_info, pvtce_windows, PVTCE_HOST_READ, PVTCE_HOST_READ_MAX,
     PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE, PVTCE_SET_MODE,
     PVTCE_WINDOWS_MAX,
 };
-use crate::window;
+use crate::window::MODE;
+use kernel::sync::atomic::Relaxed;
 use kernel::fs::File;
 use kernel::miscdevice::{MiscDevice, MiscDeviceRegistration};
 use kernel::prelude::*;
-use kernel::sync::atomic::Relaxed;
 use kernel::uaccess::{UserPtr, UserSlice};
 
 pub(crate) struct Control;
-
-/// Reads an ioctl's argument struct from `arg`; the writer writes the answer back in place.
-pub(crate) fn read_checked<T: kernel::transmute::FromBytes>(arg: usize) -> Result<(T, kernel::uaccess::UserSliceWriter)> {
-    let size = core::mem::size_of::<T>();
-    let (mut r, w) = UserSlice::new(UserPtr::from_addr(arg), size).reader_writer();
-    Ok((r.read::<T>()?, w))
-}
-
-/// EINVAL unless the struct userspace knows is at least `size` bytes and no flag is set.
-pub(crate) fn check_head(argsz: u32, flags: u32, size: usize) -> Result {
-    if (argsz as usize) < size || flags != 0 {
-        return Err(EINVAL);
-    }
-    Ok(())
-}
 
 #[vtable]
 impl MiscDevice for Control {
@@ -55,27 +42,6 @@ impl MiscDevice for Control {
         }
         .map(|()| 0)
     }
-}
-
-/// Which implementation creates new windows (`PVTCE_MODE_*`); existing windows keep theirs.
-static MODE: kernel::sync::atomic::Atomic<u32> = kernel::sync::atomic::Atomic::new(PVTCE_MODE_PVTCE);
-
-/// What the `create_table` hook answers instead of creating a pvtce window: `None` in pvtce's mode;
-/// `ENOIOCTLCMD` hands the request to Linux's built-in code; `EOPNOTSUPP` fails `KVM_CREATE_SPAPR_TCE_64`
-/// (no window on either side), which makes QEMU keep the table in its own memory (`kvmppc_create_spapr_tce`
-/// returns no table on any error and `spapr_tce_alloc_table` then allocates one).
-pub(crate) fn create_declined() -> Option<Error> {
-    match MODE.load(Relaxed) {
-        PVTCE_MODE_PVTCE => None,
-        PVTCE_MODE_USERSPACE => Some(EOPNOTSUPP),
-        _ => Some(ENOIOCTLCMD),
-    }
-}
-
-/// For the glue's `attach_group` hook: in `PVTCE_MODE_USERSPACE` linking "no table" (fd -1) succeeds.
-#[no_mangle]
-pub(crate) extern "C" fn pvtce_rs_userspace_mode() -> bool {
-    MODE.load(Relaxed) == PVTCE_MODE_USERSPACE
 }
 
 fn set_mode(arg: usize) -> Result {
@@ -112,13 +78,14 @@ fn list_windows(arg: usize) -> Result {
     if req.capacity > PVTCE_WINDOWS_MAX {
         return Err(EINVAL);
     }
-    let infos = window::all_info(req.capacity as usize)?;
-    req.count = infos.1 as u32;
+    // References under the registry lock; each window read under its own lock only.
+    let (windows, total) = registry::all(req.capacity as usize)?;
+    req.count = total as u32;
     let size = core::mem::size_of::<pvtce_window_info>();
-    let bytes = infos.0.len().checked_mul(size).ok_or(EINVAL)?;
+    let bytes = windows.len().checked_mul(size).ok_or(EINVAL)?;
     let mut w = UserSlice::new(UserPtr::from_addr(req.entries as usize), bytes).writer();
-    for i in infos.0.iter() {
-        w.write(i)?;
+    for win in windows.iter() {
+        w.write(&win.info())?;
     }
     head.write(&req)
 }
@@ -127,10 +94,12 @@ fn list_windows(arg: usize) -> Result {
 pub(crate) struct Backend;
 
 impl Backend {
-    pub(crate) fn register() -> Result<Backend> {
-        // SAFETY: called once from the module's init, before the backend is registered (nothing can use the
-        // registry yet).
-        unsafe { window::WINDOWS.init() };
+    /// # Safety
+    /// Called once, from the module's init.
+    pub(crate) unsafe fn register() -> Result<Backend> {
+        // SAFETY: called once from the module's init (the caller's guarantee), before the backend is
+        // registered.
+        unsafe { registry::init() };
         ffi::register_backend()?;
         Ok(Backend)
     }
@@ -140,7 +109,7 @@ impl Drop for Backend {
     fn drop(&mut self) {
         // No window can be left: each window's file holds a reference on the module.
         ffi::unregister_backend();
-        window::clear_lookup();
+        registry::clear_lookup();
     }
 }
 

@@ -1,10 +1,27 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pvtce's C edge: what the Rust side cannot reach through the kernel crate. It holds no policy: it registers
- * the KVM sPAPR TCE backend (patches/linux/0003) whose hooks call into Rust, gives the window its anon-inode
- * file, and wraps the powerpc IOMMU/KVM inlines and struct fields that bindgen does not expose (struct
- * iommu_table and iommu_table_group are opaque in kernel::bindings). Every function here is declared in
- * kmod/ffi.rs and called only from there.
+ * pvtce's C edge: only what the Rust side cannot reach through the 7.3 kernel crate or its bindings. It holds no
+ * policy. Every function here is declared in kmod/ffi.rs or kmod/iommu.rs and called only from there.
+ *
+ * What stays in C, and why:
+ * - the KVM sPAPR TCE backend (patches/linux/0003): a const struct of hook pointers whose signatures take
+ *   struct kvm_vcpu; each hook only passes vcpu->kvm to its own Rust entry point (one per hook, nothing routed
+ *   twice), and h_get_tce sets r4 with kvmppc_set_gpr (an inline). The kernel crate has no KVM abstraction and
+ *   bindgen does not see kvm_host.h.
+ * - the window's anon-inode file with its own file_operations (mmap fault, release, ioctl): the kernel crate
+ *   has no anon-inode file abstraction (miscdevice only), and attach_group must recognise a pvtce table fd by
+ *   its f_op, which only C can name.
+ * - struct kvm fields (kvm->mm, &kvm->srcu) and the memslot inlines __gfn_to_memslot/__gfn_to_hva_memslot.
+ * - struct iommu_table / iommu_table_group fields and it_ops callbacks (opaque in kernel::bindings), and the
+ *   VFIO group behind a file for PVTCE_HOST_READ.
+ * - get_tb() (an inline).
+ * - current->mm == kvm->mm (PVTCE_WINDOW_EXCHANGE's caller check). kernel::current!().mm() exists, but on this
+ *   7.3 ppc64le build bindgen lays struct task_struct out differently from C (measured: offsetof(mm) 0x530 in
+ *   kernel::bindings, 0x560 in C; struct sched_statistics comes out empty and without its cache-line
+ *   alignment), so it reads the wrong field and the check failed with EPERM for the VM's own VMM.
+ * Everything else is Rust through the kernel crate: VM and table references are ARef<T> (kvm_get_kvm/
+ * kvm_put_kvm, iommu_tce_table_get/put), kvm->srcu is kernel::sync::Srcu, the TCE list is read with
+ * UserSlice, the VM's mm is a kernel::mm::Mm, locked memory is charged through bindings::account_locked_vm.
  */
 #include <linux/anon_inodes.h>
 #include <linux/file.h>
@@ -12,40 +29,45 @@
 #include <linux/kvm_host.h>
 #include <linux/mm.h>
 #include <linux/module.h>
-#include <linux/uaccess.h>
 #include <linux/vfio.h>
 #include <asm/iommu.h>
 #include <asm/kvm_ppc.h>
 #include <asm/mmu_context.h>
 
-/* Implemented in Rust (kmod/backend.rs). `window` is the pointer handed to pvtce_glue_window_fd(). */
+/*
+ * Implemented in Rust: kmod/registry.rs (create_table, has_liobn, window_release), kmod/link.rs (attach,
+ * release_group), kmod/hcall.rs (the four hypercalls), kmod/mmap.rs (window_page), kmod/ioctl.rs
+ * (window_ioctl). `window` is the pointer handed to pvtce_glue_window_fd(). Each states its caller rules in a
+ * "# Safety" section; the hooks below keep them.
+ */
 long pvtce_rs_create_table(struct kvm *kvm, u64 liobn, u32 page_shift, u64 offset, u64 size);
 bool pvtce_rs_has_liobn(struct kvm *kvm, u64 liobn);
 long pvtce_rs_attach(struct kvm *kvm, void *window, struct iommu_group *grp);
 bool pvtce_rs_userspace_mode(void);
 void pvtce_rs_release_group(struct kvm *kvm, struct iommu_group *grp);
-bool pvtce_rs_hcall(struct kvm *kvm, unsigned long nr, unsigned long liobn, unsigned long a1,
-		    unsigned long a2, unsigned long a3, long *ret, unsigned long *r4);
+bool pvtce_rs_h_put_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, unsigned long tce, long *ret);
+bool pvtce_rs_h_put_tce_indirect(struct kvm *kvm, unsigned long liobn, unsigned long ioba,
+				 unsigned long tce_list, unsigned long npages, long *ret);
+bool pvtce_rs_h_stuff_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, unsigned long tce_value,
+			  unsigned long npages, long *ret);
+bool pvtce_rs_h_get_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, long *ret,
+			unsigned long *r4);
 void pvtce_rs_window_release(void *window);
 struct page *pvtce_rs_window_page(void *window, unsigned long pgoff);
 long pvtce_rs_window_ioctl(void *window, unsigned int cmd, unsigned long arg);
 
-/* Prototypes for the functions Rust calls (kmod/ffi.rs), so that -Wmissing-prototypes stays quiet. */
+/* Prototypes for the functions Rust calls (kmod/ffi.rs, kmod/iommu.rs): -Wmissing-prototypes stays quiet. */
 int pvtce_glue_register(void);
 void pvtce_glue_unregister(void);
 int pvtce_glue_window_fd(void *window);
-void pvtce_glue_kvm_get(struct kvm *kvm);
-void pvtce_glue_kvm_put(struct kvm *kvm);
 struct mm_struct *pvtce_glue_kvm_mm(struct kvm *kvm);
+struct srcu_struct *pvtce_glue_kvm_srcu(struct kvm *kvm);
 int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua);
-int pvtce_glue_copy_from_user(void *dst, u64 ua, unsigned long len);
 struct iommu_table *pvtce_glue_group_table(struct iommu_group *grp, int i);
 void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size);
 __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
-int pvtce_glue_account_locked(struct kvm *kvm, unsigned long pages, bool inc);
 long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out);
 u64 pvtce_glue_timebase(void);
-void pvtce_glue_kvm_synchronize_srcu(struct kvm *kvm);
 bool pvtce_glue_current_mm_is(struct mm_struct *mm);
 
 /* ---- the backend hooks ---- */
@@ -78,43 +100,36 @@ static long pvtce_attach_group(struct kvm *kvm, int tablefd, struct iommu_group 
 	return pvtce_rs_attach(kvm, fd_file(f)->private_data, grp);
 }
 
-/* The hypercalls run in the vCPU thread: current->mm is the VMM's and kvm->srcu protects the memslots. */
-static bool pvtce_hcall(struct kvm_vcpu *vcpu, unsigned long nr, unsigned long liobn, unsigned long a1,
-			unsigned long a2, unsigned long a3, long *ret)
-{
-	unsigned long r4 = 0;
-	bool handled;
-	int idx;
-
-	idx = srcu_read_lock(&vcpu->kvm->srcu);
-	handled = pvtce_rs_hcall(vcpu->kvm, nr, liobn, a1, a2, a3, ret, &r4);
-	srcu_read_unlock(&vcpu->kvm->srcu, idx);
-	if (handled && nr == H_GET_TCE && *ret == H_SUCCESS)
-		kvmppc_set_gpr(vcpu, 4, r4);
-	return handled;
-}
-
+/*
+ * The hypercalls run in the vCPU thread (current->mm is the VMM's); Rust enters kvm->srcu itself.
+ */
 static bool pvtce_h_put_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba,
 			    unsigned long tce, long *ret)
 {
-	return pvtce_hcall(vcpu, H_PUT_TCE, liobn, ioba, tce, 0, ret);
+	return pvtce_rs_h_put_tce(vcpu->kvm, liobn, ioba, tce, ret);
 }
 
 static bool pvtce_h_put_tce_indirect(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba,
 				     unsigned long tce_list, unsigned long npages, long *ret)
 {
-	return pvtce_hcall(vcpu, H_PUT_TCE_INDIRECT, liobn, ioba, tce_list, npages, ret);
+	return pvtce_rs_h_put_tce_indirect(vcpu->kvm, liobn, ioba, tce_list, npages, ret);
 }
 
 static bool pvtce_h_stuff_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba,
 			      unsigned long tce_value, unsigned long npages, long *ret)
 {
-	return pvtce_hcall(vcpu, H_STUFF_TCE, liobn, ioba, tce_value, npages, ret);
+	return pvtce_rs_h_stuff_tce(vcpu->kvm, liobn, ioba, tce_value, npages, ret);
 }
 
 static bool pvtce_h_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba, long *ret)
 {
-	return pvtce_hcall(vcpu, H_GET_TCE, liobn, ioba, 0, 0, ret);
+	unsigned long r4 = 0;
+
+	if (!pvtce_rs_h_get_tce(vcpu->kvm, liobn, ioba, ret, &r4))
+		return false;
+	if (*ret == H_SUCCESS)
+		kvmppc_set_gpr(vcpu, 4, r4);
+	return true;
 }
 
 static const struct kvmppc_tce_backend pvtce_backend = {
@@ -196,19 +211,15 @@ int pvtce_glue_window_fd(void *window)
 
 /* ---- KVM ---- */
 
-void pvtce_glue_kvm_get(struct kvm *kvm)
-{
-	kvm_get_kvm(kvm);
-}
-
-void pvtce_glue_kvm_put(struct kvm *kvm)
-{
-	kvm_put_kvm(kvm);
-}
-
 struct mm_struct *pvtce_glue_kvm_mm(struct kvm *kvm)
 {
 	return kvm->mm;
+}
+
+/* kvm->srcu: Rust borrows it as a kernel::sync::Srcu (read sections, synchronize). */
+struct srcu_struct *pvtce_glue_kvm_srcu(struct kvm *kvm)
+{
+	return &kvm->srcu;
 }
 
 /* Guest physical to VMM user address through the memslots; the caller holds kvm->srcu. */
@@ -223,33 +234,16 @@ int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua)
 	return 0;
 }
 
-/* Waits for every hypercall of `kvm` in flight (the hooks run them under kvm->srcu). */
-void pvtce_glue_kvm_synchronize_srcu(struct kvm *kvm)
-{
-	synchronize_srcu_expedited(&kvm->srcu);
-}
-
 /* The timebase, which L2's mftb also counts: the benchmark compares the two directly. */
 u64 pvtce_glue_timebase(void)
 {
 	return get_tb();
 }
 
-/* Whether the calling task runs in `mm` (a VM's VMM). */
+/* Whether the calling task runs in `mm` (a VM's VMM); see the header for why this is not Rust. */
 bool pvtce_glue_current_mm_is(struct mm_struct *mm)
 {
 	return current->mm == mm;
-}
-
-/* Copies from the current task's (the VMM's) memory; 0 or -EFAULT. */
-int pvtce_glue_copy_from_user(void *dst, u64 ua, unsigned long len)
-{
-	return copy_from_user(dst, (const void __user *)ua, len) ? -EFAULT : 0;
-}
-
-int pvtce_glue_account_locked(struct kvm *kvm, unsigned long pages, bool inc)
-{
-	return account_locked_vm(kvm->mm, pages, inc);
 }
 
 /* ---- the group's hardware tables ---- */

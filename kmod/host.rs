@@ -1,19 +1,27 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! pvtce-core's [`Host`] in the kernel: memslots, the VMM's preregistered memory, and the hardware tables of
-//! the groups linked to a window, with Linux's bookkeeping: each mapped hardware entry counts one use of
-//! its preregistered region (`mm_iommu_mapped_inc`) and records its user address in `it_userspace`, which
-//! VFIO's sPAPR v2 code reads when it clears the table.
+//! the groups linked to a window, with Linux's bookkeeping: each mapped hardware entry holds one use of its
+//! preregistered region (`mm_iommu_mapped_inc`) and records its user address in `it_userspace`, which VFIO's
+//! sPAPR v2 code reads when it clears the table.
+//!
+//! A region is looked up and used inside one RCU read section ([`iommu::Prereg`]); an entry keeps its region
+//! by its mapped count ([`iommu::MappedUse`]).
 
-use crate::ffi::{self, Kvm, MmStruct, TableRef, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
+use crate::ffi::VmSrcu;
+use crate::iommu::{self, IommuTable, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
 use crate::pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};
 use crate::pvtce_core::types::{PageShift, Perm};
 use core::ffi::c_int;
+use kernel::mm::Mm;
+use kernel::sync::aref::ARef;
+use kernel::sync::rcu;
+use kernel::uaccess::{UserPtr, UserSlice};
 
 /// One hardware table linked to a window.
 pub(crate) struct HostLink {
     pub(crate) id: HostTableId,
-    pub(crate) table: TableRef,
+    pub(crate) table: ARef<IommuTable>,
     /// The address of the group it came from, as an identity only (never dereferenced): `release_group`
     /// matches on it.
     pub(crate) group: usize,
@@ -26,9 +34,9 @@ pub(crate) struct HostCounts {
     pub(crate) kills: u64,
 }
 
+/// The host of one call into the core: it needs the VM's `kvm->srcu` held (the token) for the memslots.
 pub(crate) struct KernelHost<'a> {
-    pub(crate) kvm: *mut Kvm,
-    pub(crate) mm: *mut MmStruct,
+    pub(crate) srcu: &'a VmSrcu<'a>,
     pub(crate) links: &'a [HostLink],
     pub(crate) counts: HostCounts,
 }
@@ -52,6 +60,14 @@ fn dir_to_bits(d: c_int) -> u64 {
 }
 
 impl<'a> KernelHost<'a> {
+    pub(crate) fn new(srcu: &'a VmSrcu<'a>, links: &'a [HostLink]) -> Self {
+        KernelHost { srcu, links, counts: HostCounts::default() }
+    }
+
+    fn mm(&self) -> &'a Mm {
+        self.srcu.vm().mm()
+    }
+
     fn link(&self, id: HostTableId) -> Option<&'a HostLink> {
         let links: &'a [HostLink] = self.links;
         links.iter().find(|l| l.id == id)
@@ -66,9 +82,12 @@ impl<'a> KernelHost<'a> {
         if ua == 0 {
             return;
         }
-        // SAFETY: `mm` is the VM's mm, alive while the VM (which holds this window) is.
-        if let Some(mem) = unsafe { ffi::prereg_lookup(self.mm, ua, page_size) } {
-            mem.mapped_dec();
+        let rcu = rcu::read_lock();
+        // The old entry's count keeps its region registered, and regions do not overlap: this finds it.
+        if let Some(mem) = iommu::prereg_lookup(&rcu, self.mm(), ua, page_size) {
+            // SAFETY: the old entry, just exchanged away by us, held one count on this region (kept by
+            // `table_exchange` below when it mapped the entry).
+            unsafe { mem.mapped_dec() };
         }
         slot.set(0);
     }
@@ -76,14 +95,12 @@ impl<'a> KernelHost<'a> {
 
 impl Host for KernelHost<'_> {
     fn gpa_to_ua(&self, gpa: u64) -> Option<u64> {
-        // SAFETY: the hypercall hooks hold kvm->srcu around every call into the core (glue.c), and the VM
-        // is alive while its vCPU runs the hypercall.
-        unsafe { ffi::gpa_to_ua(self.kvm, gpa) }
+        self.srcu.gpa_to_ua(gpa)
     }
 
     fn prereg_lookup(&self, ua: u64, len: u64) -> Option<Backing> {
-        // SAFETY: `mm` is the VM's mm, alive with the VM.
-        let mem = unsafe { ffi::prereg_lookup(self.mm, ua, len) }?;
+        let rcu = rcu::read_lock();
+        let mem = iommu::prereg_lookup(&rcu, self.mm(), ua, len)?;
         let shift = len.trailing_zeros();
         // Linux's region keeps one host address per PAGE_SIZE page and refuses an IOMMU page larger than
         // the region's smallest page: report the backing as at least PAGE_SIZE, or smaller than asked.
@@ -111,26 +128,37 @@ impl Host for KernelHost<'_> {
         let Some(l) = self.link(id) else {
             return HostTce::EMPTY;
         };
-        let page_size = 1u64 << l.table.geometry().page_shift;
+        let geometry = l.table.geometry();
+        let page_size = 1u64 << geometry.page_shift;
         let dir = perm_to_dir(new.perm());
-        let mut mem = None;
+        let mut used = None;
         if dir != DMA_NONE {
-            // SAFETY: `mm` is the VM's mm, alive with the VM.
-            mem = unsafe { ffi::prereg_lookup(self.mm, ua, page_size) };
-            match mem {
-                Some(m) if m.mapped_inc() => {}
-                // Validated by the core before any change (table_ready/prereg_lookup): cannot happen
-                // unless the VMM unregistered memory in between; leave the entry as it is.
-                _ => return HostTce::EMPTY,
+            // Lookup and count in one RCU section: an unregistered region is freed only after it ends, and
+            // once counted it cannot be unregistered.
+            let rcu = rcu::read_lock();
+            let Some(u) = iommu::prereg_lookup(&rcu, self.mm(), ua, page_size).and_then(|m| m.mapped_inc()) else {
+                // Validated by the core before any change: the VMM unregistered the memory in between. Leave
+                // the entry as it is.
+                return HostTce::EMPTY;
+            };
+            drop(rcu);
+            // The region may have been unregistered and registered again since the core translated `ua`:
+            // map only the page the counted region pins.
+            let pinned = u.ua_to_hpa(ua, geometry.page_shift).map(|h| h & !(page_size - 1));
+            if pinned != Some(new.hpa() & !(page_size - 1)) {
+                return HostTce::EMPTY;
             }
+            used = Some(u);
         }
         self.counts.updates += 1;
-        match l.table.exchange(self.mm, index, new.hpa(), dir) {
+        match l.table.exchange(self.mm(), index, new.hpa(), dir) {
             Ok((old_hpa, old_dir)) => {
                 if old_dir != DMA_NONE {
                     self.release_old(l, index, page_size);
                 }
-                if dir != DMA_NONE {
+                if let Some(u) = used {
+                    // The entry holds the count from now on (released by `release_old` or VFIO's clear).
+                    u.keep();
                     if let Some(slot) = l.table.useraddr(index, true) {
                         slot.set(ua);
                     }
@@ -141,12 +169,8 @@ impl Host for KernelHost<'_> {
                     HostTce(old_hpa | dir_to_bits(old_dir))
                 }
             }
-            Err(_) => {
-                if let Some(m) = mem {
-                    m.mapped_dec();
-                }
-                HostTce::EMPTY
-            }
+            // `used` drops its count here.
+            Err(_) => HostTce::EMPTY,
         }
     }
 
@@ -158,6 +182,13 @@ impl Host for KernelHost<'_> {
     }
 
     fn read_tce_list(&mut self, ua: u64, buf: &mut [u64]) -> bool {
-        ffi::copy_words_from_user(ua, buf)
+        read_words(ua, buf).is_ok()
     }
+}
+
+/// Copies `buf.len()` words from the current task's (the VMM's) memory at `ua`, once, as loaded.
+pub(crate) fn read_words(ua: u64, buf: &mut [u64]) -> kernel::error::Result {
+    use kernel::transmute::AsBytes;
+    let len = core::mem::size_of_val(buf);
+    UserSlice::new(UserPtr::from_addr(ua as usize), len).reader().read_slice(buf.as_bytes_mut())
 }

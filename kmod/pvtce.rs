@@ -7,20 +7,35 @@
 //! `KVM_CREATE_SPAPR_TCE_64` while it is loaded (and in `PVTCE_MODE_PVTCE`) are pvtce's; the others stay
 //! Linux's built-in ones. `pvtce-core` decides; this module executes.
 //!
-//! - [`control`]: `/dev/pvtce` (mode, host-table read, window list) and the backend registration.
-//! - [`window`]: window objects, their registry and the entry points the backend hooks call.
+//! Files by object; each imports only those listed before it (no cycle):
+//! - [`ffi`]: the KVM side of the C edge: the VM ([`ffi::Vm`], `ARef`-counted), its `kvm->srcu` token, its
+//!   mm; the backend registration and the window file of kmod/glue.c.
+//! - [`iommu`]: the powerpc IOMMU side: hardware tables, `it_userspace`, preregistered memory under RCU.
+//! - [`store`]: the guest-visible table's pages. [`stats`]: a window's counters. [`shadow`]: the pages
+//!   behind the table fd's mmap.
 //! - [`host`]: pvtce-core's `Host` over memslots, preregistered memory and the hardware tables.
-//! - [`store`]: the guest-visible table's pages.
-//! - [`ffi`]: the one FFI edge (powerpc IOMMU/KVM functions and kmod/glue.c).
+//! - [`window`]: [`window::KernelWindow`], one guest DMA window (core's `Window` and what it owns).
+//! - [`registry`]: every window; the `create_table`, `has_liobn` and table fd release hooks.
+//! - [`link`]: the `attach_group` and `release_group` hooks. [`hcall`]: the four hypercall hooks.
+//!   [`mmap`]: the table fd's fault. [`ioctl`]: the table fd's ioctls and the argument helpers.
+//! - [`control`]: `/dev/pvtce` (mode, host-table read, window list) and the backend's lifetime.
 
 use kernel::miscdevice::{MiscDeviceOptions, MiscDeviceRegistration};
 use kernel::prelude::*;
 
 mod control;
 mod ffi;
+mod hcall;
 mod host;
+mod ioctl;
+mod iommu;
+mod link;
+mod mmap;
 #[allow(dead_code, unreachable_pub)]
 mod pvtce_core;
+mod registry;
+mod shadow;
+mod stats;
 mod store;
 mod window;
 
@@ -55,6 +70,12 @@ module! {
     authors: ["pvtce developers"],
     description: "PAPR TCE hypercalls handled in the host kernel",
     license: "GPL",
+    params: {
+        bench_ioctls: bool {
+            default: false,
+            description: "Offer the benchmark-only PVTCE_WINDOW_EXCHANGE on table fds (ENOTTY when off)",
+        },
+    },
 }
 
 #[pin_data(PinnedDrop)]
@@ -68,8 +89,14 @@ impl kernel::InPlaceModule for Pvtce {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             _backend: {
-                let b = control::Backend::register()?;
-                pr_info!("loaded (PAGE_SIZE {}, new windows: {})\n", kernel::page::PAGE_SIZE, control::mode_name());
+                // SAFETY: the module's init runs once.
+                let b = unsafe { control::Backend::register() }?;
+                pr_info!(
+                    "loaded (PAGE_SIZE {}, new windows: {}, bench_ioctls {})\n",
+                    kernel::page::PAGE_SIZE,
+                    control::mode_name(),
+                    module_parameters::bench_ioctls.value()
+                );
                 b
             },
             _control <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"pvtce" }),
@@ -80,6 +107,6 @@ impl kernel::InPlaceModule for Pvtce {
 #[pinned_drop]
 impl PinnedDrop for Pvtce {
     fn drop(self: Pin<&mut Self>) {
-        pr_info!("unloaded ({} windows left)\n", window::count());
+        pr_info!("unloaded ({} windows left)\n", registry::count());
     }
 }

@@ -2,8 +2,9 @@
 
 //! The guest-visible table's pages: pvtce-core's [`PageStore`] over kmalloc'ed 4 KiB blocks.
 //!
-//! The core never allocates: when its reserve is short it answers `NeedAlloc`, and the caller fills the
-//! reserve with [`KernelStore::refill`] outside the window lock, then retries.
+//! The core never allocates: when its reserve is short it answers `NeedAlloc`; the caller allocates the blocks
+//! with [`KernelStore::alloc`] outside the window lock, hands them over with [`KernelStore::add`] under it, and
+//! retries (kmod/hcall.rs).
 
 use crate::pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
 use kernel::prelude::*;

@@ -7,7 +7,8 @@
 //! - `demo`: everything above, then the smoke scenario with a readable summary.
 //! - `bench`: one boot running the in-VM benchmark (three TCE paths, two windows), plus the native criterion
 //!   benchmark of pvtce-core; writes docs/bench/ (see docs/bench/README.md). Never part of `test`.
-//! - `test`: host tests (unit, property, fuzz replay, formatting, clippy), then every in-VM test.
+//! - `test`: host tests (unit, property, fuzz replay, formatting, clippy), clippy on pvtce.ko (`CLIPPY=1`), then
+//!   every in-VM test.
 //!
 //! Each stage prints one line as it starts and one as it ends, with its time.
 
@@ -309,6 +310,7 @@ fn real_main(args: &[String], st: &mut Stages) -> Result<()> {
             setup(st)?;
             host_tests(st)?;
             let b = build_all(st)?;
+            st.run("module-clippy", || kernel::module_clippy(&b.kernel).map(|()| "CLIPPY=1: no warnings".into()))?;
             // The checked-in powerpc KVM bindings against bindgen's output for this kernel's headers (it needs
             // the patched tree the kernel stage made, so it runs here rather than with the host tests).
             st.run("kvm-bindings", || {

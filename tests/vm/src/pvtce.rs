@@ -15,7 +15,8 @@ fn check(what: &str, got: i64, want: i64) -> Result<(), String> {
 /// Maps with H_PUT_TCE and H_PUT_TCE_INDIRECT, proves both with DMA, clears with H_STUFF_TCE and proves the
 /// DMA is then refused; `tce_shift` 12 is the 4K-TCE-on-64K-host case, 16 the 64K one.
 fn scenario(tce_shift: u32) -> Result<String, String> {
-    sh("modprobe pvtce")?;
+    // bench_ioctls=1: the scenario also checks the benchmark's PVTCE_WINDOW_EXCHANGE.
+    sh("modprobe pvtce bench_ioctls=1")?;
     let result = (|| {
         let rig = Rig::new(Windows::Linked { tce_shift, size: 1 << 28 })?;
         // Every failure says which hypercalls left the kernel.

@@ -4,23 +4,56 @@
 
 use crate::rig::{call, sh, Rig, Windows, H_GET_TCE, H_PARAMETER, H_PUT_TCE, H_SUCCESS, LIOBN, TCE_R, TCE_W};
 
-/// pvtce.ko loads, reports the 64K host page size, and unloads.
+/// pvtce.ko loads, reports the 64K host page size, and unloads; the benchmark-only `PVTCE_WINDOW_EXCHANGE` is
+/// refused (ENOTTY, as a command the table fd does not have) unless the module is loaded with
+/// `bench_ioctls=1`.
 pub fn module_load() -> Result<String, String> {
     sh("modprobe pvtce")?;
     let lsmod = sh("cat /proc/modules")?;
     if !lsmod.lines().any(|l| l.starts_with("pvtce ")) {
         return Err("pvtce not in /proc/modules after modprobe".into());
     }
+    let off = exchange_errno();
     sh("rmmod pvtce")?;
     let log = sh("dmesg")?;
     let loaded = log.lines().rev().find(|l| l.contains("pvtce: loaded")).ok_or("no 'pvtce: loaded' line in dmesg")?;
-    if !loaded.contains("PAGE_SIZE 65536") {
-        return Err(format!("expected a 64K-page host: {loaded}"));
+    if !loaded.contains("PAGE_SIZE 65536") || !loaded.contains("bench_ioctls false") {
+        return Err(format!("expected a 64K-page host and bench_ioctls off by default: {loaded}"));
     }
     if !log.contains("pvtce: unloaded") {
         return Err("no 'pvtce: unloaded' line in dmesg".into());
     }
-    Ok("modprobe + rmmod, PAGE_SIZE 65536".into())
+    let off = off?;
+    if off != libc::ENOTTY {
+        return Err(format!("PVTCE_WINDOW_EXCHANGE with bench_ioctls off: errno {off}, expected ENOTTY"));
+    }
+    sh("modprobe pvtce bench_ioctls=1")?;
+    let on = exchange_errno();
+    sh("rmmod pvtce")?;
+    // With the ioctl on, the same request reaches its checks: the window is linked to no table (ENODEV).
+    let on = on?;
+    if on != libc::ENODEV {
+        return Err(format!("PVTCE_WINDOW_EXCHANGE with bench_ioctls=1: errno {on}, expected ENODEV (no link)"));
+    }
+    Ok("modprobe + rmmod, PAGE_SIZE 65536; PVTCE_WINDOW_EXCHANGE refused with ENOTTY by default, reaches its checks (ENODEV) with bench_ioctls=1".into())
+}
+
+/// The errno of `PVTCE_WINDOW_EXCHANGE` on a fresh, unlinked pvtce window of a VM of its own (0 if it passed).
+fn exchange_errno() -> Result<i32, String> {
+    use pvtce_vmm_glue::kvm;
+    let k = kvm::Kvm::open().map_err(crate::rig::e("open /dev/kvm"))?;
+    let vm = k.create_vm().map_err(crate::rig::e("create VM"))?;
+    let t = vm.create_tce_table(0x8000_0000, 16, 0, 256).map_err(crate::rig::e("KVM_CREATE_SPAPR_TCE_64"))?;
+    if t.info().map_err(crate::rig::e("PVTCE_WINDOW_INFO"))?.is_none() {
+        return Err("the window is Linux's built-in one; pvtce did not take it".into());
+    }
+    let scratch = vec![0u8; 1 << 17];
+    let ua = (scratch.as_ptr() as u64 + 0xffff) & !0xffff;
+    Ok(match t.bare_exchange(0, 1, ua) {
+        Ok(_) => 0,
+        Err(pvtce_vmm_glue::Error::WindowExchange { source, .. }) => source.raw_os_error().unwrap_or(-1),
+        Err(other) => return Err(format!("PVTCE_WINDOW_EXCHANGE: {other}")),
+    })
 }
 
 pub fn smoke() -> Result<String, String> {

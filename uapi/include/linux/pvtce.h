@@ -5,6 +5,8 @@
  *
  * - PVTCE_WINDOW_INFO on a window's table fd (one that pvtce created): geometry and statistics.
  * - PVTCE_WINDOW_EXCHANGE on such a fd: times the module's bare host-table update (the benchmark's floor).
+ *   Not part of the production surface: a module loaded without `bench_ioctls=1` answers ENOTTY, as for a
+ *   command the fd does not have.
  * - /dev/pvtce, the control device: which implementation creates new windows (side-by-side runs against
  *   Linux's built-in code), a read of a VFIO group's hardware table entries (for conformance tests), and
  *   the list of windows with their statistics (for the pvtce CLI).
@@ -44,6 +46,7 @@ struct pvtce_window_info {
 #define PVTCE_WINDOW_INFO _IOWR(PVTCE_IOCTL_TYPE, 0x00, struct pvtce_window_info)
 
 /*
+ * Benchmark only (module parameter bench_ioctls=1; ENOTTY otherwise).
  * The host-table update alone, as a hypercall performs it but without one: on the window's first linked
  * hardware table, map `count` entries from window entry `first` to the VMM's preregistered pages from `ua`
  * (exchange each, then one invalidation), then clear them the same way. Only the VMM of the window's VM may

@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The four TCE hypercalls, one entry point per KVM hook (kmod/glue.c calls each from its own hook; nothing
+//! is routed twice). Each enters the VM's `kvm->srcu` ([`VmSrcu`]: memslots, and the window found without a
+//! reference), finds the window, and has pvtce-core decide; this module executes.
+//!
+//! The hypercalls run in the vCPU thread: `current`'s mm is the VMM's, which the TCE list is copied from.
+
+use crate::ffi::{Vm, VmSrcu};
+use crate::host::{read_words, KernelHost};
+use crate::pvtce_core::error::HcallError;
+use crate::pvtce_core::table::NeedAlloc;
+use crate::pvtce_core::types::{Ioba, Tce};
+use crate::pvtce_core::window::{Outcome, Request};
+use crate::registry::with_window;
+use crate::stats::Kind;
+use crate::store::KernelStore;
+use crate::window::KernelWindow;
+use core::ffi::{c_long, c_ulong};
+use kernel::prelude::*;
+
+const H_SUCCESS: i64 = 0;
+
+/// Most `NeedAlloc` rounds one hypercall may take (each adds what the core asked for, so one is enough
+/// unless another vCPU took the pages in between).
+const MAX_ALLOC_ROUNDS: usize = 4;
+
+/// Runs `f` on the VM's window `liobn` inside a `kvm->srcu` read section, and stores its return code in
+/// `*ret`; false (`*ret` untouched) when the LIOBN is not a pvtce window.
+///
+/// # Safety
+/// `kvm` must be a live `struct kvm` and `ret` valid for a write, for the call.
+unsafe fn run(
+    kvm: *mut Vm,
+    liobn: c_ulong,
+    ret: *mut c_long,
+    f: impl FnOnce(&KernelWindow, &VmSrcu<'_>) -> i64,
+) -> bool {
+    // SAFETY: `kvm` is live for the call (the caller's guarantee).
+    let vm = unsafe { Vm::from_raw(kvm) };
+    let srcu = vm.srcu_read_lock();
+    let Some(code) = with_window(&srcu, liobn, |w| f(w, &srcu)) else {
+        return false;
+    };
+    // SAFETY: `ret` is valid for a write (the caller's guarantee).
+    unsafe { *ret = code as c_long };
+    true
+}
+
+/// `h_put_tce` hook.
+///
+/// # Safety
+/// `kvm` must be the live VM of the calling vCPU thread and `ret` valid for a write, for the call.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce(
+    kvm: *mut Vm,
+    liobn: c_ulong,
+    ioba: c_ulong,
+    tce: c_ulong,
+    ret: *mut c_long,
+) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        run(kvm, liobn, ret, |w, srcu| execute(w, srcu, Kind::Put, &Request::Put { ioba: Ioba(ioba), tce: Tce(tce) }))
+    }
+}
+
+/// `h_stuff_tce` hook.
+///
+/// # Safety
+/// As [`pvtce_rs_h_put_tce`].
+#[no_mangle]
+pub(crate) unsafe extern "C" fn pvtce_rs_h_stuff_tce(
+    kvm: *mut Vm,
+    liobn: c_ulong,
+    ioba: c_ulong,
+    value: c_ulong,
+    npages: c_ulong,
+    ret: *mut c_long,
+) -> bool {
+    let request = Request::Stuff { ioba: Ioba(ioba), value: Tce(value), npages };
+    // SAFETY: forwarded from the caller.
+    unsafe { run(kvm, liobn, ret, |w, srcu| execute(w, srcu, Kind::Stuff, &request)) }
+}
+
+/// `h_put_tce_indirect` hook.
+///
+/// # Safety
+/// As [`pvtce_rs_h_put_tce`]; the calling thread's mm must be the VM's (a vCPU thread's is).
+#[no_mangle]
+pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce_indirect(
+    kvm: *mut Vm,
+    liobn: c_ulong,
+    ioba: c_ulong,
+    list: c_ulong,
+    npages: c_ulong,
+    ret: *mut c_long,
+) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe { run(kvm, liobn, ret, |w, srcu| indirect(w, srcu, Ioba(ioba), list, npages)) }
+}
+
+/// `h_get_tce` hook: the entry goes to `*r4` on H_SUCCESS (glue.c sets the vCPU's r4 from it).
+///
+/// # Safety
+/// As [`pvtce_rs_h_put_tce`], and `r4` valid for a write.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
+    kvm: *mut Vm,
+    liobn: c_ulong,
+    ioba: c_ulong,
+    ret: *mut c_long,
+    r4: *mut c_ulong,
+) -> bool {
+    let mut value = 0u64;
+    // SAFETY: forwarded from the caller.
+    let handled = unsafe { run(kvm, liobn, ret, |w, _| get(w, Ioba(ioba), &mut value)) };
+    // SAFETY: `r4` is valid for a write (the caller's guarantee).
+    unsafe { *r4 = value as c_ulong };
+    handled
+}
+
+fn get(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> i64 {
+    let mut s = w.state.lock();
+    let r = s.window.get_tce(&s.store, ioba);
+    s.stats.call(Kind::Get, r.map(|_| ()));
+    match r {
+        Ok(v) => {
+            // A range the VMM mapped answers what the VMM wrote there (Linux's mapped table is the table).
+            *value = s.shadows.get(w.entry_of(ioba)).unwrap_or(v);
+            H_SUCCESS
+        }
+        Err(e) => e.as_i64(),
+    }
+}
+
+/// Counts a call that ended before the core ran (an H_PUT_TCE_INDIRECT precheck or list copy).
+fn early(w: &KernelWindow, e: HcallError) -> i64 {
+    w.state.lock().stats.call(Kind::Indirect, Err(e));
+    e.as_i64()
+}
+
+/// H_PUT_TCE_INDIRECT: the request checks under the lock, then the list is translated and copied once, with
+/// no lock held (guest memory is read exactly once; a NeedAlloc retry reuses the copy).
+fn indirect(w: &KernelWindow, srcu: &VmSrcu<'_>, ioba: Ioba, list_gpa: u64, npages: u64) -> i64 {
+    // The guard must be gone before `early` locks again (an `if let` scrutinee's temporaries live through its
+    // body).
+    let pre = w.state.lock().window.indirect_precheck(ioba, list_gpa, npages);
+    if let Err(e) = pre {
+        return early(w, e);
+    }
+    let Some(ua) = srcu.gpa_to_ua(list_gpa) else {
+        return early(w, HcallError::TooHard);
+    };
+    let mut list: KVec<u64> = KVec::new();
+    // `npages` <= 512: indirect_precheck.
+    if list.resize(npages as usize, 0, GFP_KERNEL).is_err() || read_words(ua, &mut list).is_err() {
+        return early(w, HcallError::TooHard);
+    }
+    execute(w, srcu, Kind::Indirect, &Request::Indirect { ioba, list: &list })
+}
+
+/// Has the core execute `request` all or nothing, allocating table pages with no lock held when it asks.
+fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_>) -> i64 {
+    for _ in 0..MAX_ALLOC_ROUNDS {
+        let need = {
+            let mut guard = w.state.lock();
+            let s = &mut *guard;
+            let mut host = KernelHost::new(srcu, &s.links);
+            let outcome = s.window.execute_all_or_nothing(&mut s.store, &mut host, request, 0);
+            s.stats.host_updates += host.counts.updates;
+            s.stats.host_kills += host.counts.kills;
+            match outcome {
+                Outcome::Done(c) => {
+                    let result = c.result.map(|_| ());
+                    s.stats.call(kind, result);
+                    s.stats.tces_changed += c.applied;
+                    if c.applied > 0 {
+                        // `applied > 0` means the ioba passed the window check.
+                        let first = w.entry_of(match request {
+                            Request::Put { ioba, .. }
+                            | Request::Stuff { ioba, .. }
+                            | Request::Indirect { ioba, .. } => *ioba,
+                        });
+                        s.refresh_shadows(first, c.applied);
+                    }
+                    return result.map_or_else(|e| e.as_i64(), |()| H_SUCCESS);
+                }
+                Outcome::NeedAlloc(NeedAlloc { pages }) => pages,
+            }
+        };
+        // Allocate with no lock held, then hand the pages over and retry.
+        let Ok(blocks) = KernelStore::alloc(need) else {
+            break;
+        };
+        if w.state.lock().store.add(blocks).is_err() {
+            break;
+        }
+    }
+    w.state.lock().stats.call(kind, Err(HcallError::TooHard));
+    HcallError::TooHard.as_i64()
+}

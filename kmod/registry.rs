@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Every pvtce window of every VM: the registry ([`WINDOWS`]), the lock-free snapshot the hypercall path
+//! reads ([`LOOKUP`]), and the hooks that make a window and end it (`create_table`, `has_liobn`, and the
+//! table fd's release).
+//!
+//! # Lock order
+//! `kvm->lock` (held by KVM around `create_table`) → [`WINDOWS`] → `KernelWindow::state`. The hypercall path
+//! does not take `WINDOWS`: it finds the window in [`LOOKUP`] under RCU, and holds no reference on it, which
+//! is sound because it runs under the VM's `kvm->srcu` ([`VmSrcu`]) and [`unregister`] waits for that before
+//! the window can go.
+
+use crate::ffi::{self, Vm, VmSrcu};
+use crate::pvtce_core::types::{PageShift, WindowGeometry};
+use crate::window::{create_declined, KernelWindow};
+use core::ffi::{c_long, c_void};
+use kernel::prelude::*;
+use kernel::sync::atomic::{Acquire, Atomic, Full};
+use kernel::sync::Arc;
+use kernel::types::ForeignOwnable;
+
+/// Most windows pvtce holds at once, over all VMs (each is at most a few KiB until used; PAPR gives a PE at
+/// most two, and a VM a handful of PEs).
+pub(crate) const MAX_WINDOWS: usize = 1024;
+
+kernel::sync::global_lock! {
+    // SAFETY: initialised by `init` in the module's init, before the backend is registered (no hook can run).
+    unsafe(uninit) static WINDOWS: Mutex<KVec<Arc<KernelWindow>>> = KVec::new();
+}
+
+/// One registered window as the hypercall path sees it.
+struct LookupEntry {
+    vm: *const Vm,
+    liobn: u64,
+    window: *const KernelWindow,
+}
+
+/// What the hypercall path reads without a lock: every window of [`WINDOWS`], as a snapshot replaced whole
+/// (under `WINDOWS`) whenever the list changes, and freed after an RCU grace period. Null means "unknown":
+/// the hypercall path then takes `WINDOWS` (only after an allocation failure, or before the first window).
+static LOOKUP: Atomic<*mut KVec<LookupEntry>> = Atomic::new(core::ptr::null_mut());
+
+/// Initialises the registry.
+///
+/// # Safety
+/// Called once, from the module's init, before the backend is registered.
+pub(crate) unsafe fn init() {
+    // SAFETY: by the caller's guarantee nothing uses `WINDOWS` yet.
+    unsafe { WINDOWS.init() };
+}
+
+/// Replaces [`LOOKUP`] with a snapshot of `list` (the caller holds [`WINDOWS`]), or with null if that cannot
+/// be allocated; returns the old snapshot, to be freed with [`retire`] once the lock is dropped.
+fn publish(list: &KVec<Arc<KernelWindow>>) -> *mut KVec<LookupEntry> {
+    let snap = (|| -> Result<KBox<KVec<LookupEntry>>> {
+        let mut v = KVec::with_capacity(list.len(), GFP_KERNEL)?;
+        for w in list.iter() {
+            let window: &KernelWindow = w;
+            v.push(LookupEntry { vm: &*w.vm, liobn: w.liobn, window }, GFP_KERNEL)?;
+        }
+        Ok(KBox::new(v, GFP_KERNEL)?)
+    })();
+    let new = snap.map_or(core::ptr::null_mut(), KBox::into_raw);
+    LOOKUP.xchg(new, Full)
+}
+
+/// Frees a snapshot [`publish`] replaced, after every RCU reader that may still see it is done.
+fn retire(old: *mut KVec<LookupEntry>) {
+    if old.is_null() {
+        return;
+    }
+    kernel::sync::rcu::synchronize_rcu();
+    // SAFETY: `old` came from `KBox::into_raw` in `publish` and is no longer in `LOOKUP`; the grace period
+    // above waited for every reader that loaded it.
+    drop(unsafe { KBox::from_raw(old) });
+}
+
+/// Empties [`LOOKUP`] (module exit: no window is left and no hook can run).
+pub(crate) fn clear_lookup() {
+    retire(LOOKUP.xchg(core::ptr::null_mut(), Full));
+}
+
+fn find(vm: &Vm, liobn: u64) -> Option<Arc<KernelWindow>> {
+    WINDOWS.lock().iter().find(|w| core::ptr::eq(&*w.vm, vm) && w.liobn == liobn).cloned()
+}
+
+/// Runs `f` on the VM's window `liobn`, if pvtce has one; the caller's `kvm->srcu` section keeps it alive.
+pub(crate) fn with_window<R>(srcu: &VmSrcu<'_>, liobn: u64, f: impl FnOnce(&KernelWindow) -> R) -> Option<R> {
+    let vm: *const Vm = srcu.vm();
+    let found = {
+        let _rcu = kernel::sync::rcu::read_lock();
+        let snap = LOOKUP.load(Acquire);
+        if snap.is_null() {
+            None
+        } else {
+            // SAFETY: a non-null `LOOKUP` points at a snapshot from `publish`, which `retire` frees only after
+            // an RCU grace period; this read section keeps it alive.
+            let snap = unsafe { &*snap };
+            Some(snap.iter().find(|e| e.vm == vm && e.liobn == liobn).map(|e| e.window))
+        }
+    };
+    match found {
+        // SAFETY: `w` was in `WINDOWS` when the snapshot was made, and the registry's reference is dropped
+        // only after `unregister` took it out of `LOOKUP` and waited for the VM's kvm->srcu, which `srcu`
+        // proves held since before the load above: the window outlives this call.
+        Some(Some(w)) => Some(f(unsafe { &*w })),
+        Some(None) => None,
+        // No snapshot: the locked list.
+        None => find(srcu.vm(), liobn).map(|w| f(&w)),
+    }
+}
+
+/// References on every window of `vm`.
+pub(crate) fn windows_of(vm: &Vm) -> KVec<Arc<KernelWindow>> {
+    let list = WINDOWS.lock();
+    let mut v = KVec::new();
+    for w in list.iter().filter(|w| core::ptr::eq(&*w.vm, vm)) {
+        if v.push(w.clone(), GFP_KERNEL).is_err() {
+            break;
+        }
+    }
+    v
+}
+
+/// References on up to `capacity` windows, and how many windows exist.
+pub(crate) fn all(capacity: usize) -> Result<(KVec<Arc<KernelWindow>>, usize)> {
+    let list = WINDOWS.lock();
+    let mut v = KVec::with_capacity(capacity.min(list.len()), GFP_KERNEL)?;
+    for w in list.iter().take(capacity) {
+        v.push(w.clone(), GFP_KERNEL)?;
+    }
+    Ok((v, list.len()))
+}
+
+/// Windows still registered (the module's exit message: should be none, their files hold the module).
+pub(crate) fn count() -> usize {
+    WINDOWS.lock().len()
+}
+
+fn register(w: &Arc<KernelWindow>) -> Result {
+    let old = {
+        let mut list = WINDOWS.lock();
+        if list.len() >= MAX_WINDOWS {
+            return Err(ENOSPC);
+        }
+        list.push(w.clone(), GFP_KERNEL)?;
+        publish(&list)
+    };
+    retire(old);
+    Ok(())
+}
+
+/// Takes `w` out of the registry and waits until no hypercall can still be using it: after this, only the
+/// caller's reference keeps it.
+fn unregister(w: &Arc<KernelWindow>) {
+    let old = {
+        let mut list = WINDOWS.lock();
+        if let Some(i) = list.iter().position(|x| Arc::ptr_eq(x, w)) {
+            let _ = list.remove(i);
+        }
+        publish(&list)
+    };
+    retire(old);
+    // A hypercall that found `w` in an older snapshot runs under kvm->srcu until it is done with it.
+    w.vm.synchronize_srcu();
+}
+
+fn errno(e: Error) -> c_long {
+    c_long::from(e.to_errno())
+}
+
+/// `create_table` hook: a new window, `-ENOIOCTLCMD` to leave it to Linux's built-in code, or `-EOPNOTSUPP`
+/// in `PVTCE_MODE_USERSPACE` (no window: the VMM keeps its own table).
+///
+/// # Safety
+/// `kvm` must be a live `struct kvm` for the call; KVM calls it with `kvm->lock` held, after Linux's argument
+/// checks and its own LIOBN check.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn pvtce_rs_create_table(
+    kvm: *mut Vm,
+    liobn: u64,
+    page_shift: u32,
+    offset: u64,
+    size: u64,
+) -> c_long {
+    if let Some(e) = create_declined() {
+        return errno(e);
+    }
+    // SAFETY: `kvm` is live for the call (the caller's guarantee).
+    let vm = unsafe { Vm::from_raw(kvm) };
+    match create(vm, liobn, page_shift, offset, size) {
+        Ok(fd) => c_long::from(fd),
+        Err(e) => errno(e),
+    }
+}
+
+fn create(vm: &Vm, liobn: u64, page_shift: u32, offset: u64, size: u64) -> Result<i32> {
+    let shift = PageShift::new(page_shift).ok_or(EINVAL)?;
+    let geometry = WindowGeometry::new(shift, offset, size).map_err(|_| EINVAL)?;
+    if find(vm, liobn).is_some() {
+        return Err(EBUSY);
+    }
+    let w = KernelWindow::new(vm, liobn, geometry)?;
+    register(&w)?;
+    let ptr = w.clone().into_foreign();
+    // SAFETY: `ptr` owns one reference on the window, given back in `pvtce_rs_window_release`.
+    match unsafe { ffi::window_fd(ptr) } {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            // SAFETY: `ptr` came from `into_foreign` just above and the file was not created.
+            drop(unsafe { Arc::<KernelWindow>::from_foreign(ptr) });
+            unregister(&w);
+            Err(e)
+        }
+    }
+}
+
+/// `has_liobn` hook: whether pvtce has a window with this LIOBN in this VM.
+///
+/// # Safety
+/// `kvm` must be a live `struct kvm` for the call (KVM holds `kvm->lock`).
+#[no_mangle]
+pub(crate) unsafe extern "C" fn pvtce_rs_has_liobn(kvm: *mut Vm, liobn: u64) -> bool {
+    // SAFETY: `kvm` is live for the call (the caller's guarantee).
+    find(unsafe { Vm::from_raw(kvm) }, liobn).is_some()
+}
+
+/// The table fd was closed: take the window out of the registry, unlink every hardware table, free the
+/// table, drop the file's reference.
+///
+/// # Safety
+/// `window` must be the pointer `create` gave the file (`into_foreign`), and this is called once, from the
+/// file's release.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn pvtce_rs_window_release(window: *mut c_void) {
+    // SAFETY: guaranteed by the caller: we take back the file's reference.
+    let w = unsafe { Arc::<KernelWindow>::from_foreign(window) };
+    unregister(&w);
+    let links = {
+        let mut s = w.state.lock();
+        let s = &mut *s;
+        s.window.release(&mut s.store);
+        core::mem::take(&mut s.links)
+    };
+    // Table references (iommu_tce_table_put) and the window itself go with no lock held.
+    drop(links);
+    drop(w);
+}
