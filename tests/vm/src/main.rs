@@ -12,7 +12,6 @@ mod fallback;
 mod faults;
 mod fpregs;
 mod pvtce;
-mod race;
 mod realguest;
 mod rig;
 mod smoke;
@@ -42,7 +41,6 @@ const TESTS: &[(&str, TestFn)] = &[
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
     ("conformance", conformance::conformance),
-    ("race-unregister", race::race_unregister),
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)

@@ -12,8 +12,8 @@
 //! (`/realguest` in the initramfs, the NVMe in L0): `cargo xtask vm real-...` or `cargo xtask demo`.
 
 use crate::rig::{e, pins_outstanding, set_mode, sh, window_count};
-use pvtce_vmm_glue::pvtce::Mode;
 use pvtce_uapi::{pvtce_window_info, pvtce_windows, PVTCE_LIST_WINDOWS};
+use pvtce_vmm_glue::pvtce::Mode;
 use pvtce_vmm_glue::vfio;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;

@@ -43,7 +43,7 @@ fn exchange_errno() -> Result<i32, String> {
     use pvtce_vmm_glue::kvm;
     let k = kvm::Kvm::open().map_err(crate::rig::e("open /dev/kvm"))?;
     let vm = k.create_vm().map_err(crate::rig::e("create VM"))?;
-    let t = vm.create_tce_table(0x8000_0000, 16, 0, 256).map_err(crate::rig::e("KVM_CREATE_SPAPR_TCE_64"))?;
+    let t = vm.create_window(0x8000_0000, 16, 0, 256).map_err(crate::rig::e("KVM_CREATE_SPAPR_TCE_64"))?;
     if t.info().map_err(crate::rig::e("PVTCE_WINDOW_INFO"))?.is_none() {
         return Err("the window is Linux's built-in one; pvtce did not take it".into());
     }
