@@ -12,11 +12,10 @@
 //! (`/realguest` in the initramfs, the NVMe in L0): `cargo xtask vm real-...` or `cargo xtask demo`.
 
 use crate::rig::{e, pins_outstanding, set_mode, sh, window_count};
-use pvtce_uapi::{pvtce_window_info, pvtce_windows, PVTCE_LIST_WINDOWS};
+use pvtce_uapi::pvtce_window_info;
 use pvtce_vmm_glue::pvtce::Mode;
 use pvtce_vmm_glue::vfio;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -129,27 +128,9 @@ fn mbs(io: &Io) -> String {
     }
 }
 
-/// Every window pvtce holds, with its counters.
+/// Every window pvtce holds, with its counters (vmm-glue's `Control`, the one owner of pvtce's ioctls).
 fn windows() -> Result<Vec<pvtce_window_info>, String> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/pvtce").map_err(e("open /dev/pvtce"))?;
-    let mut entries = vec![pvtce_window_info::default(); 16];
-    for w in entries.iter_mut() {
-        w.argsz = std::mem::size_of::<pvtce_window_info>() as u32;
-    }
-    let mut l = pvtce_windows {
-        argsz: std::mem::size_of::<pvtce_windows>() as u32,
-        flags: 0,
-        capacity: entries.len() as u32,
-        count: 0,
-        entries: entries.as_mut_ptr() as u64,
-    };
-    // SAFETY: PVTCE_LIST_WINDOWS reads and writes one pvtce_windows and writes up to `capacity` entries at
-    // `entries`, which `entries` provides.
-    if unsafe { libc::ioctl(f.as_raw_fd(), PVTCE_LIST_WINDOWS, &mut l) } != 0 {
-        return Err(format!("PVTCE_LIST_WINDOWS: {}", std::io::Error::last_os_error()));
-    }
-    entries.truncate((l.count as usize).min(16));
-    Ok(entries)
+    crate::rig::control()?.windows().map_err(e("PVTCE_LIST_WINDOWS"))
 }
 
 fn vm_locked_kib(pid: u32) -> Option<u64> {

@@ -336,7 +336,7 @@ impl Rig {
 }
 
 /// /dev/pvtce, which must be there (pvtce.ko loaded).
-fn control() -> Result<Control, String> {
+pub fn control() -> Result<Control, String> {
     Control::open_loaded().map_err(e("open /dev/pvtce"))
 }
 
