@@ -249,6 +249,11 @@ impl VfioDevice {
         sys::kvm_vfio_file_add(self.fd.as_fd(), group).map_err(kerr("KVM_DEV_VFIO_FILE_ADD", "KVM VFIO device"))
     }
 
+    /// Removes a VFIO group from KVM (KVM_DEV_VFIO_FILE_DEL): every link of a TCE window to its tables goes.
+    pub fn del_group(&self, group: BorrowedFd<'_>) -> Result<()> {
+        sys::kvm_vfio_file_del(self.fd.as_fd(), group).map_err(kerr("KVM_DEV_VFIO_FILE_DEL", "KVM VFIO device"))
+    }
+
     /// Links a TCE window to the group's hardware table (KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE).
     pub fn link_tce(&self, group: BorrowedFd<'_>, table: &Window) -> Result<()> {
         sys::kvm_vfio_group_set_spapr_tce(self.fd.as_fd(), group, table.fd.as_fd())
@@ -264,6 +269,11 @@ pub struct Vcpu {
     run: *mut u8,
     run_size: usize,
 }
+
+// SAFETY: a vCPU may move to another thread (KVM_RUN from a new thread is allowed; KVM follows the task, as
+// rust-vmm's kvm-ioctls `VcpuFd` is `Send`). `run` is a private mapping of this vCPU's kvm_run that moves with
+// it; nothing else holds it, and `Vcpu` is not `Sync`, so only one thread touches it at a time.
+unsafe impl Send for Vcpu {}
 
 /// Why `KVM_RUN` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -207,15 +207,20 @@ pub fn kvm_create_vcpu(vm: BorrowedFd<'_>, id: u64) -> io::Result<OwnedFd> {
 
 /// `KVM_SET_DEVICE_ATTR` `KVM_DEV_VFIO_FILE`/`KVM_DEV_VFIO_FILE_ADD`: tells KVM about a VFIO group.
 pub fn kvm_vfio_file_add(dev: BorrowedFd<'_>, group: BorrowedFd<'_>) -> io::Result<()> {
+    kvm_vfio_file(dev, KVM_DEV_VFIO_FILE_ADD, group)
+}
+
+/// `KVM_SET_DEVICE_ATTR` `KVM_DEV_VFIO_FILE`/`KVM_DEV_VFIO_FILE_DEL`: removes a VFIO group from KVM.
+pub fn kvm_vfio_file_del(dev: BorrowedFd<'_>, group: BorrowedFd<'_>) -> io::Result<()> {
+    kvm_vfio_file(dev, KVM_DEV_VFIO_FILE_DEL, group)
+}
+
+fn kvm_vfio_file(dev: BorrowedFd<'_>, attr: u32, group: BorrowedFd<'_>) -> io::Result<()> {
     let fd: i32 = group.as_raw_fd();
-    let a = kvm_device_attr {
-        flags: 0,
-        group: KVM_DEV_VFIO_FILE,
-        attr: KVM_DEV_VFIO_FILE_ADD.into(),
-        addr: std::ptr::addr_of!(fd) as u64,
-    };
-    // SAFETY: `a` is the request's struct; for this attribute the kernel reads one `i32` at `addr`, which is
-    // `fd`, alive for the call.
+    let a =
+        kvm_device_attr { flags: 0, group: KVM_DEV_VFIO_FILE, attr: attr.into(), addr: std::ptr::addr_of!(fd) as u64 };
+    // SAFETY: `a` is the request's struct; for these attributes the kernel reads one `i32` at `addr`, which
+    // is `fd`, alive for the call.
     check_unit(unsafe { ioctl_with_ref(&dev, KVM_SET_DEVICE_ATTR, &a) })
 }
 

@@ -291,22 +291,6 @@ impl Window {
         Outcome::Done(Completion { result: Ok(0), applied: npages })
     }
 
-    /// [`Window::execute`] by the name `kmod/` calls it today. `start` must be 0: the resumable protocol it
-    /// was for is gone (nothing in production could resume). Removed once `kmod/` calls `execute`.
-    #[doc(hidden)]
-    pub fn execute_all_or_nothing<S: PageStore, H: Host + ?Sized>(
-        &mut self,
-        store: &mut S,
-        host: &mut H,
-        request: &Request<'_>,
-        start: u64,
-    ) -> Outcome {
-        if start != 0 {
-            return Outcome::err(HcallError::Parameter, 0);
-        }
-        self.execute(store, host, request)
-    }
-
     /// Linux `kvmppc_tce_validate` for one entry at absolute page `page`, extended to every sub-page
     /// and to the host table's readiness, so that applying cannot fail half-way.
     fn validate_entry<H: Host + ?Sized>(&self, host: &H, page: u64, tce: Tce) -> HResult<()> {

@@ -12,9 +12,11 @@ mod fallback;
 mod faults;
 mod fpregs;
 mod pvtce;
+mod race;
 mod realguest;
 mod rig;
 mod smoke;
+mod teardown;
 
 use std::time::Instant;
 
@@ -40,6 +42,8 @@ const TESTS: &[(&str, TestFn)] = &[
     ("fault-sigkill", faults::sigkill),
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
+    ("race-unregister", race::race_unregister),
+    ("teardown-load", teardown::teardown_load),
     ("conformance", conformance::conformance),
 ];
 

@@ -356,6 +356,19 @@ pub fn pins_outstanding() -> Result<i64, String> {
     Ok(get("nr_foll_pin_acquired ")? - get("nr_foll_pin_released ")?)
 }
 
+/// [`pins_outstanding`] once the pins of earlier tests' rigs are gone: their regions are unpinned by RCU
+/// callbacks some time after the rig closes, so a baseline read right away counts them. Waits up to 10 s for
+/// the count to reach 0 (no rig is open when a test starts) and returns what it is then.
+pub fn settled_pins() -> Result<i64, String> {
+    let t = std::time::Instant::now();
+    let mut p = pins_outstanding()?;
+    while p > 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        p = pins_outstanding()?;
+    }
+    Ok(p)
+}
+
 /// `PVTCE_SET_MODE`: which implementation creates new windows; returns the old mode.
 pub fn set_mode(mode: Mode) -> Result<Mode, String> {
     control()?.set_mode(mode).map_err(e("PVTCE_SET_MODE"))
@@ -404,6 +417,36 @@ impl Rig {
             .create_window(liobn, shift, offset_pages, size_pages)
             .map_err(e("KVM_CREATE_SPAPR_TCE_64 (second window)"))
     }
+}
+
+/// Program of the rig's extra vCPU `i` (vCPU id `i + 1`), one 4K page each, clear of the rig's own payload
+/// ([`payload::ENTRY`]), table ([`payload::TABLE`]) and list ([`LIST_GPA`]).
+pub fn vcpu_code(i: usize) -> u64 {
+    0x5_0000 + 0x1000 * i as u64
+}
+
+/// Hypercall table of extra vCPU `i` (64 KiB aligned, as [`payload::program_at`] needs).
+pub fn vcpu_table(i: usize) -> u64 {
+    0x10_0000 + 0x1_0000 * i as u64
+}
+
+/// An extra vCPU `i` (id `i + 1`) of `vm` running [`payload::program_at`]`(`[`vcpu_table`]`(i))`, loaded at
+/// [`vcpu_code`]`(i)`: several vCPUs of one VM run tables at once, each on a thread of its own.
+pub fn extra_vcpu(vm: &kvm::Vm, mem: &GuestMem, i: usize) -> Result<kvm::Vcpu, String> {
+    mem.write(vcpu_code(i), &payload::program_at(vcpu_table(i))).map_err(e("payload"))?;
+    let v = vm.create_vcpu(i as u64 + 1).map_err(e("vCPU"))?;
+    v.enable_papr().map_err(e("PAPR"))?;
+    v.set_entry(vcpu_code(i)).map_err(e("entry"))?;
+    Ok(v)
+}
+
+/// This process's locked_vm (VmLck in /proc/self/status), in kB.
+pub fn locked_vm_kb() -> Result<u64, String> {
+    let s = std::fs::read_to_string("/proc/self/status").map_err(e("read /proc/self/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmLck in /proc/self/status".into())
 }
 
 pub fn call(nr: u64, args: [u64; 4]) -> payload::Call {
