@@ -316,3 +316,9 @@ out:
 	iommu_group_put(grp);
 	return ret;
 }
+
+/* ---- trace events (kmod/pvtce_trace.h; called from kmod/trace.rs) ---- */
+
+#define CREATE_TRACE_POINTS
+#define CREATE_RUST_TRACE_POINTS
+#include "pvtce_trace.h"

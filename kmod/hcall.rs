@@ -15,6 +15,7 @@ use crate::pvtce_core::window::{Outcome, Request};
 use crate::registry::with_window;
 use crate::stats::Kind;
 use crate::store::KernelStore;
+use crate::trace;
 use crate::window::KernelWindow;
 use core::ffi::{c_long, c_ulong};
 use kernel::prelude::*;
@@ -124,19 +125,22 @@ fn get(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> i64 {
     let mut s = w.state.lock();
     let r = s.window.get_tce(&s.store, ioba);
     s.stats.call(Kind::Get, r.map(|_| ()));
-    match r {
+    let code = match r {
         Ok(v) => {
             // A range the VMM mapped answers what the VMM wrote there (Linux's mapped table is the table).
             *value = s.shadows.get(w.entry_of(ioba)).unwrap_or(v);
             H_SUCCESS
         }
         Err(e) => e.as_i64(),
-    }
+    };
+    trace::hcall(Kind::Get.nr(), w.liobn, ioba.0, 1, code, 0, 0);
+    code
 }
 
 /// Counts a call that ended before the core ran (an H_PUT_TCE_INDIRECT precheck or list copy).
-fn early(w: &KernelWindow, e: HcallError) -> i64 {
+fn early(w: &KernelWindow, ioba: Ioba, npages: u64, e: HcallError) -> i64 {
     w.state.lock().stats.call(Kind::Indirect, Err(e));
+    trace::hcall(Kind::Indirect.nr(), w.liobn, ioba.0, npages, e.as_i64(), 0, 0);
     e.as_i64()
 }
 
@@ -147,21 +151,27 @@ fn indirect(w: &KernelWindow, srcu: &VmSrcu<'_>, ioba: Ioba, list_gpa: u64, npag
     // body).
     let pre = w.state.lock().window.indirect_precheck(ioba, list_gpa, npages);
     if let Err(e) = pre {
-        return early(w, e);
+        return early(w, ioba, npages, e);
     }
     let Some(ua) = srcu.gpa_to_ua(list_gpa) else {
-        return early(w, HcallError::TooHard);
+        return early(w, ioba, npages, HcallError::TooHard);
     };
     let mut list: KVec<u64> = KVec::new();
     // `npages` <= 512: indirect_precheck.
     if list.resize(npages as usize, 0, GFP_KERNEL).is_err() || read_words(ua, &mut list).is_err() {
-        return early(w, HcallError::TooHard);
+        return early(w, ioba, npages, HcallError::TooHard);
     }
     execute(w, srcu, Kind::Indirect, &Request::Indirect { ioba, list: &list })
 }
 
 /// Has the core execute `request` all or nothing, allocating table pages with no lock held when it asks.
 fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_>) -> i64 {
+    let (ioba, npages) = match request {
+        Request::Put { ioba, .. } => (*ioba, 1),
+        Request::Stuff { ioba, npages, .. } => (*ioba, *npages),
+        Request::Indirect { ioba, list } => (*ioba, list.len() as u64),
+    };
+    let mut host_updates = 0;
     for _ in 0..MAX_ALLOC_ROUNDS {
         let need = {
             let mut guard = w.state.lock();
@@ -170,6 +180,7 @@ fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_
             let outcome = s.window.execute(&mut s.store, &mut host, request);
             s.stats.host_updates += host.counts.updates;
             s.stats.host_kills += host.counts.kills;
+            host_updates += host.counts.updates;
             match outcome {
                 Outcome::Done(c) => {
                     let result = c.result.map(|_| ());
@@ -177,14 +188,11 @@ fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_
                     s.stats.tces_changed += c.applied;
                     if c.applied > 0 {
                         // `applied > 0` means the ioba passed the window check.
-                        let first = w.entry_of(match request {
-                            Request::Put { ioba, .. }
-                            | Request::Stuff { ioba, .. }
-                            | Request::Indirect { ioba, .. } => *ioba,
-                        });
-                        s.refresh_shadows(first, c.applied);
+                        s.refresh_shadows(w.entry_of(ioba), c.applied);
                     }
-                    return result.map_or_else(|e| e.as_i64(), |()| H_SUCCESS);
+                    let code = result.map_or_else(|e| e.as_i64(), |()| H_SUCCESS);
+                    trace::hcall(kind.nr(), w.liobn, ioba.0, npages, code, c.applied, host_updates);
+                    return code;
                 }
                 Outcome::NeedAlloc(NeedAlloc { pages }) => pages,
             }
@@ -198,5 +206,6 @@ fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_
         }
     }
     w.state.lock().stats.call(kind, Err(HcallError::TooHard));
+    trace::hcall(kind.nr(), w.liobn, ioba.0, npages, HcallError::TooHard.as_i64(), 0, host_updates);
     HcallError::TooHard.as_i64()
 }

@@ -9,6 +9,7 @@ use crate::iommu::{IommuGroup, IommuTable};
 use crate::pvtce_core::host::{pick_group_table, HostGeometry, HostTableId, MAX_LINKS};
 use crate::pvtce_core::types::PageShift;
 use crate::registry;
+use crate::trace;
 use crate::window::KernelWindow;
 use core::ffi::{c_long, c_void};
 use kernel::prelude::*;
@@ -55,6 +56,7 @@ unsafe fn attach(w: &KernelWindow, grp: *mut IommuGroup) -> Result {
         if let Some(l) = s.links.iter().find(|l| core::ptr::eq(&*l.table, &**c)) {
             let id = l.id;
             s.window.link(&KernelHost::new(&srcu, &s.links), id).map_err(|_| EINVAL)?;
+            w.trace(trace::window_link, s.links.len());
             return Ok(());
         }
     }
@@ -80,6 +82,7 @@ unsafe fn attach(w: &KernelWindow, grp: *mut IommuGroup) -> Result {
         s.links.pop();
         return Err(EINVAL);
     }
+    w.trace(trace::window_link, s.links.len());
     Ok(())
 }
 
@@ -113,6 +116,7 @@ pub(crate) unsafe extern "C" fn pvtce_rs_release_group(kvm: *mut Vm, grp: *mut I
                         let _ = gone.push(l, GFP_KERNEL);
                     }
                 }
+                w.trace(trace::window_unlink, s.links.len());
             }
         }
         // Table references go with no lock held.

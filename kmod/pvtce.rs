@@ -8,6 +8,7 @@
 //! Linux's built-in ones. `pvtce-core` decides; this module executes.
 //!
 //! Files by object; each imports only those listed before it (no cycle):
+//! - [`trace`]: the trace events (kmod/pvtce_trace.h), used by the files below.
 //! - [`ffi`]: the KVM side of the C edge: the VM ([`ffi::Vm`], `ARef`-counted), its `kvm->srcu` token, its
 //!   mm; the backend registration and the window file of kmod/glue.c.
 //! - [`iommu`]: the powerpc IOMMU side: hardware tables, `it_userspace`, preregistered memory under RCU.
@@ -37,6 +38,7 @@ mod registry;
 mod shadow;
 mod stats;
 mod store;
+mod trace;
 mod window;
 
 /// pvtce's ioctl ABI (`uapi/include/linux/pvtce.h`): the bindgen output shared with userspace, and the

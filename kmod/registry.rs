@@ -12,6 +12,7 @@
 
 use crate::ffi::{self, Vm, VmSrcu};
 use crate::pvtce_core::types::{PageShift, WindowGeometry};
+use crate::trace;
 use crate::window::{create_declined, KernelWindow};
 use core::ffi::{c_long, c_void};
 use kernel::prelude::*;
@@ -205,7 +206,10 @@ fn create(vm: &Vm, liobn: u64, page_shift: u32, offset: u64, size: u64) -> Resul
     let ptr = w.clone().into_foreign();
     // SAFETY: `ptr` owns one reference on the window, given back in `pvtce_rs_window_release`.
     match unsafe { ffi::window_fd(ptr) } {
-        Ok(fd) => Ok(fd),
+        Ok(fd) => {
+            w.trace(trace::window_create, 0);
+            Ok(fd)
+        }
         Err(e) => {
             // SAFETY: `ptr` came from `into_foreign` just above and the file was not created.
             drop(unsafe { Arc::<KernelWindow>::from_foreign(ptr) });
@@ -242,6 +246,7 @@ pub(crate) unsafe extern "C" fn pvtce_rs_window_release(window: *mut c_void) {
         s.window.release(&mut s.store);
         core::mem::take(&mut s.links)
     };
+    w.trace(trace::window_release, links.len());
     // Table references (iommu_tce_table_put) and the window itself go with no lock held.
     drop(links);
     drop(w);

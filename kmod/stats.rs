@@ -14,6 +14,18 @@ pub(crate) enum Kind {
     Get,
 }
 
+impl Kind {
+    /// The PAPR hypercall number (for trace events).
+    pub(crate) const fn nr(self) -> u32 {
+        match self {
+            Kind::Put => 0x20,
+            Kind::Indirect => 0x13c,
+            Kind::Stuff => 0x138,
+            Kind::Get => 0x1c,
+        }
+    }
+}
+
 /// Counters of one window.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct Stats {

@@ -61,6 +61,12 @@ fn locked_pages_for(size: u64) -> usize {
 }
 
 impl KernelWindow {
+    /// Fires window life-cycle trace `event` (kmod/trace.rs) with this window's geometry and `links`.
+    pub(crate) fn trace(&self, event: fn(u64, u32, u64, u64, u32), links: usize) {
+        let g = &self.geometry;
+        event(self.liobn, g.page_shift().get(), g.offset(), g.size(), u32::try_from(links).unwrap_or(u32::MAX));
+    }
+
     /// A new, unregistered window of `vm`, its table charged to the VMM's locked memory.
     pub(crate) fn new(vm: &Vm, liobn: u64, geometry: WindowGeometry) -> Result<Arc<KernelWindow>> {
         let locked_pages = locked_pages_for(geometry.size());

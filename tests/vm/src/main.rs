@@ -17,6 +17,7 @@ mod realguest;
 mod rig;
 mod smoke;
 mod teardown;
+mod trace;
 
 use std::time::Instant;
 
@@ -39,6 +40,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("ddw-4k-pvtce", ddw::ddw_4k_pvtce),
     ("fallback-pvtce", fallback::fallback_pvtce),
     ("cli", cli::cli),
+    ("trace-events", trace::trace_events),
     ("fault-sigkill", faults::sigkill),
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
