@@ -166,8 +166,8 @@ fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_
         let need = {
             let mut guard = w.state.lock();
             let s = &mut *guard;
-            let mut host = KernelHost::new(srcu, &s.links);
-            let outcome = s.window.execute_all_or_nothing(&mut s.store, &mut host, request, 0);
+            let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf);
+            let outcome = s.window.execute(&mut s.store, &mut host, request);
             s.stats.host_updates += host.counts.updates;
             s.stats.host_kills += host.counts.kills;
             match outcome {

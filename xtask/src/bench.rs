@@ -410,6 +410,7 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
             pf as f64 / lf as f64
         );
     }
+    m.push_str(&parent_table(&a.lines));
     let _ =
         writeln!(m, "\n## Scaling: n vCPUs of one L2 VM, each on its own L1 thread with its own unlinked 4K window, H_PUT_TCE pairs\n");
     let _ = writeln!(m, "| path | L2 vCPUs | hypercalls/s (emulated) | efficiency vs n x 1 vCPU |\n|---|---|---|---|");
@@ -422,6 +423,63 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
         core.trim()
     );
     let _ = writeln!(m, "\n{} PVTCE-BENCH lines in the raw data (`results.json`).", a.lines.len());
+    m
+}
+
+/// The `kind=parent` lines: hypercalls L1 made to L0 during one untimed call of each kind, counted by pvtce.ko's
+/// probe on the pseries `hcall_entry` tracepoint (tests/vm/src/bench.rs `parent_counts`), min-max over the
+/// repetitions.
+fn parent_table(lines: &[Line]) -> String {
+    let mut m = String::new();
+    let parent: Vec<&Line> = lines.iter().filter(|l| l.get("kind").map(String::as_str) == Some("parent")).collect();
+    if parent.is_empty() {
+        return m;
+    }
+    let _ = writeln!(
+        m,
+        "\n## Parent hypercalls (L1 to L0) per call, counted\n\nOne untimed call of each kind after the timed tables, per repetition; counted by pvtce.ko's probe on L1's pseries `hcall_entry` tracepoint (every CPU, every LIOBN), min-max over repetitions. `none` is an empty table: what L1 sends meanwhile.\n\n| window | workload | path | H_PUT_TCE | H_PUT_TCE_INDIRECT | H_STUFF_TCE | H_GET_TCE | total |\n|---|---|---|---|---|---|---|---|"
+    );
+    let range = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        if v.is_empty() {
+            "-".to_string()
+        } else if lo == hi {
+            format!("{lo:.0}")
+        } else {
+            format!("{lo:.0}-{hi:.0}")
+        }
+    };
+    for w in WINS {
+        for work in ["put_pair", "indirect512", "stuff512", "get8", "none"] {
+            for p in ["linux", "pvtce"] {
+                let rows: Vec<&&Line> = parent
+                    .iter()
+                    .filter(|l| {
+                        l.get("win").map(String::as_str) == Some(w)
+                            && l.get("work").map(String::as_str) == Some(work)
+                            && l.get("path").map(String::as_str) == Some(p)
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let col = |k: &str| -> Vec<f64> { rows.iter().filter_map(|l| num(l, k)).collect() };
+                let total: Vec<f64> = rows
+                    .iter()
+                    .map(|l| ["put", "indirect", "stuff", "get"].iter().filter_map(|k| num(l, k)).sum())
+                    .collect();
+                let _ = writeln!(
+                    m,
+                    "| {w} | {work} | {p} | {} | {} | {} | {} | {} |",
+                    range(&col("put")),
+                    range(&col("indirect")),
+                    range(&col("stuff")),
+                    range(&col("get")),
+                    range(&total)
+                );
+            }
+        }
+    }
     m
 }
 

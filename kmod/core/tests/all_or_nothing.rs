@@ -73,21 +73,6 @@ fn all_or_nothing_applies_nothing_when_an_entry_fails() {
     assert_eq!(read, vec![0, 0, 0, 0]);
 }
 
-/// The name `kmod/` still calls takes only `start == 0` (the resume protocol is gone).
-#[test]
-fn the_kmod_entry_point_refuses_a_resume() {
-    let geometry = WindowGeometry::new(PageShift::new(12).unwrap(), 0, 1024).unwrap();
-    let mut w = Window::new(Liobn(1), geometry);
-    let mut store = Store(Vec::new(), 16);
-    let list: Vec<u64> = [0x1000u64 | 3, 0x2000 | 3].iter().map(|t| t.to_be()).collect();
-    let req = Request::Indirect { ioba: Ioba(0), list: &list };
-    let o = w.execute_all_or_nothing(&mut store, &mut SmallRam, &req, 1);
-    assert_eq!(o, Outcome::Done(Completion { result: Err(pvtce_core::error::HcallError::Parameter), applied: 0 }));
-    assert_eq!(w.get_tce(&store, Ioba(0x1000)), Ok(0));
-    let o = w.execute_all_or_nothing(&mut store, &mut SmallRam, &req, 0);
-    assert_eq!(o, Outcome::Done(Completion { result: Ok(0), applied: 2 }));
-}
-
 /// Found by the in-VM conformance test: clearing with H_STUFF_TCE across entries an INDIRECT mapped must
 /// finish in one call without asking for pages (Linux's built-in code succeeds there).
 #[test]

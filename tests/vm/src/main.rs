@@ -4,6 +4,7 @@
 //! one line the host parses: `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`; the host fails the run if
 //! a requested test prints none, and on the binary's exit status (`xtask/src/vm.rs`).
 
+mod batch;
 mod bench;
 mod cli;
 mod conformance;
@@ -41,6 +42,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
     ("conformance", conformance::conformance),
+    ("batch-fault", batch::batch_fault),
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)

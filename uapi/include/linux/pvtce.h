@@ -66,6 +66,26 @@ struct pvtce_exchange {
 #define PVTCE_EXCHANGE_MAX 512
 #define PVTCE_WINDOW_EXCHANGE _IOWR(PVTCE_IOCTL_TYPE, 0x04, struct pvtce_exchange)
 
+/*
+ * On /dev/pvtce, benchmark only (bench_ioctls=1, else ENOTTY): the TCE hypercalls this kernel makes to its
+ * own hypervisor (on a pseries host: L1 to L0), counted by a probe on the pseries `hcall_entry` tracepoint
+ * over every CPU and LIOBN, whoever makes them (pvtce.ko, Linux's built-in code, any driver).
+ * PVTCE_PARENT_START zeroes the counters and starts counting, PVTCE_PARENT_STOP stops; every call returns
+ * the counts so far. EINVAL: both flags; EBUSY: START while counting; ENOENT: the kernel has no
+ * `hcall_entry` tracepoint (not a pseries kernel).
+ */
+struct pvtce_parent_hcalls {
+	__u32 argsz;
+	__u32 flags;
+	__u64 put;       /* out: H_PUT_TCE */
+	__u64 indirect;  /* out: H_PUT_TCE_INDIRECT */
+	__u64 stuff;     /* out: H_STUFF_TCE */
+	__u64 get;       /* out: H_GET_TCE */
+};
+#define PVTCE_PARENT_START 1
+#define PVTCE_PARENT_STOP  2
+#define PVTCE_PARENT_HCALLS _IOWR(PVTCE_IOCTL_TYPE, 0x05, struct pvtce_parent_hcalls)
+
 /* Which implementation creates new windows (existing ones keep theirs). */
 #define PVTCE_MODE_BUILTIN 0 /* Linux's built-in code (pvtce declines) */
 #define PVTCE_MODE_PVTCE   1 /* pvtce (the default once loaded) */
