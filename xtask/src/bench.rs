@@ -688,4 +688,20 @@ mod tests {
         assert_eq!(e, 128 + 32768 * 8);
         assert_eq!(f, e + 328 * 65536);
     }
+
+    #[test]
+    fn parent_counts_table_shows_ranges_and_totals() {
+        let lines: Vec<Line> = [
+            "PVTCE-BENCH kind=parent path=linux win=4k work=indirect512 rep=0 exits=0 put=512 indirect=0 stuff=0 get=512",
+            "PVTCE-BENCH kind=parent path=pvtce win=4k work=indirect512 rep=0 exits=0 put=0 indirect=1 stuff=0 get=0",
+            "PVTCE-BENCH kind=parent path=pvtce win=4k work=indirect512 rep=1 exits=0 put=0 indirect=1 stuff=1 get=0",
+        ]
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
+        let t = parent_table(&lines);
+        assert!(t.contains("| 4k | indirect512 | linux | 512 | 0 | 0 | 512 | 1024 |"), "{t}");
+        assert!(t.contains("| 4k | indirect512 | pvtce | 0 | 1 | 0-1 | 0 | 1-2 |"), "{t}");
+        assert!(parent_table(&[]).is_empty());
+    }
 }
