@@ -11,7 +11,7 @@ use crate::host::{read_words, KernelHost};
 use crate::pvtce_core::error::HcallError;
 use crate::pvtce_core::table::NeedAlloc;
 use crate::pvtce_core::types::{Ioba, Tce};
-use crate::pvtce_core::window::{Outcome, Request};
+use crate::pvtce_core::window::{indirect_precheck, Outcome, Request};
 use crate::registry::with_window;
 use crate::stats::Kind;
 use crate::store::KernelStore;
@@ -140,13 +140,11 @@ fn early(w: &KernelWindow, e: HcallError) -> i64 {
     e.as_i64()
 }
 
-/// H_PUT_TCE_INDIRECT: the request checks under the lock, then the list is translated and copied once, with
-/// no lock held (guest memory is read exactly once; a NeedAlloc retry reuses the copy).
+/// H_PUT_TCE_INDIRECT: the request checks on the window's fixed geometry (no lock), then the list is
+/// translated and copied once, with no lock held (guest memory is read exactly once; a NeedAlloc retry reuses
+/// the copy).
 fn indirect(w: &KernelWindow, srcu: &VmSrcu<'_>, ioba: Ioba, list_gpa: u64, npages: u64) -> i64 {
-    // The guard must be gone before `early` locks again (an `if let` scrutinee's temporaries live through its
-    // body).
-    let pre = w.state.lock().window.indirect_precheck(ioba, list_gpa, npages);
-    if let Err(e) = pre {
+    if let Err(e) = indirect_precheck(&w.geometry, ioba, list_gpa, npages) {
         return early(w, e);
     }
     let Some(ua) = srcu.gpa_to_ua(list_gpa) else {

@@ -15,6 +15,15 @@ pub const MAX_INDIRECT_TCES: u64 = 512;
 /// Required alignment of the H_PUT_TCE_INDIRECT list address.
 pub const TCE_LIST_ALIGN: u64 = 4096;
 
+/// [`Window::indirect_precheck`] on the window's geometry alone, which never changes: a caller that keeps the
+/// geometry beside the window needs no lock for it.
+pub fn indirect_precheck(geometry: &WindowGeometry, ioba: Ioba, list_gpa: u64, npages: u64) -> HResult<()> {
+    if npages > MAX_INDIRECT_TCES || list_gpa & (TCE_LIST_ALIGN - 1) != 0 {
+        return Err(HcallError::Parameter);
+    }
+    geometry.check_ioba(ioba, npages).map(|_| ()).ok_or(HcallError::Parameter)
+}
+
 /// What a batch writes, entry by entry.
 #[derive(Clone, Copy, Debug)]
 pub enum Request<'a> {
@@ -219,10 +228,7 @@ impl Window {
     /// alignment, then the bus range). The caller then translates `list_gpa` (no memslot: `H_TOO_HARD`),
     /// copies `npages` words once, and calls [`Window::put_tce_indirect`].
     pub fn indirect_precheck(&self, ioba: Ioba, list_gpa: u64, npages: u64) -> HResult<()> {
-        if npages > MAX_INDIRECT_TCES || list_gpa & (TCE_LIST_ALIGN - 1) != 0 {
-            return Err(HcallError::Parameter);
-        }
-        self.geometry.check_ioba(ioba, npages).map(|_| ()).ok_or(HcallError::Parameter)
+        indirect_precheck(&self.geometry, ioba, list_gpa, npages)
     }
 
     /// H_PUT_TCE_INDIRECT on the copied list (Linux `kvmppc_h_put_tce_indirect`).
