@@ -4,6 +4,7 @@
 
 pub const PVTCE_IOCTL_TYPE: u32 = 185;
 pub const PVTCE_EXCHANGE_MAX: u32 = 512;
+pub const PVTCE_EXCHANGE_BATCHED: u32 = 1;
 pub const PVTCE_PARENT_START: u32 = 1;
 pub const PVTCE_PARENT_STOP: u32 = 2;
 pub const PVTCE_MODE_BUILTIN: u32 = 0;

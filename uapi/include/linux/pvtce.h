@@ -64,6 +64,9 @@ struct pvtce_exchange {
 	__u64 unmap_ticks;  /* out: the same for the clearing pass */
 };
 #define PVTCE_EXCHANGE_MAX 512
+/* flags: both passes are one batched update each (Host::table_run: iommu_tce_set_multi_no_kill, one parent
+ * H_PUT_TCE_INDIRECT / H_STUFF_TCE per 512 entries on pseries) instead of one exchange per entry. */
+#define PVTCE_EXCHANGE_BATCHED 1
 #define PVTCE_WINDOW_EXCHANGE _IOWR(PVTCE_IOCTL_TYPE, 0x04, struct pvtce_exchange)
 
 /*
