@@ -51,8 +51,9 @@ struct pvtce_window_info {
  * hardware table, map `count` entries from window entry `first` to the VMM's preregistered pages from `ua`
  * (exchange each, then one invalidation), then clear them the same way. Only the VMM of the window's VM may
  * call it (EPERM), on a range that is clear in the guest-visible table (EBUSY); the window lock is held
- * throughout, so no hypercall sees the range meanwhile, and it is left as it was. EINVAL: bad argsz, flags,
- * count (1..PVTCE_EXCHANGE_MAX) or range; ENODEV: no linked table; EFAULT: `ua` not preregistered.
+ * throughout, so no hypercall sees the range meanwhile, and it is left as it was. EINVAL: bad argsz, flags
+ * (only PVTCE_EXCHANGE_BATCHED), count (1..PVTCE_EXCHANGE_MAX) or range; ENODEV: no linked table; EFAULT: `ua`
+ * not preregistered; EIO: a batched pass the parent hypervisor refused (the range is left clear).
  */
 struct pvtce_exchange {
 	__u32 argsz;
