@@ -5,6 +5,7 @@
 //!   keeps its own (side-by-side runs of the three paths).
 //! - `PVTCE_HOST_READ`: hardware entries of a VFIO group's table (conformance tests compare them).
 //! - `PVTCE_LIST_WINDOWS`: every window with its statistics (the pvtce CLI).
+//! - `PVTCE_PARENT_HCALLS` (benchmark only, `bench_ioctls=1`): TCE hypercalls to this kernel's hypervisor.
 //!
 //! Only root may open it (mode 0600): it reveals host physical addresses.
 
@@ -12,9 +13,9 @@ use crate::ffi;
 use crate::ioctl::{check_head, read_checked};
 use crate::registry;
 use crate::uapi::{
-    pvtce_host_read, pvtce_mode, pvtce_window_info, pvtce_windows, PVTCE_HOST_READ, PVTCE_HOST_READ_MAX,
-    PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE, PVTCE_SET_MODE,
-    PVTCE_WINDOWS_MAX,
+    pvtce_host_read, pvtce_mode, pvtce_parent_hcalls, pvtce_window_info, pvtce_windows, PVTCE_HOST_READ,
+    PVTCE_HOST_READ_MAX, PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE,
+    PVTCE_PARENT_HCALLS, PVTCE_PARENT_START, PVTCE_PARENT_STOP, PVTCE_SET_MODE, PVTCE_WINDOWS_MAX,
 };
 use crate::window::MODE;
 use kernel::sync::atomic::Relaxed;
@@ -38,6 +39,7 @@ impl MiscDevice for Control {
             PVTCE_SET_MODE => set_mode(arg),
             PVTCE_HOST_READ => host_read(arg),
             PVTCE_LIST_WINDOWS => list_windows(arg),
+            PVTCE_PARENT_HCALLS if crate::module_parameters::bench_ioctls.value() => parent_hcalls(arg),
             _ => Err(ENOTTY),
         }
         .map(|()| 0)
@@ -90,6 +92,19 @@ fn list_windows(arg: usize) -> Result {
     head.write(&req)
 }
 
+fn parent_hcalls(arg: usize) -> Result {
+    let (mut req, mut w) = read_checked::<pvtce_parent_hcalls>(arg)?;
+    check_head(req.argsz, 0, core::mem::size_of::<pvtce_parent_hcalls>())?;
+    let flags = match req.flags {
+        0 => 0,
+        PVTCE_PARENT_START => 1,
+        PVTCE_PARENT_STOP => 2,
+        _ => return Err(EINVAL),
+    };
+    [req.put, req.indirect, req.stuff, req.get] = ffi::parent_count(flags)?;
+    w.write(&req)
+}
+
 /// Registers the backend on creation, unregisters it on drop.
 pub(crate) struct Backend;
 
@@ -110,6 +125,8 @@ impl Drop for Backend {
         // No window can be left: each window's file holds a reference on the module.
         ffi::unregister_backend();
         registry::clear_lookup();
+        // A benchmark that did not stop its parent-hypercall count: the probe must go before the module.
+        let _ = ffi::parent_count(2);
     }
 }
 

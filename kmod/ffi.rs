@@ -38,6 +38,7 @@ unsafe extern "C" {
     fn pvtce_glue_gpa_to_ua(kvm: *mut Vm, gpa: u64, ua: *mut u64) -> c_int;
     fn pvtce_glue_host_read(groupfd: c_int, table: u32, first: u64, count: u64, out: *mut u64) -> c_long;
     fn pvtce_glue_timebase() -> u64;
+    fn pvtce_glue_parent_count(flags: u32, counts: *mut u64) -> c_long;
     fn pvtce_glue_current_mm_is(mm: *mut c_void) -> bool;
 
     // virt/kvm/kvm_main.c (exported, but outside the kernel crate's bindings)
@@ -165,6 +166,18 @@ pub(crate) fn host_read(groupfd: i32, table: u32, first: u64, out: &mut [u64]) -
         return Err(Error::from_errno(r as i32));
     }
     Ok(())
+}
+
+/// `PVTCE_PARENT_HCALLS`: starts (1, zeroing), stops (2) or only reads (0) the count of TCE hypercalls this
+/// kernel makes to its own hypervisor; returns (put, indirect, stuff, get) so far.
+pub(crate) fn parent_count(flags: u32) -> Result<[u64; 4]> {
+    let mut counts = [0u64; 4];
+    // SAFETY: `counts` is valid for 4 writes; the C side checks `flags` and serialises start and stop.
+    let r = unsafe { pvtce_glue_parent_count(flags, counts.as_mut_ptr()) };
+    if r < 0 {
+        return Err(Error::from_errno(r as i32));
+    }
+    Ok(counts)
 }
 
 /// The timebase register (the clock L2's `mftb` reads).

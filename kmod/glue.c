@@ -29,7 +29,9 @@
 #include <linux/kvm_host.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/tracepoint.h>
 #include <linux/vfio.h>
+#include <asm/hvcall.h>
 #include <asm/iommu.h>
 #include <asm/kvm_ppc.h>
 #include <asm/mmu_context.h>
@@ -66,6 +68,8 @@ int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua);
 struct iommu_table *pvtce_glue_group_table(struct iommu_group *grp, int i);
 void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size);
 __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
+void pvtce_glue_set_dirty(struct mm_struct *mm, u64 hpa, u32 page_shift);
+long pvtce_glue_parent_count(u32 flags, u64 *counts);
 long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out);
 u64 pvtce_glue_timebase(void);
 bool pvtce_glue_current_mm_is(struct mm_struct *mm);
@@ -276,6 +280,19 @@ __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc)
 }
 
 /*
+ * What iommu_tce_xchg_no_kill() does for an old entry that allowed device writes, for the batched update
+ * (iommu_tce_set_multi_no_kill, patches/linux/0008) that reads no old entry back. SetPageDirty and
+ * pfn_to_page are inlines.
+ */
+void pvtce_glue_set_dirty(struct mm_struct *mm, u64 hpa, u32 page_shift)
+{
+	unsigned long size = 0;
+
+	if (!mm_iommu_is_devmem(mm, hpa, page_shift, &size))
+		SetPageDirty(pfn_to_page(hpa >> PAGE_SHIFT));
+}
+
+/*
  * Reads hardware entries of a VFIO group's table (PVTCE_HOST_READ). The group file is held for the whole
  * read, which keeps the group and its tables alive.
  */
@@ -314,6 +331,79 @@ long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out
 	ret = 0;
 out:
 	iommu_group_put(grp);
+	return ret;
+}
+
+/*
+ * PVTCE_PARENT_HCALLS (benchmark only): TCE hypercalls to this kernel's own hypervisor, counted by a probe on
+ * the pseries hcall_entry tracepoint. The tracepoint is not exported by symbol, so it is found by name
+ * (for_each_kernel_tracepoint); C because the probe must have the tracepoint's C prototype and the kernel
+ * crate has no tracepoint abstraction. flags: 1 start (zeroes), 2 stop; counts[4] = put, indirect, stuff, get.
+ */
+static atomic64_t pvtce_parent[4];
+static struct tracepoint *pvtce_hcall_tp;
+static bool pvtce_counting;
+static DEFINE_MUTEX(pvtce_parent_lock);
+
+static void pvtce_hcall_probe(void *data, unsigned long opcode, unsigned long *args)
+{
+	switch (opcode) {
+	case H_PUT_TCE:
+		atomic64_inc(&pvtce_parent[0]);
+		break;
+	case H_PUT_TCE_INDIRECT:
+		atomic64_inc(&pvtce_parent[1]);
+		break;
+	case H_STUFF_TCE:
+		atomic64_inc(&pvtce_parent[2]);
+		break;
+	case H_GET_TCE:
+		atomic64_inc(&pvtce_parent[3]);
+		break;
+	}
+}
+
+static void pvtce_find_hcall_tp(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "hcall_entry"))
+		*(struct tracepoint **)priv = tp;
+}
+
+long pvtce_glue_parent_count(u32 flags, u64 *counts)
+{
+	long ret = 0;
+	int i;
+
+	if (flags > 2)
+		return -EINVAL;
+	mutex_lock(&pvtce_parent_lock);
+	if (flags == 1) {
+		if (pvtce_counting) {
+			ret = -EBUSY;
+			goto out;
+		}
+		if (!pvtce_hcall_tp)
+			for_each_kernel_tracepoint(pvtce_find_hcall_tp, &pvtce_hcall_tp);
+		if (!pvtce_hcall_tp) {
+			ret = -ENOENT;
+			goto out;
+		}
+		for (i = 0; i < 4; i++)
+			atomic64_set(&pvtce_parent[i], 0);
+		ret = tracepoint_probe_register(pvtce_hcall_tp, (void *)pvtce_hcall_probe, NULL);
+		if (ret)
+			goto out;
+		pvtce_counting = true;
+	} else if (flags == 2 && pvtce_counting) {
+		tracepoint_probe_unregister(pvtce_hcall_tp, (void *)pvtce_hcall_probe, NULL);
+		/* No probe runs once this returns (module unload may follow). */
+		tracepoint_synchronize_unregister();
+		pvtce_counting = false;
+	}
+	for (i = 0; i < 4; i++)
+		counts[i] = atomic64_read(&pvtce_parent[i]);
+out:
+	mutex_unlock(&pvtce_parent_lock);
 	return ret;
 }
 

@@ -11,7 +11,7 @@ use crate::host::{read_words, KernelHost};
 use crate::pvtce_core::error::HcallError;
 use crate::pvtce_core::table::NeedAlloc;
 use crate::pvtce_core::types::{Ioba, Tce};
-use crate::pvtce_core::window::{Outcome, Request};
+use crate::pvtce_core::window::{indirect_precheck, Outcome, Request};
 use crate::registry::with_window;
 use crate::stats::Kind;
 use crate::store::KernelStore;
@@ -144,13 +144,11 @@ fn early(w: &KernelWindow, ioba: Ioba, npages: u64, e: HcallError) -> i64 {
     e.as_i64()
 }
 
-/// H_PUT_TCE_INDIRECT: the request checks under the lock, then the list is translated and copied once, with
-/// no lock held (guest memory is read exactly once; a NeedAlloc retry reuses the copy).
+/// H_PUT_TCE_INDIRECT: the request checks on the window's fixed geometry (no lock), then the list is
+/// translated and copied once, with no lock held (guest memory is read exactly once; a NeedAlloc retry reuses
+/// the copy).
 fn indirect(w: &KernelWindow, srcu: &VmSrcu<'_>, ioba: Ioba, list_gpa: u64, npages: u64) -> i64 {
-    // The guard must be gone before `early` locks again (an `if let` scrutinee's temporaries live through its
-    // body).
-    let pre = w.state.lock().window.indirect_precheck(ioba, list_gpa, npages);
-    if let Err(e) = pre {
+    if let Err(e) = indirect_precheck(&w.geometry, ioba, list_gpa, npages) {
         return early(w, ioba, npages, e);
     }
     let Some(ua) = srcu.gpa_to_ua(list_gpa) else {
@@ -176,7 +174,7 @@ fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_
         let need = {
             let mut guard = w.state.lock();
             let s = &mut *guard;
-            let mut host = KernelHost::new(srcu, &s.links);
+            let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf);
             let outcome = s.window.execute(&mut s.store, &mut host, request);
             s.stats.host_updates += host.counts.updates;
             s.stats.host_kills += host.counts.kills;

@@ -10,9 +10,10 @@
 
 use crate::ffi::VmSrcu;
 use crate::iommu::{self, IommuTable, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
-use crate::pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};
+use crate::pvtce_core::host::{run_each, Backing, Host, HostGeometry, HostTableId, HostTce, RunFailed};
 use crate::pvtce_core::types::{PageShift, Perm};
-use core::ffi::c_int;
+use core::ffi::{c_int, c_long};
+use kernel::error::code::EIO;
 use kernel::mm::Mm;
 use kernel::sync::aref::ARef;
 use kernel::sync::rcu;
@@ -32,13 +33,25 @@ pub(crate) struct HostLink {
 pub(crate) struct HostCounts {
     pub(crate) updates: u64,
     pub(crate) kills: u64,
+    /// Batched updates (`iommu_tce_set_multi_no_kill` calls) and how many of them the parent refused.
+    pub(crate) runs: u64,
+    pub(crate) run_failures: u64,
 }
+
+/// Most entries one batched update writes: one parent H_PUT_TCE_INDIRECT's list (4 KiB).
+pub(crate) const RUN_CHUNK: usize = 512;
+
+/// The length of a window's run buffer: a chunk's entries, then their user addresses.
+pub(crate) const RUN_BUF: usize = 2 * RUN_CHUNK;
 
 /// The host of one call into the core: it needs the VM's `kvm->srcu` held (the token) for the memslots.
 pub(crate) struct KernelHost<'a> {
     pub(crate) srcu: &'a VmSrcu<'a>,
     pub(crate) links: &'a [HostLink],
     pub(crate) counts: HostCounts,
+    /// The window's run buffer ([`RUN_BUF`] words, under the window lock); empty for a host that only links
+    /// or exchanges entry by entry.
+    buf: &'a mut [u64],
 }
 
 fn perm_to_dir(p: Perm) -> c_int {
@@ -61,7 +74,12 @@ fn dir_to_bits(d: c_int) -> u64 {
 
 impl<'a> KernelHost<'a> {
     pub(crate) fn new(srcu: &'a VmSrcu<'a>, links: &'a [HostLink]) -> Self {
-        KernelHost { srcu, links, counts: HostCounts::default() }
+        KernelHost { srcu, links, counts: HostCounts::default(), buf: &mut [] }
+    }
+
+    /// A host whose [`Host::table_run`] writes batches through the window's run buffer `buf`.
+    pub(crate) fn with_buf(srcu: &'a VmSrcu<'a>, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
+        KernelHost { srcu, links, counts: HostCounts::default(), buf }
     }
 
     fn mm(&self) -> &'a Mm {
@@ -73,8 +91,11 @@ impl<'a> KernelHost<'a> {
         links.iter().find(|l| l.id == id)
     }
 
-    /// Drops the use the old entry at `index` held on its preregistered region and forgets its address.
-    fn release_old(&self, l: &HostLink, index: u64, page_size: u64) {
+    /// Drops the use the old entry at `index` held on its preregistered region and forgets its address; with
+    /// `dirty` first marks its page dirty (the batched update reads no old entry back, so it does not know
+    /// whether the entry allowed device writes: every old page counts as written, which costs at most a
+    /// writeback).
+    fn release_old(&self, l: &HostLink, index: u64, page_shift: u32, dirty: bool) {
         let Some(slot) = l.table.useraddr(index, false) else {
             return;
         };
@@ -84,13 +105,57 @@ impl<'a> KernelHost<'a> {
         }
         let rcu = rcu::read_lock();
         // The old entry's count keeps its region registered, and regions do not overlap: this finds it.
-        if let Some(mem) = iommu::prereg_lookup(&rcu, self.mm(), ua, page_size) {
-            // SAFETY: the old entry, just exchanged away by us, held one count on this region (kept by
-            // `table_exchange` below when it mapped the entry).
+        if let Some(mem) = iommu::prereg_lookup(&rcu, self.mm(), ua, 1u64 << page_shift) {
+            if dirty {
+                if let Some(hpa) = mem.ua_to_hpa(ua, page_shift) {
+                    // SAFETY: the region pins `hpa`'s page: it is alive (RCU) and the old entry's count keeps it
+                    // registered, so not unpinned, until the `mapped_dec` below.
+                    unsafe { iommu::set_dirty(self.mm(), hpa, page_shift) };
+                }
+            }
+            // SAFETY: the old entry, just exchanged away by us, held one count on this region (kept when it
+            // was mapped: `table_exchange`, `table_run`, or VFIO's own map).
             unsafe { mem.mapped_dec() };
         }
         slot.set(0);
     }
+
+    /// Takes one use of the region that pins `ua` for an entry mapping `new`, kept by the caller until the entry
+    /// is written or [`KernelHost::drop_use`] gives it back; false (nothing taken) when the VMM unregistered the
+    /// region since the core validated, or a new registration no longer pins `new`'s page.
+    fn take_use(&self, ua: u64, new: HostTce, page_shift: u32) -> bool {
+        let page_size = 1u64 << page_shift;
+        // Lookup and count in one RCU section, as in `table_exchange`.
+        let rcu = rcu::read_lock();
+        let Some(u) = iommu::prereg_lookup(&rcu, self.mm(), ua, page_size).and_then(|m| m.mapped_inc()) else {
+            return false;
+        };
+        drop(rcu);
+        let pinned = u.ua_to_hpa(ua, page_shift).map(|h| h & !(page_size - 1));
+        if pinned != Some(new.hpa() & !(page_size - 1)) {
+            // `u` drops its count.
+            return false;
+        }
+        u.keep();
+        true
+    }
+
+    /// Gives back a use [`KernelHost::take_use`] took for `ua`, for an entry that never reached the table.
+    fn drop_use(&self, ua: u64, page_shift: u32) {
+        let rcu = rcu::read_lock();
+        // The count taken keeps the region registered: this finds it.
+        if let Some(mem) = iommu::prereg_lookup(&rcu, self.mm(), ua, 1u64 << page_shift) {
+            // SAFETY: `take_use` kept one count on this region for `ua`, and nothing holds it since.
+            unsafe { mem.mapped_dec() };
+        }
+    }
+}
+
+/// `inject_run_failure` (test only): whether a batched update of `count` entries that maps something fails
+/// half-way, as a refusing parent would.
+fn inject_failure(count: u64) -> bool {
+    let at = crate::module_parameters::inject_run_failure.value();
+    at != 0 && count >= at
 }
 
 impl Host for KernelHost<'_> {
@@ -154,7 +219,8 @@ impl Host for KernelHost<'_> {
         match l.table.exchange(self.mm(), index, new.hpa(), dir) {
             Ok((old_hpa, old_dir)) => {
                 if old_dir != DMA_NONE {
-                    self.release_old(l, index, page_size);
+                    // iommu_tce_xchg_no_kill marked the old page dirty.
+                    self.release_old(l, index, geometry.page_shift, false);
                 }
                 if let Some(u) = used {
                     // The entry holds the count from now on (released by `release_old` or VFIO's clear).
@@ -172,6 +238,92 @@ impl Host for KernelHost<'_> {
             // `used` drops its count here.
             Err(_) => HostTce::EMPTY,
         }
+    }
+
+    /// One `iommu_tce_set_multi_no_kill` per [`RUN_CHUNK`] entries (patches/linux/0008: one parent
+    /// H_PUT_TCE_INDIRECT, or H_STUFF_TCE for a chunk that only clears, on a pseries host; the per-entry
+    /// exchange loop elsewhere). Each new mapping's region use is taken before its chunk is written; the old
+    /// entries' uses (from `it_userspace`) are dropped after. If a chunk fails, the whole range is cleared and
+    /// every use its entries held is dropped.
+    fn table_run(
+        &mut self,
+        id: HostTableId,
+        first: u64,
+        count: u64,
+        entry: &dyn Fn(&Self, u64) -> (HostTce, u64),
+    ) -> Result<(), RunFailed> {
+        if self.buf.len() < RUN_BUF {
+            run_each(self, id, first, count, entry);
+            return Ok(());
+        }
+        let Some(l) = self.link(id) else {
+            return Ok(());
+        };
+        let shift = l.table.geometry().page_shift;
+        // Moved out while `entry` borrows `self`; put back before returning.
+        let buf = core::mem::take(&mut self.buf);
+        let (tces, uas) = buf.split_at_mut(RUN_CHUNK);
+        let mut ok = true;
+        let mut done = 0u64;
+        while ok && done < count {
+            let n = (count - done).min(RUN_CHUNK as u64) as usize;
+            let mut filled = 0;
+            let mut maps = false;
+            for k in 0..n {
+                let (new, ua) = entry(self, done + k as u64);
+                if new.perm() == Perm::None {
+                    (tces[k], uas[k]) = (0, 0);
+                } else if self.take_use(ua, new, shift) {
+                    (tces[k], uas[k], maps) = (new.0, ua, true);
+                } else {
+                    ok = false;
+                    break;
+                }
+                filled = k + 1;
+            }
+            let written = if !ok {
+                Err(0)
+            } else if !maps {
+                l.table.clear_multi(first + done, n as u64)
+            } else if inject_failure(count) {
+                // Half of the chunk reaches the table, then the "parent" refuses.
+                let _ = l.table.set_multi(first + done, &tces[..n / 2]);
+                Err(c_long::from(EIO.to_errno()))
+            } else {
+                l.table.set_multi(first + done, &tces[..n])
+            };
+            self.counts.runs += 1;
+            if written.is_err() {
+                for k in (0..filled).filter(|&k| tces[k] != 0) {
+                    self.drop_use(uas[k], shift);
+                }
+                ok = false;
+                break;
+            }
+            for k in 0..n {
+                let index = first + done + k as u64;
+                self.release_old(l, index, shift, true);
+                if tces[k] != 0 {
+                    // The entry holds the use `take_use` kept (released by `release_old` or VFIO's clear).
+                    if let Some(slot) = l.table.useraddr(index, true) {
+                        slot.set(uas[k]);
+                    }
+                }
+            }
+            self.counts.updates += n as u64;
+            done += n as u64;
+        }
+        self.buf = buf;
+        if ok {
+            return Ok(());
+        }
+        // The range's entries are undefined: empty it and drop what its entries held.
+        let _ = l.table.clear_multi(first, count);
+        for k in 0..count {
+            self.release_old(l, first + k, shift, true);
+        }
+        self.counts.run_failures += 1;
+        Err(RunFailed)
     }
 
     fn table_kill(&mut self, id: HostTableId, first: u64, count: u64) {

@@ -8,7 +8,10 @@
 use crate::host::KernelHost;
 use crate::pvtce_core::host::{ua_to_hpa, Host, HostTce};
 use crate::pvtce_core::types::Perm;
-use crate::uapi::{pvtce_exchange, pvtce_window_info, PVTCE_EXCHANGE_MAX, PVTCE_WINDOW_EXCHANGE, PVTCE_WINDOW_INFO};
+use crate::uapi::{
+    pvtce_exchange, pvtce_window_info, PVTCE_EXCHANGE_BATCHED, PVTCE_EXCHANGE_MAX, PVTCE_WINDOW_EXCHANGE,
+    PVTCE_WINDOW_INFO,
+};
 use crate::window::KernelWindow;
 use crate::{ffi, module_parameters};
 use core::ffi::{c_long, c_ulong, c_void};
@@ -59,11 +62,13 @@ fn window_info(w: &KernelWindow, arg: usize) -> Result {
 }
 
 /// `PVTCE_WINDOW_EXCHANGE`: the host-table update of a hypercall without the hypercall, timed (the
-/// benchmark's floor). It runs the same `table_exchange`/`table_kill` the hypercall path's apply step runs, on
+/// benchmark's floors). It runs `table_exchange` per entry (the per-entry floor) or, with
+/// `PVTCE_EXCHANGE_BATCHED`, the hypercall path's own `table_run` (the batched floor), and one `table_kill`, on
 /// translations made before the clock starts; uapi/include/linux/pvtce.h has the rules.
 fn exchange(w: &KernelWindow, arg: usize) -> Result {
     let (mut req, mut writer) = read_checked::<pvtce_exchange>(arg)?;
-    check_head(req.argsz, req.flags, core::mem::size_of::<pvtce_exchange>())?;
+    let batched = req.flags & PVTCE_EXCHANGE_BATCHED != 0;
+    check_head(req.argsz, req.flags & !PVTCE_EXCHANGE_BATCHED, core::mem::size_of::<pvtce_exchange>())?;
     if req.count == 0 || req.count > u64::from(PVTCE_EXCHANGE_MAX) {
         return Err(EINVAL);
     }
@@ -91,7 +96,11 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
     if (req.first..end).any(|i| s.window.table().get(&s.store, i).is_some_and(|t| t != 0)) {
         return Err(EBUSY);
     }
-    let mut host = KernelHost::new(&srcu, &s.links);
+    let mut host = if batched {
+        KernelHost::with_buf(&srcu, &s.links, &mut s.run_buf)
+    } else {
+        KernelHost::new(&srcu, &s.links)
+    };
     let base = w.geometry.offset() + req.first;
     let mut plan: KVec<(u64, HostTce, u64)> = KVec::with_capacity(req.count as usize, GFP_KERNEL)?;
     for i in 0..req.count {
@@ -102,18 +111,34 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
     if !host.table_ready(id, base, req.count) {
         return Err(ENOMEM);
     }
+    let entry = |_: &KernelHost<'_>, k: u64| {
+        usize::try_from(k).ok().and_then(|k| plan.get(k)).map_or((HostTce::EMPTY, 0), |&(_, t, ua)| (t, ua))
+    };
     let t0 = ffi::timebase();
-    for (idx, tce, ua) in plan.iter() {
-        host.table_exchange(id, *idx, *tce, *ua);
+    // A refused batch has emptied the range already.
+    let mut refused = false;
+    if batched {
+        refused |= host.table_run(id, base, req.count, &entry).is_err();
+    } else {
+        for (idx, tce, ua) in plan.iter() {
+            host.table_exchange(id, *idx, *tce, *ua);
+        }
     }
     host.table_kill(id, base, req.count);
     let t1 = ffi::timebase();
-    for (idx, _, _) in plan.iter() {
-        host.table_exchange(id, *idx, HostTce::EMPTY, 0);
+    if batched {
+        refused |= host.table_run(id, base, req.count, &|_, _| (HostTce::EMPTY, 0)).is_err();
+    } else {
+        for (idx, _, _) in plan.iter() {
+            host.table_exchange(id, *idx, HostTce::EMPTY, 0);
+        }
     }
     host.table_kill(id, base, req.count);
     let t2 = ffi::timebase();
     drop(guard);
+    if refused {
+        return Err(EIO);
+    }
     req.map_ticks = t1.wrapping_sub(t0);
     req.unmap_ticks = t2.wrapping_sub(t1);
     writer.write(&req)

@@ -47,6 +47,7 @@ unsafe extern "C" {
     fn pvtce_glue_group_table(grp: *mut IommuGroup, i: c_int) -> *mut IommuTable;
     fn pvtce_glue_table_geometry(tbl: *mut IommuTable, page_shift: *mut u32, offset: *mut u64, size: *mut u64);
     fn pvtce_glue_useraddrptr(tbl: *mut IommuTable, entry: c_long, alloc: bool) -> *mut u64;
+    fn pvtce_glue_set_dirty(mm: *mut c_void, hpa: u64, page_shift: u32);
 
     // arch/powerpc/kernel/iommu.c; `struct mm_struct *` is passed as `void *` (see kmod/ffi.rs).
     fn iommu_tce_table_get(tbl: *mut IommuTable) -> *mut IommuTable;
@@ -59,6 +60,8 @@ unsafe extern "C" {
         direction: *mut c_int,
     ) -> c_long;
     fn iommu_tce_kill(tbl: *mut IommuTable, entry: c_ulong, pages: c_ulong);
+    // patches/linux/0008
+    fn iommu_tce_set_multi_no_kill(tbl: *mut IommuTable, entry: c_ulong, npages: c_ulong, tces: *const u64) -> c_long;
 
     // arch/powerpc/mm/book3s64/iommu_api.c
     fn mm_iommu_lookup(mm: *mut c_void, ua: c_ulong, size: c_ulong) -> *mut MmIommuMem;
@@ -144,6 +147,31 @@ impl IommuTable {
             return Err(r);
         }
         Ok((h as u64, d))
+    }
+
+    /// Writes `tces.len()` entries from `entry` (absolute), each `hpa | TCE_PCI_READ/WRITE` or 0, without
+    /// invalidation and without reading the old entries (one parent H_PUT_TCE_INDIRECT per 512 on pseries).
+    /// No page is marked dirty. On an error the range's entries are undefined.
+    pub(crate) fn set_multi(&self, entry: u64, tces: &[u64]) -> Result<(), c_long> {
+        // SAFETY: the table is live; `tces` is valid for `tces.len()` reads; the kernel checks the range.
+        let r = unsafe {
+            iommu_tce_set_multi_no_kill(self.as_ptr(), entry as c_ulong, tces.len() as c_ulong, tces.as_ptr())
+        };
+        if r != 0 {
+            return Err(r);
+        }
+        Ok(())
+    }
+
+    /// Empties `pages` entries from `entry` (absolute) without invalidation (one parent H_STUFF_TCE per 512
+    /// on pseries).
+    pub(crate) fn clear_multi(&self, entry: u64, pages: u64) -> Result<(), c_long> {
+        // SAFETY: the table is live; a NULL list clears; the kernel checks the range.
+        let r = unsafe { iommu_tce_set_multi_no_kill(self.as_ptr(), entry as c_ulong, pages as c_ulong, core::ptr::null()) };
+        if r != 0 {
+            return Err(r);
+        }
+        Ok(())
     }
 
     /// One invalidation for `pages` entries from `entry`.
@@ -237,6 +265,17 @@ impl<'rcu> Prereg<'rcu> {
         // SAFETY: the region is alive (`'rcu`, and the caller's count); the caller gives up its count.
         unsafe { mm_iommu_mapped_dec(self.mem) }
     }
+}
+
+/// Marks the page at `hpa` dirty unless it is device memory, as `iommu_tce_xchg_no_kill` does for an old entry
+/// that allowed device writes.
+///
+/// # Safety
+/// `hpa` must lie in a page that a preregistered region of `mm` pins for the duration of the call (so it has
+/// a `struct page` unless it is device memory, which the glue checks first).
+pub(crate) unsafe fn set_dirty(mm: &Mm, hpa: u64, page_shift: u32) {
+    // SAFETY: `mm` is borrowed, so alive; `hpa` by the caller's guarantee.
+    unsafe { pvtce_glue_set_dirty(mm.as_raw().cast(), hpa, page_shift) }
 }
 
 /// One `mm_iommu_mapped_inc` on a region, owned: dropped (`mapped_dec`) on every path unless handed to the

@@ -53,6 +53,7 @@ mod uapi {
     pub(crate) const PVTCE_HOST_READ: u32 = _IOWR::<pvtce_host_read>(PVTCE_IOCTL_TYPE, 0x02);
     pub(crate) const PVTCE_LIST_WINDOWS: u32 = _IOWR::<pvtce_windows>(PVTCE_IOCTL_TYPE, 0x03);
     pub(crate) const PVTCE_WINDOW_EXCHANGE: u32 = _IOWR::<pvtce_exchange>(PVTCE_IOCTL_TYPE, 0x04);
+    pub(crate) const PVTCE_PARENT_HCALLS: u32 = _IOWR::<pvtce_parent_hcalls>(PVTCE_IOCTL_TYPE, 0x05);
 
     macro_rules! plain {
         ($($t:ty),*) => {$(
@@ -63,7 +64,7 @@ mod uapi {
             unsafe impl kernel::transmute::AsBytes for $t {}
         )*};
     }
-    plain!(pvtce_window_info, pvtce_mode, pvtce_host_read, pvtce_windows, pvtce_exchange);
+    plain!(pvtce_window_info, pvtce_mode, pvtce_host_read, pvtce_windows, pvtce_exchange, pvtce_parent_hcalls);
 }
 
 module! {
@@ -76,6 +77,10 @@ module! {
         bench_ioctls: bool {
             default: false,
             description: "Offer the benchmark-only PVTCE_WINDOW_EXCHANGE on table fds (ENOTTY when off)",
+        },
+        inject_run_failure: u64 {
+            default: 0,
+            description: "Test only: a batched host-table update of at least this many entries that maps something fails half-way, as a refusing parent would (0: never)",
         },
     },
 }

@@ -38,6 +38,9 @@ pub(crate) struct State {
     pub(crate) next_link_id: u32,
     pub(crate) stats: Stats,
     pub(crate) shadows: Shadows,
+    /// The batched host-table update's list and user addresses ([`crate::host::RUN_BUF`] words), allocated
+    /// with the window.
+    pub(crate) run_buf: KVec<u64>,
 }
 
 /// One guest DMA window.
@@ -69,6 +72,8 @@ impl KernelWindow {
 
     /// A new, unregistered window of `vm`, its table charged to the VMM's locked memory.
     pub(crate) fn new(vm: &Vm, liobn: u64, geometry: WindowGeometry) -> Result<Arc<KernelWindow>> {
+        let mut run_buf = KVec::new();
+        run_buf.resize(crate::host::RUN_BUF, 0, GFP_KERNEL)?;
         let locked_pages = locked_pages_for(geometry.size());
         vm.account_locked(locked_pages, true)?;
         let state = State {
@@ -78,6 +83,7 @@ impl KernelWindow {
             next_link_id: 0,
             stats: Stats::default(),
             shadows: Shadows::default(),
+            run_buf,
         };
         // From here on, dropping the window uncharges (see `Drop`).
         Arc::pin_init(

@@ -4,6 +4,9 @@
 
 pub const PVTCE_IOCTL_TYPE: u32 = 185;
 pub const PVTCE_EXCHANGE_MAX: u32 = 512;
+pub const PVTCE_EXCHANGE_BATCHED: u32 = 1;
+pub const PVTCE_PARENT_START: u32 = 1;
+pub const PVTCE_PARENT_STOP: u32 = 2;
 pub const PVTCE_MODE_BUILTIN: u32 = 0;
 pub const PVTCE_MODE_PVTCE: u32 = 1;
 pub const PVTCE_MODE_USERSPACE: u32 = 2;
@@ -84,6 +87,28 @@ const _: () = {
     ["Offset of field: pvtce_exchange::ua"][::core::mem::offset_of!(pvtce_exchange, ua) - 24usize];
     ["Offset of field: pvtce_exchange::map_ticks"][::core::mem::offset_of!(pvtce_exchange, map_ticks) - 32usize];
     ["Offset of field: pvtce_exchange::unmap_ticks"][::core::mem::offset_of!(pvtce_exchange, unmap_ticks) - 40usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct pvtce_parent_hcalls {
+    pub argsz: __u32,
+    pub flags: __u32,
+    pub put: __u64,
+    pub indirect: __u64,
+    pub stuff: __u64,
+    pub get: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of pvtce_parent_hcalls"][::core::mem::size_of::<pvtce_parent_hcalls>() - 40usize];
+    ["Alignment of pvtce_parent_hcalls"][::core::mem::align_of::<pvtce_parent_hcalls>() - 8usize];
+    ["Offset of field: pvtce_parent_hcalls::argsz"][::core::mem::offset_of!(pvtce_parent_hcalls, argsz) - 0usize];
+    ["Offset of field: pvtce_parent_hcalls::flags"][::core::mem::offset_of!(pvtce_parent_hcalls, flags) - 4usize];
+    ["Offset of field: pvtce_parent_hcalls::put"][::core::mem::offset_of!(pvtce_parent_hcalls, put) - 8usize];
+    ["Offset of field: pvtce_parent_hcalls::indirect"]
+        [::core::mem::offset_of!(pvtce_parent_hcalls, indirect) - 16usize];
+    ["Offset of field: pvtce_parent_hcalls::stuff"][::core::mem::offset_of!(pvtce_parent_hcalls, stuff) - 24usize];
+    ["Offset of field: pvtce_parent_hcalls::get"][::core::mem::offset_of!(pvtce_parent_hcalls, get) - 32usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

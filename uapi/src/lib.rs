@@ -19,6 +19,8 @@ const T: u32 = PVTCE_IOCTL_TYPE;
 pub const PVTCE_WINDOW_INFO: Ioctl = libc::_IOWR::<pvtce_window_info>(T, 0x00);
 /// On a window's table fd.
 pub const PVTCE_WINDOW_EXCHANGE: Ioctl = libc::_IOWR::<pvtce_exchange>(T, 0x04);
+/// On /dev/pvtce (benchmark only).
+pub const PVTCE_PARENT_HCALLS: Ioctl = libc::_IOWR::<pvtce_parent_hcalls>(T, 0x05);
 /// On /dev/pvtce.
 pub const PVTCE_SET_MODE: Ioctl = libc::_IOWR::<pvtce_mode>(T, 0x01);
 /// On /dev/pvtce.
@@ -46,6 +48,7 @@ const _: () = {
     assert!(core::mem::size_of::<pvtce_host_read>() == 40);
     assert!(core::mem::size_of::<pvtce_windows>() == 24);
     assert!(core::mem::size_of::<pvtce_exchange>() == 48);
+    assert!(core::mem::size_of::<pvtce_parent_hcalls>() == 40);
 };
 
 #[cfg(test)]

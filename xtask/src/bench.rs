@@ -113,13 +113,12 @@ fn floor_slope(lines: &[Line], win: &str, key: &str) -> BTreeMap<u64, f64> {
         .collect()
 }
 
-/// pvtce.ko's own floor per repetition (`kind=xfloor`, PVTCE_WINDOW_EXCHANGE): ticks per entry of one pass.
-fn xfloor(lines: &[Line], win: &str, key: &str) -> BTreeMap<u64, f64> {
+/// pvtce.ko's own floor per repetition (`kind=xfloor`: PVTCE_WINDOW_EXCHANGE per entry; `kind=bfloor`: the
+/// same batched): ticks per entry of one pass.
+fn xfloor(lines: &[Line], kind: &str, win: &str, key: &str) -> BTreeMap<u64, f64> {
     lines
         .iter()
-        .filter(|l| {
-            l.get("kind").map(String::as_str) == Some("xfloor") && l.get("win").map(String::as_str) == Some(win)
-        })
+        .filter(|l| l.get("kind").map(String::as_str) == Some(kind) && l.get("win").map(String::as_str) == Some(win))
         .filter_map(|l| Some((num(l, "rep")? as u64, num(l, key)? / num(l, "entries")?)))
         .collect()
 }
@@ -210,9 +209,11 @@ fn analyse(lines: Vec<Line>) -> Analysis {
         }
         let fm = floor_slope(&lines, w, "map_ticks");
         let fu = floor_slope(&lines, w, "unmap_ticks");
-        let xm = xfloor(&lines, w, "map_ticks");
-        let xu = xfloor(&lines, w, "unmap_ticks");
-        for (k, v) in [("map", &fm), ("unmap", &fu), ("xmap", &xm), ("xunmap", &xu)] {
+        let xm = xfloor(&lines, "xfloor", w, "map_ticks");
+        let xu = xfloor(&lines, "xfloor", w, "unmap_ticks");
+        let bm = xfloor(&lines, "bfloor", w, "map_ticks");
+        let bu = xfloor(&lines, "bfloor", w, "unmap_ticks");
+        for (k, v) in [("map", &fm), ("unmap", &fu), ("xmap", &xm), ("xunmap", &xu), ("bmap", &bm), ("bunmap", &bu)] {
             if let Some(s) = Stat::of(&v.values().copied().collect::<Vec<_>>()) {
                 floor.insert((w.to_string(), k.to_string()), s);
             }
@@ -222,6 +223,9 @@ fn analyse(lines: Vec<Line>) -> Analysis {
             ("pvtce", "INDIRECT-512", "indirect512", "bare exchange (pvtce.ko, no hypercall)", &xm, true),
             ("Linux C", "INDIRECT-512", "indirect512", "bare exchange (pvtce.ko, no hypercall)", &xm, false),
             ("pvtce", "STUFF-512", "stuff512", "bare clear (pvtce.ko, no hypercall)", &xu, false),
+            ("pvtce", "INDIRECT-512", "indirect512", "batched floor (pvtce.ko table_run, no hypercall)", &bm, false),
+            ("Linux C", "INDIRECT-512", "indirect512", "batched floor (pvtce.ko table_run, no hypercall)", &bm, false),
+            ("pvtce", "STUFF-512", "stuff512", "batched clear (pvtce.ko table_run, no hypercall)", &bu, false),
             ("pvtce", "INDIRECT-512", "indirect512", "VFIO map slope", &fm, false),
             ("Linux C", "INDIRECT-512", "indirect512", "VFIO map slope", &fm, false),
             ("pvtce", "STUFF-512", "stuff512", "VFIO unmap slope", &fu, false),
@@ -363,14 +367,24 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
     }
     let _ = writeln!(m, "\n## Floor: host-table update without a hypercall (L1)\n");
     let _ = writeln!(m, "**pvtce.ko** (the floor of the goal): `PVTCE_WINDOW_EXCHANGE` on the pvtce rig's window runs the hypercall path's own `table_exchange` per entry and one `table_kill`, on translations made before the clock starts, timed in the kernel with the timebase (the clock of L2's figures): ticks of one pass / entries (512 on 4K, 256 on 64K), fastest of 8 rounds. **VFIO** (for comparison): marginal cost per page of `VFIO_IOMMU_MAP_DMA` / `UNMAP_DMA` ((t(N) - t(1)) / (N - 1), N = 512 for 4K, 128 for 64K), timed in L1 userspace with `clock_gettime`, converted to ticks.\n");
-    let _ = writeln!(m, "| window | pvtce.ko map per entry (us) | pvtce.ko clear per entry (us) | VFIO map per page (us) | VFIO unmap per page (us) |\n|---|---|---|---|---|");
+    let _ = writeln!(m, "**pvtce.ko batched** (`PVTCE_EXCHANGE_BATCHED`): the same passes as one `table_run` each, the hypercall path's own batched update (patch 0008: one parent H_PUT_TCE_INDIRECT / H_STUFF_TCE per 512 entries).\n");
+    let _ = writeln!(m, "| window | pvtce.ko map per entry (us) | pvtce.ko clear per entry (us) | batched map per entry (us) | batched clear per entry (us) | VFIO map per page (us) | VFIO unmap per page (us) |\n|---|---|---|---|---|---|---|");
     for w in WINS {
         let f = |k: &str| {
             a.floor
                 .get(&(w.to_string(), k.to_string()))
                 .map_or("-".into(), |s| Stat { median: us(s.median), min: us(s.min), max: us(s.max), n: s.n }.show(2))
         };
-        let _ = writeln!(m, "| {w} | {} | {} | {} | {} |", f("xmap"), f("xunmap"), f("map"), f("unmap"));
+        let _ = writeln!(
+            m,
+            "| {w} | {} | {} | {} | {} | {} | {} |",
+            f("xmap"),
+            f("xunmap"),
+            f("bmap"),
+            f("bunmap"),
+            f("map"),
+            f("unmap")
+        );
     }
     let _ = writeln!(m, "\n## Memory: 1 TiB window of 4K TCEs (2^28 entries), unlinked\n");
     let _ = writeln!(m, "pvtce: `table_bytes` from `PVTCE_WINDOW_INFO` (measured). Linux C: computed from its allocation rule (book3s_64_vio.c: the stt struct with one page pointer per 64 KiB of table, plus a zeroed 64 KiB page per 8192 entries on the first non-zero put; the struct's fixed part estimated at 128 B), cross-checked with the drop of MemFree. VmLck: what each charges to locked_vm at creation (measured).\n");
@@ -410,6 +424,7 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
             pf as f64 / lf as f64
         );
     }
+    m.push_str(&parent_table(&a.lines));
     let _ =
         writeln!(m, "\n## Scaling: n vCPUs of one L2 VM, each on its own L1 thread with its own unlinked 4K window, H_PUT_TCE pairs\n");
     let _ = writeln!(m, "| path | L2 vCPUs | hypercalls/s (emulated) | efficiency vs n x 1 vCPU |\n|---|---|---|---|");
@@ -422,6 +437,63 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
         core.trim()
     );
     let _ = writeln!(m, "\n{} PVTCE-BENCH lines in the raw data (`results.json`).", a.lines.len());
+    m
+}
+
+/// The `kind=parent` lines: hypercalls L1 made to L0 during one untimed call of each kind, counted by pvtce.ko's
+/// probe on the pseries `hcall_entry` tracepoint (tests/vm/src/bench.rs `parent_counts`), min-max over the
+/// repetitions.
+fn parent_table(lines: &[Line]) -> String {
+    let mut m = String::new();
+    let parent: Vec<&Line> = lines.iter().filter(|l| l.get("kind").map(String::as_str) == Some("parent")).collect();
+    if parent.is_empty() {
+        return m;
+    }
+    let _ = writeln!(
+        m,
+        "\n## Parent hypercalls (L1 to L0) per call, counted\n\nOne untimed call of each kind after the timed tables, per repetition; counted by pvtce.ko's probe on L1's pseries `hcall_entry` tracepoint (every CPU, every LIOBN), min-max over repetitions. `none` is an empty table: what L1 sends meanwhile.\n\n| window | workload | path | H_PUT_TCE | H_PUT_TCE_INDIRECT | H_STUFF_TCE | H_GET_TCE | total |\n|---|---|---|---|---|---|---|---|"
+    );
+    let range = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        if v.is_empty() {
+            "-".to_string()
+        } else if lo == hi {
+            format!("{lo:.0}")
+        } else {
+            format!("{lo:.0}-{hi:.0}")
+        }
+    };
+    for w in WINS {
+        for work in ["put_pair", "indirect512", "stuff512", "get8", "none"] {
+            for p in ["linux", "pvtce"] {
+                let rows: Vec<&&Line> = parent
+                    .iter()
+                    .filter(|l| {
+                        l.get("win").map(String::as_str) == Some(w)
+                            && l.get("work").map(String::as_str) == Some(work)
+                            && l.get("path").map(String::as_str) == Some(p)
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let col = |k: &str| -> Vec<f64> { rows.iter().filter_map(|l| num(l, k)).collect() };
+                let total: Vec<f64> = rows
+                    .iter()
+                    .map(|l| ["put", "indirect", "stuff", "get"].iter().filter_map(|k| num(l, k)).sum())
+                    .collect();
+                let _ = writeln!(
+                    m,
+                    "| {w} | {work} | {p} | {} | {} | {} | {} | {} |",
+                    range(&col("put")),
+                    range(&col("indirect")),
+                    range(&col("stuff")),
+                    range(&col("get")),
+                    range(&total)
+                );
+            }
+        }
+    }
     m
 }
 
@@ -629,5 +701,21 @@ mod tests {
         let (e, f) = linux_table_bytes(1 << 28, 2_684_416);
         assert_eq!(e, 128 + 32768 * 8);
         assert_eq!(f, e + 328 * 65536);
+    }
+
+    #[test]
+    fn parent_counts_table_shows_ranges_and_totals() {
+        let lines: Vec<Line> = [
+            "PVTCE-BENCH kind=parent path=linux win=4k work=indirect512 rep=0 exits=0 put=512 indirect=0 stuff=0 get=512",
+            "PVTCE-BENCH kind=parent path=pvtce win=4k work=indirect512 rep=0 exits=0 put=0 indirect=1 stuff=0 get=0",
+            "PVTCE-BENCH kind=parent path=pvtce win=4k work=indirect512 rep=1 exits=0 put=0 indirect=1 stuff=1 get=0",
+        ]
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
+        let t = parent_table(&lines);
+        assert!(t.contains("| 4k | indirect512 | linux | 512 | 0 | 0 | 512 | 1024 |"), "{t}");
+        assert!(t.contains("| 4k | indirect512 | pvtce | 0 | 1 | 0-1 | 0 | 1-2 |"), "{t}");
+        assert!(parent_table(&[]).is_empty());
     }
 }

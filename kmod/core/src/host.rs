@@ -93,6 +93,25 @@ pub trait Host {
     /// mappings) under the same lock; clearing an entry below a missing level must do nothing.
     fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce, ua: u64) -> HostTce;
 
+    /// Writes entries `first..first + count` of table `id` without invalidation, entry `first + k` getting
+    /// `entry(self, k)`: the new entry and the user address it maps (0 for an empty entry), as
+    /// [`Host::table_exchange`] takes them. Called under the same rules as `table_exchange`.
+    ///
+    /// The default exchanges the entries one by one and cannot fail. A host with a batched update (the
+    /// kernel's `iommu_tce_set_multi_no_kill`: one parent `H_PUT_TCE_INDIRECT` per 512 entries on a pseries
+    /// host) may fail as a whole when its parent refuses part of the run: it then leaves the range empty,
+    /// with every reference its old and new entries held released, and returns [`RunFailed`].
+    fn table_run(
+        &mut self,
+        id: HostTableId,
+        first: u64,
+        count: u64,
+        entry: &dyn Fn(&Self, u64) -> (HostTce, u64),
+    ) -> Result<(), RunFailed> {
+        run_each(self, id, first, count, entry);
+        Ok(())
+    }
+
     /// Invalidates `count` entries from `first` of table `id` (Linux `iommu_tce_kill`): once per batch.
     fn table_kill(&mut self, id: HostTableId, first: u64, count: u64);
 
@@ -100,6 +119,25 @@ pub trait Host {
     /// Each word is stored as loaded (`u64::from_ne_bytes`); the core decodes them. `false` on fault.
     fn read_tce_list(&mut self, ua: u64, buf: &mut [u64]) -> bool;
 }
+
+/// [`Host::table_run`]'s default: [`Host::table_exchange`] entry by entry (for implementations that batch
+/// only sometimes).
+pub fn run_each<H: Host + ?Sized>(
+    host: &mut H,
+    id: HostTableId,
+    first: u64,
+    count: u64,
+    entry: &dyn Fn(&H, u64) -> (HostTce, u64),
+) {
+    for k in 0..count {
+        let (new, ua) = entry(host, k);
+        host.table_exchange(id, first + k, new, ua);
+    }
+}
+
+/// A [`Host::table_run`] the host's parent refused part of: the range is left empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunFailed;
 
 /// The host physical address for the IOMMU page of `2^shift` bytes at `ua`, with Linux's page-size rule:
 /// refused when the backing page is smaller than the IOMMU page; a 4 KiB IOMMU page in a 64 KiB host page

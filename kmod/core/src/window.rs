@@ -5,14 +5,24 @@
 //! follow Linux 7.3 `arch/powerpc/kvm/book3s_64_vio.c`; where pvtce differs it says so.
 
 use super::error::{HResult, HcallError};
-use super::host::{check_link, ua_to_hpa, Host, HostTableId, HostTce, Link, LinkError, MAX_LINKS};
+use super::host::{check_link, ua_to_hpa, Host, HostTableId, HostTce, Link, LinkError, RunFailed, MAX_LINKS};
 use super::table::{GuestTable, NeedAlloc, PageStore};
 use super::types::{Ioba, Liobn, Tce, WindowGeometry};
+use core::cell::Cell;
 
 /// Most TCEs in one H_PUT_TCE_INDIRECT list (PAPR: the list fits one 4 KiB page).
 pub const MAX_INDIRECT_TCES: u64 = 512;
 /// Required alignment of the H_PUT_TCE_INDIRECT list address.
 pub const TCE_LIST_ALIGN: u64 = 4096;
+
+/// [`Window::indirect_precheck`] on the window's geometry alone, which never changes: a caller that keeps the
+/// geometry beside the window needs no lock for it.
+pub fn indirect_precheck(geometry: &WindowGeometry, ioba: Ioba, list_gpa: u64, npages: u64) -> HResult<()> {
+    if npages > MAX_INDIRECT_TCES || list_gpa & (TCE_LIST_ALIGN - 1) != 0 {
+        return Err(HcallError::Parameter);
+    }
+    geometry.check_ioba(ioba, npages).map(|_| ()).ok_or(HcallError::Parameter)
+}
 
 /// What a batch writes, entry by entry.
 #[derive(Clone, Copy, Debug)]
@@ -218,10 +228,7 @@ impl Window {
     /// alignment, then the bus range). The caller then translates `list_gpa` (no memslot: `H_TOO_HARD`),
     /// copies `npages` words once, and calls [`Window::put_tce_indirect`].
     pub fn indirect_precheck(&self, ioba: Ioba, list_gpa: u64, npages: u64) -> HResult<()> {
-        if npages > MAX_INDIRECT_TCES || list_gpa & (TCE_LIST_ALIGN - 1) != 0 {
-            return Err(HcallError::Parameter);
-        }
-        self.geometry.check_ioba(ioba, npages).map(|_| ()).ok_or(HcallError::Parameter)
+        indirect_precheck(&self.geometry, ioba, list_gpa, npages)
     }
 
     /// H_PUT_TCE_INDIRECT on the copied list (Linux `kvmppc_h_put_tce_indirect`).
@@ -281,7 +288,13 @@ impl Window {
         }
 
         if npages > 0 {
-            self.apply_host(host, request, first, npages);
+            if self.apply_host(host, request, first, npages).is_err() {
+                // The host's parent refused part of a batch (Linux's kvmppc_tce_iommu_map failing: it clears
+                // the entry and answers H_TOO_HARD). Every linked table's range is empty now; so is the
+                // guest's, which clearing never allocates for.
+                let _ = self.table.write_run(store, rel, npages, |_| 0);
+                return Outcome::err(HcallError::TooHard, 0);
+            }
             let written = self.table.write_run(store, rel, npages, |j| request.entry(j).0);
             if let Err(need) = written {
                 // Cannot happen: the reserve was checked above and nothing else takes from it.
@@ -320,24 +333,55 @@ impl Window {
         Ok(())
     }
 
-    /// Writes the `npages` (validated) entries into every linked host table, one invalidation per table.
-    fn apply_host<H: Host + ?Sized>(&self, host: &mut H, request: &Request<'_>, first: u64, npages: u64) {
+    /// Writes the `npages` (validated) entries into every linked host table, one run and one invalidation per
+    /// table. If a host refuses a run, every linked table's range is cleared (and invalidated) and the call
+    /// fails as a whole.
+    fn apply_host<H: Host + ?Sized>(
+        &self,
+        host: &mut H,
+        request: &Request<'_>,
+        first: u64,
+        npages: u64,
+    ) -> Result<(), RunFailed> {
+        let shift = self.geometry.page_shift();
         for link in self.links() {
             let hs = link.page_shift;
-            let diff = self.geometry.page_shift().get() - hs.get();
-            let subpages = 1u64 << diff;
-            for i in 0..npages {
+            let diff = shift.get() - hs.get();
+            // The user address of the last window entry translated: its sub-pages follow one another.
+            let last = Cell::new((u64::MAX, None));
+            let entry = |h: &H, k: u64| {
+                let (i, j) = (k >> diff, k & ((1u64 << diff) - 1));
                 let tce = request.entry(i);
-                let base = (first + i) << diff;
-                let ua = if tce.is_clear() { None } else { host.gpa_to_ua(tce.gpa()) };
-                for j in 0..subpages {
-                    let mapped = ua.and_then(|ua| ua.checked_add(j << hs.get())).and_then(|ua_j| {
-                        ua_to_hpa(host, ua_j, hs).ok().map(|hpa| (HostTce::new(hpa, tce.perm()), ua_j))
-                    });
-                    let (new, ua_j) = mapped.unwrap_or((HostTce::EMPTY, 0));
-                    host.table_exchange(link.id, base + j, new, ua_j);
+                if tce.is_clear() {
+                    return (HostTce::EMPTY, 0);
                 }
+                let ua = match last.get() {
+                    (at, ua) if at == i => ua,
+                    _ => {
+                        let ua = h.gpa_to_ua(tce.gpa());
+                        last.set((i, ua));
+                        ua
+                    }
+                };
+                ua.and_then(|ua| ua.checked_add(j << hs.get()))
+                    .and_then(|ua_j| ua_to_hpa(h, ua_j, hs).ok().map(|hpa| (HostTce::new(hpa, tce.perm()), ua_j)))
+                    .unwrap_or((HostTce::EMPTY, 0))
+            };
+            if host.table_run(link.id, first << diff, npages << diff, &entry).is_err() {
+                self.clear_host(host, first, npages);
+                return Err(RunFailed);
             }
+            host.table_kill(link.id, first << diff, npages << diff);
+        }
+        Ok(())
+    }
+
+    /// Empties window entries `first..first + npages` in every linked host table, with one invalidation each.
+    fn clear_host<H: Host + ?Sized>(&self, host: &mut H, first: u64, npages: u64) {
+        for link in self.links() {
+            let diff = self.geometry.page_shift().get() - link.page_shift.get();
+            // A clear refused too leaves nothing more to do: the host has emptied what it could.
+            let _ = host.table_run(link.id, first << diff, npages << diff, &|_: &H, _| (HostTce::EMPTY, 0));
             host.table_kill(link.id, first << diff, npages << diff);
         }
     }

@@ -195,6 +195,9 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
             measure("indirect1_stuff1", BATCHES, &calls)?;
         }
     }
+    if which != Which::Userspace && opt("parent").unwrap_or(1) != 0 {
+        parent_counts(which, rig, hp, rep)?;
+    }
     if which == Which::Userspace && opt("floor").unwrap_or(1) != 0 {
         floor(rig, rep)?;
     }
@@ -202,6 +205,62 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
         exchange_floor(rig, hp, rep)?;
     }
     Ok(())
+}
+
+/// `PVTCE_PARENT_HCALLS` on /dev/pvtce: `flags` 0 (read), START or STOP; (put, indirect, stuff, get).
+fn parent(flags: u32) -> Result<[u64; 4], String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open("/dev/pvtce").map_err(e("open /dev/pvtce"))?;
+    let mut r = pvtce_uapi::pvtce_parent_hcalls {
+        argsz: std::mem::size_of::<pvtce_uapi::pvtce_parent_hcalls>() as u32,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: `r` is a valid pvtce_parent_hcalls the kernel reads and writes back, for the call.
+    if unsafe { libc::ioctl(f.as_raw_fd(), pvtce_uapi::PVTCE_PARENT_HCALLS, &mut r) } != 0 {
+        return Err(format!("PVTCE_PARENT_HCALLS: {}", std::io::Error::last_os_error()));
+    }
+    Ok([r.put, r.indirect, r.stuff, r.get])
+}
+
+/// Counts the hypercalls L1 makes to L0 (pseries `hcall_entry` tracepoint, probed by pvtce.ko with
+/// `bench_ioctls=1`) for one call of each kind, untimed, after the timed tables: an H_PUT_TCE map + unmap
+/// pair, an H_PUT_TCE_INDIRECT of 512, an H_STUFF_TCE of 512, and 8 H_GET_TCE (none should reach L0), and an
+/// empty table (what else L1 sends meanwhile). On the Linux path pvtce.ko is loaded for the count only (its
+/// backend declines the Linux windows, which were made before) and unloaded after.
+fn parent_counts(which: Which, rig: &Rig, hp: &mut HostPe<'_>, rep: u32) -> Result<(), String> {
+    if which == Which::Linux {
+        sh("modprobe pvtce bench_ioctls=1")?;
+    }
+    let r = (|| {
+        for (win, liobn, base, shift) in [("4k", L0, 0u64, 12u32), ("64k", L1, BUS64, 16)] {
+            let at = base + ((1024 + 2 * INDIRECT) << shift);
+            let works: [(&str, Vec<Call>); 5] = [
+                ("none", vec![]),
+                ("put_pair", vec![c(H_PUT_TCE, [liobn, at, tce(0, shift), 0]), c(H_PUT_TCE, [liobn, at, 0, 0])]),
+                ("indirect512", vec![c(H_PUT_TCE_INDIRECT, [liobn, at, LIST, INDIRECT])]),
+                ("stuff512", vec![c(H_STUFF_TCE, [liobn, at, 0, INDIRECT])]),
+                ("get8", (0..8).map(|i| c(H_GET_TCE, [liobn, at + (i << shift), 0, 0])).collect()),
+            ];
+            let list: Vec<u8> = (0..INDIRECT).flat_map(|i| tce(i, shift).to_be_bytes()).collect();
+            rig.mem.write(LIST, &list).map_err(e("list"))?;
+            for (work, calls) in works {
+                parent(pvtce_uapi::PVTCE_PARENT_START)?;
+                let t = timed(rig, hp, &calls);
+                let [put, indirect, stuff, get] = parent(pvtce_uapi::PVTCE_PARENT_STOP)?;
+                let (_, exits) = t?;
+                println!(
+                    "PVTCE-BENCH kind=parent path={} win={win} work={work} rep={rep} exits={exits} put={put} indirect={indirect} stuff={stuff} get={get}",
+                    which.name()
+                );
+            }
+        }
+        Ok(())
+    })();
+    if which == Which::Linux {
+        sh("rmmod pvtce")?;
+    }
+    r
 }
 
 /// The floor issue 6 asks for: pvtce.ko's own host-table update without a hypercall
@@ -221,8 +280,35 @@ fn exchange_floor(rig: &Rig, hp: &HostPe<'_>, rep: u32) -> Result<(), String> {
             unmap = unmap.min(u);
         }
         println!("PVTCE-BENCH kind=xfloor win={win} rep={rep} entries={n} map_ticks={map} unmap_ticks={unmap}");
+        // The batched floor: the same passes as one `table_run` each (the hypercall path's own update).
+        batched_exchange(t, 8192, n, ua)?;
+        let (mut map, mut unmap) = (u64::MAX, u64::MAX);
+        for _ in 0..8 {
+            let (m, u) = batched_exchange(t, 8192, n, ua)?;
+            map = map.min(m);
+            unmap = unmap.min(u);
+        }
+        println!("PVTCE-BENCH kind=bfloor win={win} rep={rep} entries={n} map_ticks={map} unmap_ticks={unmap}");
     }
     Ok(())
+}
+
+/// `PVTCE_WINDOW_EXCHANGE` with `PVTCE_EXCHANGE_BATCHED`: (map ticks, unmap ticks).
+fn batched_exchange(t: &kvm::Window, first: u64, count: u64, ua: u64) -> Result<(u64, u64), String> {
+    use std::os::fd::AsRawFd;
+    let mut r = pvtce_uapi::pvtce_exchange {
+        argsz: std::mem::size_of::<pvtce_uapi::pvtce_exchange>() as u32,
+        flags: pvtce_uapi::PVTCE_EXCHANGE_BATCHED,
+        first,
+        count,
+        ua,
+        ..Default::default()
+    };
+    // SAFETY: `r` is a valid pvtce_exchange the kernel reads and writes back, for the call.
+    if unsafe { libc::ioctl(t.fd.as_raw_fd(), pvtce_uapi::PVTCE_WINDOW_EXCHANGE, &mut r) } != 0 {
+        return Err(format!("PVTCE_WINDOW_EXCHANGE (batched): {}", std::io::Error::last_os_error()));
+    }
+    Ok((r.map_ticks, r.unmap_ticks))
 }
 
 /// The host-table update alone: VFIO MAP_DMA / UNMAP_DMA of N pages and of 1 page on the host windows, timed

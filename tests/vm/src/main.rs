@@ -4,6 +4,7 @@
 //! one line the host parses: `PVTCE-RESULT <name> <pass|fail|skip> <ms> <detail>`; the host fails the run if
 //! a requested test prints none, and on the binary's exit status (`xtask/src/vm.rs`).
 
+mod batch;
 mod bench;
 mod cli;
 mod conformance;
@@ -47,6 +48,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("race-unregister", race::race_unregister),
     ("teardown-load", teardown::teardown_load),
     ("conformance", conformance::conformance),
+    ("batch-fault", batch::batch_fault),
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)

@@ -51,8 +51,9 @@ struct pvtce_window_info {
  * hardware table, map `count` entries from window entry `first` to the VMM's preregistered pages from `ua`
  * (exchange each, then one invalidation), then clear them the same way. Only the VMM of the window's VM may
  * call it (EPERM), on a range that is clear in the guest-visible table (EBUSY); the window lock is held
- * throughout, so no hypercall sees the range meanwhile, and it is left as it was. EINVAL: bad argsz, flags,
- * count (1..PVTCE_EXCHANGE_MAX) or range; ENODEV: no linked table; EFAULT: `ua` not preregistered.
+ * throughout, so no hypercall sees the range meanwhile, and it is left as it was. EINVAL: bad argsz, flags
+ * (only PVTCE_EXCHANGE_BATCHED), count (1..PVTCE_EXCHANGE_MAX) or range; ENODEV: no linked table; EFAULT: `ua`
+ * not preregistered; EIO: a batched pass the parent hypervisor refused (the range is left clear).
  */
 struct pvtce_exchange {
 	__u32 argsz;
@@ -64,7 +65,30 @@ struct pvtce_exchange {
 	__u64 unmap_ticks;  /* out: the same for the clearing pass */
 };
 #define PVTCE_EXCHANGE_MAX 512
+/* flags: both passes are one batched update each (Host::table_run: iommu_tce_set_multi_no_kill, one parent
+ * H_PUT_TCE_INDIRECT / H_STUFF_TCE per 512 entries on pseries) instead of one exchange per entry. */
+#define PVTCE_EXCHANGE_BATCHED 1
 #define PVTCE_WINDOW_EXCHANGE _IOWR(PVTCE_IOCTL_TYPE, 0x04, struct pvtce_exchange)
+
+/*
+ * On /dev/pvtce, benchmark only (bench_ioctls=1, else ENOTTY): the TCE hypercalls this kernel makes to its
+ * own hypervisor (on a pseries host: L1 to L0), counted by a probe on the pseries `hcall_entry` tracepoint
+ * over every CPU and LIOBN, whoever makes them (pvtce.ko, Linux's built-in code, any driver).
+ * PVTCE_PARENT_START zeroes the counters and starts counting, PVTCE_PARENT_STOP stops; every call returns
+ * the counts so far. EINVAL: both flags; EBUSY: START while counting; ENOENT: the kernel has no
+ * `hcall_entry` tracepoint (not a pseries kernel).
+ */
+struct pvtce_parent_hcalls {
+	__u32 argsz;
+	__u32 flags;
+	__u64 put;       /* out: H_PUT_TCE */
+	__u64 indirect;  /* out: H_PUT_TCE_INDIRECT */
+	__u64 stuff;     /* out: H_STUFF_TCE */
+	__u64 get;       /* out: H_GET_TCE */
+};
+#define PVTCE_PARENT_START 1
+#define PVTCE_PARENT_STOP  2
+#define PVTCE_PARENT_HCALLS _IOWR(PVTCE_IOCTL_TYPE, 0x05, struct pvtce_parent_hcalls)
 
 /* Which implementation creates new windows (existing ones keep theirs). */
 #define PVTCE_MODE_BUILTIN 0 /* Linux's built-in code (pvtce declines) */
