@@ -205,7 +205,14 @@ pub fn report(console: &std::path::Path) -> Result<String> {
         .find_map(|l| l.split("realguest: cached: ").nth(1).or_else(|| l.split("realguest: fetched: ").nth(1)))
         .map(|v| format!("Software: {}.", v.trim()))
         .unwrap_or_default();
-    let md = markdown(&lines, reps, &head);
+    // How the repetitions were chosen: the probe's result line ("N repetitions (one repetition took ...").
+    let chosen = text
+        .lines()
+        .find_map(|l| l.split("PVTCE-RESULT real-bench pass ").nth(1))
+        .and_then(|r| r.split_once(' '))
+        .map(|(_, d)| format!("The probe: {}.", d.trim()))
+        .unwrap_or_default();
+    let md = markdown(&lines, reps, &format!("{chosen} {head}"));
     write(&repo().join(SECTION), &md)?;
     write(&repo().join("docs/bench/real-guest.svg"), &svg(&lines))?;
     // results.md: everything before an earlier copy of the section, then the section.

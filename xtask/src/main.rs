@@ -262,14 +262,20 @@ fn real_main(args: &[String], st: &mut Stages) -> Result<()> {
             }
             Ok(())
         }
-        // The real guest's table (xtask/src/bench_real.rs): PVTCE_RG_REPS repetitions of the six scenarios.
+        // The real guest's table (xtask/src/bench_real.rs): as many repetitions of the six scenarios as fit in
+        // PVTCE_RG_BUDGET seconds (default 900), 2 to PVTCE_RG_REPS (default 5).
         "bench" if args.get(1).map(String::as_str) == Some("real") => {
             setup(st)?;
             let b = build_all(st)?;
-            let reps = std::env::var("PVTCE_RG_REPS").unwrap_or_else(|_| "3".into());
+            let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
+            let rg = format!(
+                "pvtce_rg_reps={} pvtce_rg_budget={}",
+                env("PVTCE_RG_REPS", "5"),
+                env("PVTCE_RG_BUDGET", "900")
+            );
             let append = match std::env::var("PVTCE_APPEND") {
-                Ok(a) => format!("{a} pvtce_rg_reps={reps}"),
-                Err(_) => format!("pvtce_rg_reps={reps}"),
+                Ok(a) => format!("{a} {rg}"),
+                Err(_) => rg,
             };
             // Single-threaded here: nothing else reads the environment concurrently.
             std::env::set_var("PVTCE_APPEND", &append);
