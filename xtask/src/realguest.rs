@@ -136,10 +136,13 @@ echo "RG-BOOT $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
 # traced on entry and exit, and their time is the mapping's.
 TR=/sys/kernel/tracing
 H=$TR/events/powerpc
-mount -t tracefs tracefs $TR 2>/dev/null
-echo 'hist:keys=opcode:size=64 if opcode == 0x1c || opcode == 0x20 || opcode == 0x124 || opcode == 0x138' \
-  > $H/hcall_entry/trigger || echo "RG-ERROR no hcall_entry histogram"
-for ev in hcall_entry hcall_exit; do echo 'opcode == 0x124' > $H/$ev/filter; echo 1 > $H/$ev/enable; done
+[ -d $H ] || mount -t tracefs tracefs $TR 2>/tmp/e || echo "RG-TRACE mount: $(cat /tmp/e)"
+echo 'hist:keys=opcode if opcode == 0x1c || opcode == 0x20 || opcode == 0x124 || opcode == 0x138' \
+  > $H/hcall_entry/trigger 2>/tmp/e || echo "RG-TRACE no hcall_entry histogram: $(cat /tmp/e)"
+for ev in hcall_entry hcall_exit; do
+  echo 'opcode == 0x124' > $H/$ev/filter 2>/tmp/e || echo "RG-TRACE filter $ev: $(cat /tmp/e)"
+  echo 1 > $H/$ev/enable 2>/tmp/e || echo "RG-TRACE enable $ev: $(cat /tmp/e)"
+done
 # hc: "get put indirect stuff" so far; hist lines are "{ opcode:         32 } hitcount:       1234"
 hc() {
   awk 'BEGIN {n["28"] = 0; n["32"] = 0; n["292"] = 0; n["312"] = 0}
@@ -161,6 +164,7 @@ if [ ! -b /dev/nvme0n1 ]; then
 fi
 echo "RG-DISK uptime=$(cut -d' ' -f1 /proc/uptime)"
 for ev in hcall_entry hcall_exit; do echo 0 > $H/$ev/enable; done
+echo "RG-TRACE $(grep -c hcall_ $TR/trace 2>&1) events: $(grep -m 2 hcall_ $TR/trace 2>&1 | tr -s ' ' | tr '\n' '/')"
 awk '{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) t = substr($i, 1, length($i) - 1)}
   / hcall_entry: / {t0 = t} / hcall_exit: / && t0 != "" {n++; us += (t - t0) * 1e6; t0 = ""}
   END {printf "RG-PROBE-INDIRECT calls=%d usecs=%.0f\n", n, us}' $TR/trace
