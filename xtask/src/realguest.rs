@@ -173,7 +173,9 @@ dmesg | grep -i -e 'ddw' -e 'dma window' -e 'direct dma' -e 'iommu' | sed 's/^/R
 seed=1
 for a in $(cat /proc/cmdline); do case "$a" in rg_seed=*) seed=${a#rg_seed=};; esac; done
 DEV=/dev/nvme0n1
+# MiB per pass: 4, or rg_mib=N (the benchmark's shorter runs)
 MIB=4
+for a in $(cat /proc/cmdline); do case "$a" in rg_mib=[1-4]) MIB=${a#rg_mib=};; esac; done
 SIZE=$((MIB * 1048576))
 # pat N: the pattern of seed N, SIZE bytes
 pat() { seq "$1" $(($1 + 1500000)) | head -c $SIZE; }
