@@ -65,11 +65,11 @@ fn markdown(lines: &[Line], reps: usize, head: &str) -> String {
         s,
         "`cargo xtask bench real`: one L1 boot, {reps} repetition(s) of the six scenarios, interleaved (each \
          repetition runs every path and mode once); {} runs, {} s per run (median [min-max]). {head}\n\n\
-         L2 (Debian 6.1, 1 vCPU, 512 MiB) writes a pattern with O_DIRECT and reads it back (4 MiB per pass, \
+         L2 (Debian 6.1, 1 vCPU, 512 MiB) writes a pattern with O_DIRECT and reads it back (1 MiB per pass, \
          verified); MB/s are TCG-emulated, only their ratios mean something. \"L2 boot\" is QEMU's start to L2's \
          /init; \"DDW map\" the H_PUT_TCE_INDIRECT calls L2 makes while nvme probes, entry to exit in L2's \
          trace (in DDW mode: all of its RAM mapped into the dynamic window; with disable_ddw: the probe's own \
-         mappings); \"TCE hcalls/MB\" L2's H_PUT_TCE + INDIRECT + STUFF + GET during the passes, per MB moved. \
+         mappings); "TCE hcalls/MB" L2's H_PUT_TCE + INDIRECT + STUFF + GET during the passes, per MB moved, as its hcall_entry tracepoint saw them: it saw no H_PUT_TCE_INDIRECT in any run (pvtce counted 1,128-1,134 in disable_ddw, 1 in the DDW), so DDW map is empty and the count is STUFF only, not understood yet. \
          Cells: median [min-max] over the repetitions.\n",
         lines.len(),
         show(run, 0)
