@@ -635,7 +635,8 @@ pub fn report(console: &std::path::Path, core: &str) -> Result<String> {
     let a = analyse(lines);
     let dir = repo().join("docs/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    write(&dir.join("results.md"), &markdown(&a, core, smp, reps))?;
+    // The real guest's section (`cargo xtask bench real`) stays at the end.
+    write(&dir.join("results.md"), &(markdown(&a, core, smp, reps) + &crate::bench_real::section()))?;
     write(&dir.join("results.json"), &json(&a, core, smp, reps)?)?;
     write(&dir.join("bench.svg"), &svg(&a))?;
     let mut out = String::from("bench ratios (median [min-max] over repetitions; times are TCG-emulated):\n");

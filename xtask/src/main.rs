@@ -7,12 +7,14 @@
 //! - `demo`: everything above, then the smoke scenario with a readable summary.
 //! - `bench`: one boot running the in-VM benchmark (three TCE paths, two windows), plus the native criterion
 //!   benchmark of pvtce-core; writes docs/bench/ (see docs/bench/README.md). Never part of `test`.
+//!   `bench real`: the real guest's table (xtask/src/bench_real.rs) into docs/bench/results.md.
 //! - `test`: host tests (unit, property, fuzz replay, formatting, clippy), clippy on pvtce.ko (`CLIPPY=1`), then
 //!   every in-VM test.
 //!
 //! Each stage prints one line as it starts and one as it ends, with its time.
 
 mod bench;
+mod bench_real;
 mod initramfs;
 mod kernel;
 mod realguest;
@@ -22,7 +24,7 @@ mod vm;
 use std::time::Duration;
 use util::*;
 
-const USAGE: &str = "usage: cargo xtask <setup|kernel|module|initramfs|vm [TESTS]|demo|bench|test>";
+const USAGE: &str = "usage: cargo xtask <setup|kernel|module|initramfs|vm [TESTS]|demo|bench [real]|test>";
 
 fn setup(st: &mut Stages) -> Result<()> {
     st.run("setup", || {
@@ -260,6 +262,36 @@ fn real_main(args: &[String], st: &mut Stages) -> Result<()> {
             }
             Ok(())
         }
+        // The real guest's table (xtask/src/bench_real.rs): as many repetitions of the six scenarios as fit in
+        // PVTCE_RG_BUDGET seconds (default 900), 2 to PVTCE_RG_REPS (default 5).
+        "bench" if args.get(1).map(String::as_str) == Some("real") => {
+            setup(st)?;
+            let b = build_all(st)?;
+            let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
+            let rg = format!(
+                "pvtce_rg_reps={} pvtce_rg_budget={}",
+                env("PVTCE_RG_REPS", "5"),
+                env("PVTCE_RG_BUDGET", "900")
+            );
+            let append = match std::env::var("PVTCE_APPEND") {
+                Ok(a) => format!("{a} {rg}"),
+                Err(_) => rg,
+            };
+            // Single-threaded here: nothing else reads the environment concurrently.
+            std::env::set_var("PVTCE_APPEND", &append);
+            let (o, _) = boot_real(st, &b, "real-bench", "bench-real")?;
+            let (_, f, _) = report(&o);
+            if o.failed() || f > 0 {
+                return Err("the real-guest benchmark run failed".into());
+            }
+            let mut summary = String::new();
+            st.run("bench-report", || {
+                summary = bench_real::report(&o.log)?;
+                Ok("docs/bench/".into())
+            })?;
+            println!("{summary}");
+            Ok(())
+        }
         "bench" => {
             setup(st)?;
             let b = build_all(st)?;
@@ -297,6 +329,11 @@ fn real_main(args: &[String], st: &mut Stages) -> Result<()> {
             Ok(())
         }
         // Re-renders docs/bench/ from a saved console log of a bench run (no VM, no criterion run).
+        "bench-report" if args.get(1).map(String::as_str) == Some("real") => {
+            let log = args.get(2).ok_or("usage: cargo xtask bench-report real CONSOLE_LOG")?;
+            println!("{}", bench_real::report(std::path::Path::new(log))?);
+            Ok(())
+        }
         "bench-report" => {
             let log = args.get(1).ok_or("usage: cargo xtask bench-report CONSOLE_LOG [CORE_REPORT_TXT]")?;
             let core = match args.get(2) {

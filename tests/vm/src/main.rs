@@ -53,7 +53,8 @@ const TESTS: &[(&str, TestFn)] = &[
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
 /// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md); the `real-*`
-/// scenarios need the real-guest boot (the Debian overlay and L0's NVMe), which xtask starts for them;
+/// scenarios need the real-guest boot (the Debian overlay and L0's NVMe), which xtask starts for them
+/// (`real-bench` is `cargo xtask bench real`'s run of them);
 /// `abort-probe` aborts the binary on purpose, to show that the host fails such a run
 /// (`cargo xtask vm smoke abort-probe` must fail: docs/machine.md).
 const PROBES: &[(&str, TestFn)] = &[
@@ -66,6 +67,7 @@ const PROBES: &[(&str, TestFn)] = &[
     ("real-userspace-ddw", realguest::userspace_ddw),
     ("real-userspace-noddw", realguest::userspace_noddw),
     ("real-options", realguest::options),
+    ("real-bench", realguest::bench),
     ("abort-probe", abort_probe),
 ];
 
