@@ -11,6 +11,7 @@ mod ddw;
 mod fallback;
 mod faults;
 mod fpregs;
+mod isolation;
 mod pvtce;
 mod realguest;
 mod rig;
@@ -41,6 +42,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
     ("conformance", conformance::conformance),
+    ("isolation-vms", isolation::vms),
+    ("isolation-memory", isolation::memory),
+    ("isolation-dev", isolation::dev),
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
@@ -87,6 +91,19 @@ fn main() {
     // A child VMM for the fault tests.
     if args.first().map(String::as_str) == Some("__fault-child") {
         let r = faults::child(args.get(1).map(String::as_str).unwrap_or(""));
+        if let Err(e) = &r {
+            eprintln!("{e}");
+        }
+        std::process::exit(i32::from(r.is_err()));
+    }
+    // The isolation tests' other processes: VM A's VMM, the third process with A's table fd, the opener.
+    let iso = match args.first().map(String::as_str) {
+        Some("__isolation-a") => Some(isolation::child_a()),
+        Some("__isolation-third") => Some(isolation::child_third(&args[1..])),
+        Some("__open-pvtce") => Some(isolation::child_open(args.get(1).map(String::as_str))),
+        _ => None,
+    };
+    if let Some(r) = iso {
         if let Err(e) = &r {
             eprintln!("{e}");
         }
