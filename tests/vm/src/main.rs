@@ -12,6 +12,7 @@ mod fallback;
 mod faults;
 mod fpregs;
 mod isolation;
+mod leak;
 mod pvtce;
 mod realguest;
 mod rig;
@@ -50,7 +51,8 @@ const TESTS: &[(&str, TestFn)] = &[
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
 /// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md); the `real-*`
 /// scenarios need the real-guest boot (the Debian overlay and L0's NVMe), which xtask starts for them;
-/// `abort-probe` aborts the binary on purpose, to show that the host fails such a run
+/// `indirect-leak` needs patch 0010 (`PVTCE_SERIES=production`: it fails on the comparison kernel, which is
+/// what it shows); `abort-probe` aborts the binary on purpose, to show that the host fails such a run
 /// (`cargo xtask vm smoke abort-probe` must fail: docs/machine.md).
 const PROBES: &[(&str, TestFn)] = &[
     ("conf-probe", conformance::probe),
@@ -62,6 +64,7 @@ const PROBES: &[(&str, TestFn)] = &[
     ("real-userspace-ddw", realguest::userspace_ddw),
     ("real-userspace-noddw", realguest::userspace_noddw),
     ("real-options", realguest::options),
+    ("indirect-leak", leak::indirect_leak),
     ("abort-probe", abort_probe),
 ];
 
@@ -100,6 +103,7 @@ fn main() {
     let iso = match args.first().map(String::as_str) {
         Some("__isolation-a") => Some(isolation::child_a()),
         Some("__isolation-third") => Some(isolation::child_third(&args[1..])),
+        Some("__leak-child") => Some(leak::child()),
         Some("__open-pvtce") => Some(isolation::child_open(args.get(1).map(String::as_str))),
         _ => None,
     };
