@@ -265,6 +265,7 @@ fn b_calls(b: &BareVm, win: u64) -> Result<Vec<(i64, u64)>, String> {
 fn two_vms(mode: Mode) -> Result<String, String> {
     set_mode(mode)?;
     let want_pvtce = mode == Mode::Pvtce;
+    eprintln!("isolation-vms {mode:?}: starting VM A's VMM");
     let mut a = ChildA::start()?;
     let mut line = String::new();
     a.stdout.read_line(&mut line).map_err(e("read A"))?;
@@ -278,12 +279,14 @@ fn two_vms(mode: Mode) -> Result<String, String> {
     let group_fd = take_fd(a_pid, fdno(group_no)?)?;
     let a_table = window_from(take_fd(a_pid, fdno(table_no)?)?, wline)?;
     let win = a_table.offset_pages << a_table.page_shift;
+    eprintln!("isolation-vms {mode:?}: took A's fds");
     let before = a.check()?;
     // A really has entries 0..8 mapped, in the guest table and in hardware.
     if slot(&before, "get=", 0) != format!("0:{:x}", 0x40_0000 | TCE_R | TCE_W) || slot(&before, "host=", 0) == "0" {
         return Err(format!("A's entries are not mapped: {before}"));
     }
 
+    eprintln!("isolation-vms {mode:?}: A mapped, making VM B");
     // 1. B's guest on A's LIOBN with no window of its own: none of the five calls is handled in the kernel.
     let b = BareVm::new()?;
     let r = b_calls(&b, win)?;
@@ -295,6 +298,7 @@ fn two_vms(mode: Mode) -> Result<String, String> {
     }
     a.unchanged(&before, "B's calls")?;
 
+    eprintln!("isolation-vms {mode:?}: B without a window done");
     // 2. B's own window under the same LIOBN number and bus: B's calls are B's.
     let b_win = b.vm.create_window(LIOBN, 12, win >> 12, (1 << 28) >> 12).map_err(e("B: its own window"))?;
     let b_owner = b_win.info().map_err(e("B: PVTCE_WINDOW_INFO"))?.is_some();
@@ -318,6 +322,7 @@ fn two_vms(mode: Mode) -> Result<String, String> {
     }
     a.unchanged(&before, "B's calls on B's window")?;
 
+    eprintln!("isolation-vms {mode:?}: B with its window done");
     // 3. B's VMM links A's table fd (and A's group, which A handed over) through B's KVM VFIO device.
     let kdev = b.vm.create_vfio_device().map_err(e("B: KVM VFIO device"))?;
     kdev.add_group(group_fd.as_fd()).map_err(e("B: KVM_DEV_VFIO_FILE_ADD of A's group"))?;
@@ -331,6 +336,7 @@ fn two_vms(mode: Mode) -> Result<String, String> {
     drop(kdev);
     a.unchanged(&before, "B's link attempt")?;
 
+    eprintln!("isolation-vms {mode:?}: link refused");
     // 4. A third process with A's table fd.
     let out = Command::new("/proc/self/exe")
         .args(["__isolation-third", &std::process::id().to_string(), &a_table.fd.as_raw_fd().to_string()])

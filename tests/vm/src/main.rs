@@ -43,9 +43,9 @@ const TESTS: &[(&str, TestFn)] = &[
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
     ("conformance", conformance::conformance),
-    ("isolation-vms", isolation::vms),
-    ("isolation-memory", isolation::memory),
     ("isolation-dev", isolation::dev),
+    ("isolation-memory", isolation::memory),
+    ("isolation-vms", isolation::vms),
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
