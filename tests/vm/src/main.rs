@@ -45,12 +45,12 @@ const TESTS: &[(&str, TestFn)] = &[
     ("conformance", conformance::conformance),
     ("isolation-dev", isolation::dev),
     ("isolation-memory", isolation::memory),
+    ("isolation-vms", isolation::vms),
 ];
 
 /// Run only when named: `conf-probe` runs one conformance path alone (`PVTCE_APPEND=pvtce_probe=builtin:30`)
 /// for diagnosis; `bench` is `cargo xtask bench`'s measurement run (docs/bench/README.md); the `real-*`
 /// scenarios need the real-guest boot (the Debian overlay and L0's NVMe), which xtask starts for them;
-/// `isolation-vms` stays out of `all` until it has passed in the VM (docs/isolation.md);
 /// `indirect-leak` needs patch 0010 (`PVTCE_SERIES=production`: it fails on the comparison kernel, which is
 /// what it shows); `abort-probe` aborts the binary on purpose, to show that the host fails such a run
 /// (`cargo xtask vm smoke abort-probe` must fail: docs/machine.md).
@@ -64,7 +64,6 @@ const PROBES: &[(&str, TestFn)] = &[
     ("real-userspace-ddw", realguest::userspace_ddw),
     ("real-userspace-noddw", realguest::userspace_noddw),
     ("real-options", realguest::options),
-    ("isolation-vms", isolation::vms),
     ("indirect-leak", leak::indirect_leak),
     ("abort-probe", abort_probe),
 ];
