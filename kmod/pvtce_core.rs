@@ -4,6 +4,8 @@
 //! userspace fallback (which builds the same files through Cargo). The files refer to each other with
 //! `super::`, so they sit here as siblings.
 
+#[path = "core/src/args.rs"]
+pub mod args;
 #[path = "core/src/error.rs"]
 pub mod error;
 #[path = "core/src/host.rs"]

@@ -69,7 +69,8 @@ pub fn build(k: &Kernel, pvtce_ko: &Path, programs: &[PathBuf]) -> Result<PathBu
 
 /// /init: mount, load modules, run the tests named on the kernel command line (`pvtce_run=a,b`; no dot, or
 /// the kernel would take it for a parameter of the pvtce module), report, power off. `pvtce_probe=` reaches
-/// the diagnostic probes as PVTCE_PROBE. Every line the host parses starts with `PVTCE-`.
+/// the diagnostic probes as PVTCE_PROBE; `pvtce_conf_sequences=` and `pvtce_conf_seed=` reach the conformance
+/// test as PVTCE_CONF_SEQUENCES and PVTCE_CONF_SEED. Every line the host parses starts with `PVTCE-`.
 fn init_script() -> String {
     let mods = MODULES.join(" ");
     format!(
@@ -90,6 +91,8 @@ for a in $(cat /proc/cmdline); do
   case "$a" in
     pvtce_run=*) run="${{a#pvtce_run=}}";;
     pvtce_probe=*) export PVTCE_PROBE="${{a#pvtce_probe=}}";;
+    pvtce_conf_sequences=*) export PVTCE_CONF_SEQUENCES="${{a#pvtce_conf_sequences=}}";;
+    pvtce_conf_seed=*) export PVTCE_CONF_SEED="${{a#pvtce_conf_seed=}}";;
   esac
 done
 [ -n "$run" ] || run=all

@@ -30,14 +30,34 @@ fn toolchain_id() -> Result<String> {
     Ok(format!("{rustc}\n{clang}\n{bindgen}"))
 }
 
-fn series() -> Result<Vec<(String, String)>> {
-    let dir = repo().join("patches/linux");
-    let list = read(&dir.join("series"))?;
-    let mut v = Vec::new();
-    for name in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        v.push((name.to_string(), read(&dir.join(name))?));
+/// The series file: `series`, or `series.NAME` with `PVTCE_SERIES=NAME` (`production` adds the upstream
+/// fixes the comparison runs leave out: docs/machine.md, "The kernel: what it took").
+fn series_name() -> String {
+    match std::env::var("PVTCE_SERIES") {
+        Ok(name) if !name.is_empty() => format!("series.{name}"),
+        _ => "series".to_string(),
     }
+}
+
+/// The patches of [`series_name`], in order; a line `include FILE` takes FILE's patches in its place.
+fn series() -> Result<Vec<(String, String)>> {
+    let mut v = Vec::new();
+    series_file(&repo().join("patches/linux"), &series_name(), &mut v, 0)?;
     Ok(v)
+}
+
+fn series_file(dir: &Path, file: &str, v: &mut Vec<(String, String)>, depth: u32) -> Result<()> {
+    if depth > 4 {
+        return Err(format!("patches/linux/{file}: includes nested too deep"));
+    }
+    let list = read(&dir.join(file))?;
+    for line in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        match line.strip_prefix("include ") {
+            Some(inner) => series_file(dir, inner.trim(), v, depth + 1)?,
+            None => v.push((line.to_string(), read(&dir.join(line))?)),
+        }
+    }
+    Ok(())
 }
 
 /// Files a unified diff touches (the `+++ b/...` lines).
@@ -66,7 +86,7 @@ fn patched_tree(pristine: &Path) -> Result<PathBuf> {
     if old.lines().next() == Some(key.hex().as_str()) {
         return Ok(tree);
     }
-    println!("kernel: applying {} patch(es) from patches/linux/series", series.len());
+    println!("kernel: applying {} patch(es) from patches/linux/{}", series.len(), series_name());
     let mut all: Vec<String> = old.lines().skip(1).map(String::from).collect();
     all.extend(files.iter().cloned());
     all.sort();
@@ -295,5 +315,25 @@ mod tests {
         assert_eq!(count_warnings(&clippy), 1);
         let c = "kmod/glue.c:12:1: warning: no previous prototype for function 'f' [-Wmissing-prototypes]\n";
         assert_eq!(count_warnings(c), 1);
+    }
+
+    #[test]
+    fn series_include_expands_in_place_and_stops_at_a_loop() {
+        let dir = std::env::temp_dir().join(format!("pvtce-series-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (f, t) in [
+            ("a.patch", "A"),
+            ("b.patch", "B"),
+            ("series", "# c\na.patch\n"),
+            ("series.x", "include series\nb.patch\n"),
+            ("series.loop", "include series.loop\n"),
+        ] {
+            std::fs::write(dir.join(f), t).unwrap();
+        }
+        let mut v = Vec::new();
+        super::series_file(&dir, "series.x", &mut v, 0).unwrap();
+        assert_eq!(v, [("a.patch".to_string(), "A".to_string()), ("b.patch".to_string(), "B".to_string())]);
+        assert!(super::series_file(&dir, "series.loop", &mut Vec::new(), 0).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

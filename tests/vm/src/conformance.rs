@@ -2,26 +2,40 @@
 //! boot (`PVTCE_SET_MODE` decides who creates the windows). Every return value, every TCE read back with
 //! H_GET_TCE and every hardware entry of the linked table must be identical.
 //!
-//! Two windows: LIOBN A (4K TCEs, linked to edu's host table) and LIOBN B (64K TCEs, not linked), plus
-//! an unknown LIOBN. Arguments are drawn from valid and invalid classes: aligned, misaligned and
-//! out-of-window iobas, TCEs of every permission, poison bits, unaligned or memslot-less addresses, STUFF of
-//! clear, poison and mapped values, INDIRECT lists of 1..8 and 513 entries at aligned, misaligned and
-//! memslot-less addresses.
+//! Three windows: LIOBN A (4K TCEs, linked to edu's host table), LIOBN B (64K TCEs, not linked) and LIOBN C
+//! (16M TCEs, not linked), plus an unknown LIOBN. Arguments are drawn from valid and invalid classes:
+//! aligned, misaligned and out-of-window iobas, TCEs of every permission, poison bits, unaligned or
+//! memslot-less addresses, STUFF of clear, poison and mapped values, INDIRECT lists of 1..8, 9..512 and 513
+//! entries at aligned, misaligned and memslot-less addresses.
+//!
+//! The number of sequences and the seed come from the kernel command line (`pvtce_conf_sequences=N`,
+//! `pvtce_conf_seed=HEX|random`, passed with `PVTCE_APPEND`; /init exports them as `PVTCE_CONF_SEQUENCES`
+//! and `PVTCE_CONF_SEED`); the defaults are CI's quick run ([`SEQUENCES`], seed 0). docs/conformance.md.
 
 use crate::rig::*;
 use pvtce_test_support::payload::{Call, Ret};
 use pvtce_vmm_glue::pvtce::Mode;
 
+/// Sequences of CI's quick run (the default).
 pub const SEQUENCES: u64 = 1000;
-/// Calls each class in [`Coverage`] must get in a full run (observed: every class occurs far more often;
+/// Calls each class in [`Coverage`] must get per 1000 sequences (observed: every class occurs more often;
 /// docs/conformance.md), so a generator change that stops exercising one fails the test.
 const MIN_PER_CLASS: u32 = 50;
 const CALLS_PER_SEQUENCE: usize = 8;
 /// Entries of each window the sequences start at (so that they overlap).
 const SLOTS: u64 = 24;
-/// Entries a sequence can reach (a batch of up to 8 from the last slot), read back and cleared after each.
+/// Entries a sequence can reach with small batches (up to 8 from the last slot), read back and cleared after
+/// each; a window that got a longer INDIRECT batch in the sequence is read back as far as that batch reaches.
 const REACH: u64 = SLOTS + 8;
+/// The longest batch PAPR allows.
+const MAX_BATCH: u64 = 512;
 const LIOBN_B: u64 = 0x8000_0001;
+const LIOBN_C: u64 = 0x8000_0002;
+/// Window C: 16M TCEs at bus 4G, 1024 entries (16 GiB), not linked (the host IOMMU of the emulated machine
+/// has no 16M pages to link it to).
+const C_SHIFT: u32 = 24;
+const C_BUS: u64 = 1 << 32;
+const C_PAGES: u64 = 1024;
 const LIOBN_UNKNOWN: u64 = 0x1234;
 /// A "poison" TCE: no R/W bit, other bits set (Linux lets the VMM store such values for debugging).
 const POISON: u64 = 0xf0;
@@ -59,10 +73,24 @@ impl Window {
         }
     }
 
+    /// A guest page aligned to the window's page: in RAM above the payload's data, or for 16M TCEs the one
+    /// 16M page of the 16M RAM (at 0).
+    fn page(&self, r: &mut Rng) -> u64 {
+        let ps = 1u64 << self.shift;
+        if ps >= RAM as u64 {
+            return 0;
+        }
+        (0x40_0000 + r.below(16) * ps.max(0x1_0000)) & !(ps - 1)
+    }
+
+    /// A valid mapping TCE (R, W or RW on an aligned page of RAM).
+    fn valid_tce(&self, r: &mut Rng) -> u64 {
+        self.page(r) | (1 + r.below(3))
+    }
+
     fn tce(&self, r: &mut Rng) -> u64 {
         let ps = 1u64 << self.shift;
-        // Pages in guest RAM above the payload's data, aligned to the window's page.
-        let page = (0x40_0000 + r.below(16) * ps.max(0x1_0000)) & !(ps - 1);
+        let page = self.page(r);
         match r.below(12) {
             0 => 0,
             1 => 0xf0,                                   // poison: no R/W bit, other bits set
@@ -85,8 +113,8 @@ impl Window {
     }
 }
 
-fn random_call(r: &mut Rng, wins: &[Window; 2]) -> (Call, Option<Vec<u64>>) {
-    let w = &wins[r.below(2) as usize];
+fn random_call(r: &mut Rng, wins: &[Window; 3]) -> (Call, Option<Vec<u64>>) {
+    let w = &wins[r.below(3) as usize];
     let liobn = if r.below(16) == 0 { LIOBN_UNKNOWN } else { w.liobn };
     match r.below(4) {
         0 => (call(H_PUT_TCE, [liobn, w.ioba(r), w.tce(r), 0]), None),
@@ -101,11 +129,27 @@ fn random_call(r: &mut Rng, wins: &[Window; 2]) -> (Call, Option<Vec<u64>>) {
             (call(H_STUFF_TCE, [liobn, w.ioba(r), value, npages]), None)
         }
         _ => {
-            let n = if r.below(10) == 0 { 513 } else { 1 + r.below(8) };
+            let n = match r.below(20) {
+                0 | 1 => MAX_BATCH + 1,
+                2 => MAX_BATCH,
+                3 => 9 + r.below(MAX_BATCH - 9),
+                _ => 1 + r.below(8),
+            };
             // Only entries with R or W in INDIRECT lists: Linux 7.3 "maps" an entry without them (0 or
             // poison) as a permissionless hardware entry and leaks a use of the preregistered memory
             // (docs/conformance.md, intended difference 1); pvtce clears it as H_PUT_TCE does.
-            let list: Vec<u64> = (0..n.min(512)).map(|_| w.mapping_tce(r)).collect();
+            // A long list drawn entry by entry would nearly always hold a bad entry; three in four are
+            // valid throughout, the fourth has one random entry at a random place.
+            let list: Vec<u64> = if n > 8 && n <= MAX_BATCH {
+                let mut l: Vec<u64> = (0..n).map(|_| w.valid_tce(r)).collect();
+                if r.below(4) == 0 {
+                    let k = r.below(n) as usize;
+                    l[k] = w.mapping_tce(r);
+                }
+                l
+            } else {
+                (0..n.min(MAX_BATCH)).map(|_| w.mapping_tce(r)).collect()
+            };
             let addr = match r.below(10) {
                 0 => LIST_GPA + 8,          // misaligned list
                 1 => RAM as u64 + 0x1_0000, // no memslot
@@ -158,26 +202,42 @@ struct Run {
     pvtce: bool,
 }
 
-fn run_all(mode: Mode, count: u64) -> Result<Run, String> {
+/// The xorshift state of sequence `i` of a run with `seed` (seed 0 gives the sequences of the runs before
+/// the seed existed, for the same generator).
+fn sequence_rng(seed: u64, i: u64) -> Rng {
+    let s = 0x9e37_79b9_7f4a_7c15 ^ seed ^ (i + 1).wrapping_mul(0x1000_0000_01b3);
+    Rng(if s == 0 { 1 } else { s })
+}
+
+fn run_all(mode: Mode, count: u64, seed: u64) -> Result<Run, String> {
     set_mode(mode)?;
     let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 28 })?;
     let (win, win_size) = (rig.window_bus()?, rig.window_size()?);
     let pvtce = rig.pvtce_info()?.is_some();
     let b_pages = (1u64 << 28) >> 16;
     let _b = rig.add_window(LIOBN_B, 16, 0, b_pages)?;
+    let _c = rig.add_window(LIOBN_C, C_SHIFT, C_BUS >> C_SHIFT, C_PAGES)?;
     let wins = [
         Window { liobn: LIOBN, bus: win, shift: 12, size: win_size },
         Window { liobn: LIOBN_B, bus: 0, shift: 16, size: 1 << 28 },
+        Window { liobn: LIOBN_C, bus: C_BUS, shift: C_SHIFT, size: C_PAGES << C_SHIFT },
     ];
     let pages = rig.hpa_pages()?;
     let mut outcomes = Vec::new();
     let mut seqs = Vec::new();
-    for seed in 0..count {
-        let mut r = Rng(0x9e37_79b9_7f4a_7c15 ^ (seed + 1).wrapping_mul(0x1000_0000_01b3));
+    for i in 0..count {
+        let mut r = sequence_rng(seed, i);
         let mut calls = Vec::new();
         let mut lists = Vec::new();
+        // How far each window is read back and cleared: past the longest batch aimed at it.
+        let mut reach = [REACH; 3];
         for _ in 0..CALLS_PER_SEQUENCE {
             let (c, l) = random_call(&mut r, &wins);
+            if c.nr == H_PUT_TCE_INDIRECT && c.args[3] <= MAX_BATCH {
+                if let Some(k) = wins.iter().position(|w| w.liobn == c.args[0]) {
+                    reach[k] = reach[k].max(SLOTS + c.args[3]);
+                }
+            }
             calls.push(c);
             lists.push(l);
         }
@@ -190,25 +250,26 @@ fn run_all(mode: Mode, count: u64) -> Result<Run, String> {
             }
             rets.extend(rig.run(std::slice::from_ref(c))?.0);
         }
-        // Read back every slot of both windows, then the linked table's hardware entries.
-        let gets: Vec<Call> = wins
-            .iter()
-            .flat_map(|w| (0..REACH).map(move |i| call(H_GET_TCE, [w.liobn, w.bus + (i << w.shift), 0, 0])))
-            .collect();
-        rets.extend(rig.run(&gets)?.0);
+        // Read back every slot of every window (one table per window: 3 x 536 is over a table's 1024
+        // calls), then the linked table's hardware entries.
+        for (w, &n) in wins.iter().zip(&reach) {
+            let gets: Vec<Call> = (0..n).map(|i| call(H_GET_TCE, [w.liobn, w.bus + (i << w.shift), 0, 0])).collect();
+            rets.extend(rig.run(&gets)?.0);
+        }
         // Hardware entries as guest addresses | permissions, so that two processes compare equal.
         let as_gpa = |t: u64| match t {
             0 => 0,
             t => pages.get(&(t & !0xffff)).map_or(u64::MAX, |gpa| gpa | (t & 0xffff)),
         };
-        let host: Vec<u64> = rig.host_read_any(win >> 12, REACH as usize)?.iter().map(|&t| as_gpa(t)).collect();
-        // Clear both windows for the next sequence; how that goes is compared too.
-        let clear: Vec<Call> = wins.iter().map(|w| call(H_STUFF_TCE, [w.liobn, w.bus, 0, REACH])).collect();
+        let host: Vec<u64> = rig.host_read_any(win >> 12, reach[0] as usize)?.iter().map(|&t| as_gpa(t)).collect();
+        // Clear every window for the next sequence; how that goes is compared too.
+        let clear: Vec<Call> =
+            wins.iter().zip(&reach).map(|(w, &n)| call(H_STUFF_TCE, [w.liobn, w.bus, 0, n])).collect();
         rets.extend(rig.run(&clear)?.0);
         // What the clear left in the hardware table is compared too (a use of the preregistered memory left
         // behind shows at exit instead: the region outlives the mm and destroy_context WARNs, which fails
         // the run; VFIO's UNREGISTER_MEMORY cannot tell, it reports success even when the region stays).
-        let left = rig.host_read_any(win >> 12, REACH as usize)?;
+        let left = rig.host_read_any(win >> 12, reach[0] as usize)?;
         let host: Vec<u64> = host.into_iter().chain(left.iter().map(|&t| as_gpa(t))).collect();
         let exits = rig.exited() - exits0;
         outcomes.push(Outcome { rets: rets.iter().map(|r| (r.r3, r.r4)).collect(), exits, host });
@@ -222,18 +283,24 @@ fn run_all(mode: Mode, count: u64) -> Result<Run, String> {
 /// Started as `pvtce-vmtests __conformance-path <mode>`; each path is its own VMM process, as in real life,
 /// so what one path leaves behind at exit is attributed to it.
 pub fn child(mode: &str) -> Result<(), String> {
-    // "builtin:N" runs N sequences (a probe); plain "builtin" runs all of them.
-    let (mode, count) = match mode.split_once(':') {
-        Some((m, n)) => (m, n.parse().map_err(|_| format!("bad count {n}"))?),
-        None => (mode, SEQUENCES),
-    };
+    // "builtin:N:SEED" runs N sequences of run SEED (hex); "builtin:N" (a probe) takes the run's seed from
+    // the command line; plain "builtin" runs the command line's count too.
+    let mut parts = mode.split(':');
+    let mode = parts.next().unwrap_or("");
+    let (mut count, mut seed) = params()?;
+    if let Some(n) = parts.next() {
+        count = n.parse().map_err(|_| format!("bad count {n}"))?;
+    }
+    if let Some(s) = parts.next() {
+        seed = u64::from_str_radix(s, 16).map_err(|_| format!("bad seed {s}"))?;
+    }
     let mode = match mode {
         "builtin" => Mode::Builtin,
         "pvtce" => Mode::Pvtce,
         _ => return Err(format!("unknown path {mode}")),
     };
     let mode_name = if mode == Mode::Pvtce { "pvtce" } else { "builtin" };
-    let run = run_all(mode, count)?;
+    let run = run_all(mode, count, seed)?;
     println!("owner {}", if run.pvtce { "pvtce" } else { "builtin" });
     eprintln!("{mode_name}: last exits {:x?}", run.exit_log);
     for (o, calls) in run.outcomes.iter().zip(&run.seqs) {
@@ -281,16 +348,37 @@ pub fn probe() -> Result<String, String> {
     r.map(|(o, _, _)| format!("{} outcomes", o.len()))
 }
 
+/// The run's size and seed: `PVTCE_CONF_SEQUENCES` (default [`SEQUENCES`]) and `PVTCE_CONF_SEED` (hex, or
+/// `random`: 8 bytes of /dev/urandom; default 0).
+fn params() -> Result<(u64, u64), String> {
+    let count = match std::env::var("PVTCE_CONF_SEQUENCES") {
+        Ok(n) => n.parse().map_err(|_| format!("bad PVTCE_CONF_SEQUENCES {n}"))?,
+        Err(_) => SEQUENCES,
+    };
+    let seed = match std::env::var("PVTCE_CONF_SEED").as_deref() {
+        Ok("random") => {
+            let mut b = [0u8; 8];
+            use std::io::Read;
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).map_err(e("/dev/urandom"))?;
+            u64::from_le_bytes(b)
+        }
+        Ok(s) => u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| format!("bad PVTCE_CONF_SEED {s}"))?,
+        Err(_) => 0,
+    };
+    Ok((count, seed))
+}
+
 pub fn conformance() -> Result<String, String> {
     sh("modprobe pvtce")?;
+    let (count, seed) = params()?;
     let result = (|| {
-        let (c_path, seqs, c_is_pvtce) = run_child("builtin")?;
-        let (pv_path, _, pv_is_pvtce) = run_child("pvtce")?;
+        let (c_path, seqs, c_is_pvtce) = run_child(&format!("builtin:{count}:{seed:x}"))?;
+        let (pv_path, _, pv_is_pvtce) = run_child(&format!("pvtce:{count}:{seed:x}"))?;
         if c_is_pvtce || !pv_is_pvtce {
             return Err(format!("window owners wrong: builtin run pvtce={c_is_pvtce}, pvtce run pvtce={pv_is_pvtce}"));
         }
-        if c_path.len() != SEQUENCES as usize || pv_path.len() != SEQUENCES as usize {
-            return Err(format!("expected {SEQUENCES} outcomes, got {} and {}", c_path.len(), pv_path.len()));
+        if c_path.len() != count as usize || pv_path.len() != count as usize {
+            return Err(format!("expected {count} outcomes, got {} and {}", c_path.len(), pv_path.len()));
         }
         let mut calls = 0usize;
         let mut classes = std::collections::BTreeMap::new();
@@ -314,14 +402,14 @@ pub fn conformance() -> Result<String, String> {
                     None if a.exits != b.exits => format!("exits: Linux {}, pvtce {}", a.exits, b.exits),
                     None => format!("host table: Linux {:x?}, pvtce {:x?}", a.host, b.host),
                 };
-                return Err(format!("sequence {i} diverges at {what}; calls {}", seqs[i]));
+                return Err(format!("seed {seed:x}: sequence {i} diverges at {what}; calls {}", seqs[i]));
             }
         }
         let summary: Vec<String> = classes.iter().map(|(ret, n)| format!("{ret}:{n}")).collect();
         let cov = Coverage::of(&c_path, &seqs)?;
-        cov.check(MIN_PER_CLASS)?;
+        cov.check((u64::from(MIN_PER_CLASS) * count / 1000) as u32)?;
         Ok(format!(
-            "{SEQUENCES} sequences, {calls} random hypercalls, each path in its own VMM process: identical return values, read-backs, exits and host entries, no leaked use of preregistered memory; returns (code:count) {}; coverage {cov}",
+            "seed {seed:x}: {count} sequences, {calls} random hypercalls, each path in its own VMM process: identical return values, read-backs, exits and host entries, no leaked use of preregistered memory; returns (code:count) {}; coverage {cov}",
             summary.join(" ")
         ))
     })();
@@ -343,6 +431,10 @@ struct Coverage {
     indirect_513: u32,
     /// Calls on a LIOBN no window has, which must leave the kernel.
     unknown_liobn: u32,
+    /// H_PUT_TCE_INDIRECT of 9..=512 entries answered H_SUCCESS.
+    long_batch: u32,
+    /// Calls on the 16M-page window answered H_SUCCESS.
+    success_16m: u32,
 }
 
 impl Coverage {
@@ -372,6 +464,12 @@ impl Coverage {
                 if liobn == LIOBN_UNKNOWN && ret.0 == EXITED {
                     c.unknown_liobn += 1;
                 }
+                if nr == H_PUT_TCE_INDIRECT && (9..=MAX_BATCH).contains(&npages) && ret.0 == H_SUCCESS {
+                    c.long_batch += 1;
+                }
+                if liobn == LIOBN_C && ret.0 == H_SUCCESS {
+                    c.success_16m += 1;
+                }
             }
         }
         Ok(c)
@@ -384,6 +482,8 @@ impl Coverage {
             ("exits", self.exited),
             ("INDIRECT-513 refused", self.indirect_513),
             ("unknown LIOBN exits", self.unknown_liobn),
+            ("INDIRECT 9..512 H_SUCCESS", self.long_batch),
+            ("16M-window H_SUCCESS", self.success_16m),
         ];
         let short: Vec<String> =
             classes.iter().filter(|(_, n)| *n < min).map(|(what, n)| format!("{what} {n} < {min}")).collect();
@@ -399,8 +499,14 @@ impl std::fmt::Display for Coverage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "H_SUCCESS {} H_PARAMETER {} exits {} INDIRECT-513 {} unknown-LIOBN {}",
-            self.success, self.parameter, self.exited, self.indirect_513, self.unknown_liobn
+            "H_SUCCESS {} H_PARAMETER {} exits {} INDIRECT-513 {} unknown-LIOBN {} INDIRECT-9..512-ok {} 16M-ok {}",
+            self.success,
+            self.parameter,
+            self.exited,
+            self.indirect_513,
+            self.unknown_liobn,
+            self.long_batch,
+            self.success_16m
         )
     }
 }
@@ -426,15 +532,25 @@ mod tests {
     fn coverage_counts_each_class_and_fails_when_thin() {
         let seq = format!(
             "20({LIOBN:x},0,3,0) 13c({LIOBN:x},0,20000,201) 1c({LIOBN_UNKNOWN:x},0,0,0) 138({LIOBN:x},0,0,1) \
-             1c({LIOBN:x},0,0,0) 1c({LIOBN:x},0,0,0) 1c({LIOBN:x},0,0,0) 1c({LIOBN:x},0,0,0)"
+             13c({LIOBN:x},0,20000,200) 1c({LIOBN_C:x},0,0,0) 1c({LIOBN:x},0,0,0) 1c({LIOBN:x},0,0,0)"
         );
         let o = outcome(&[H_SUCCESS, H_PARAMETER, EXITED, H_SUCCESS, H_SUCCESS, H_SUCCESS, H_SUCCESS, H_SUCCESS]);
         let c = Coverage::of(&[o], &[seq]).unwrap();
-        assert_eq!(c, Coverage { success: 6, parameter: 1, exited: 1, indirect_513: 1, unknown_liobn: 1 });
+        let want = Coverage {
+            success: 6,
+            parameter: 1,
+            exited: 1,
+            indirect_513: 1,
+            unknown_liobn: 1,
+            long_batch: 1,
+            success_16m: 1,
+        };
+        assert_eq!(c, want);
         assert!(c.check(1).is_ok());
         let err = c.check(2).unwrap_err();
         assert!(err.contains("H_PARAMETER 1 < 2") && err.contains("unknown LIOBN exits 1 < 2"), "{err}");
-        assert!(!err.contains("H_SUCCESS"), "{err}");
+        assert!(err.contains("INDIRECT 9..512 H_SUCCESS 1 < 2") && err.contains("16M-window H_SUCCESS 1 < 2"), "{err}");
+        assert!(!err.contains(" H_SUCCESS 6"), "{err}");
     }
 
     #[test]
