@@ -2,7 +2,8 @@
 
 //! The four TCE hypercalls, one entry point per KVM hook (kmod/glue.c calls each from its own hook; nothing
 //! is routed twice). Each enters the VM's `kvm->srcu` ([`VmSrcu`]: memslots, and the window found without a
-//! reference), finds the window, and has pvtce-core decide; this module executes.
+//! reference), finds the window, and has pvtce-core decide; this module executes. H_GET_TCE first tries
+//! without either: under RCU alone, with no lock ([`get_lockless`]).
 //!
 //! The hypercalls run in the vCPU thread: `current`'s mm is the VMM's, which the TCE list is copied from.
 
@@ -12,13 +13,15 @@ use crate::pvtce_core::error::HcallError;
 use crate::pvtce_core::table::NeedAlloc;
 use crate::pvtce_core::types::{Ioba, Tce};
 use crate::pvtce_core::window::{indirect_precheck, Outcome, Request};
-use crate::registry::with_window;
-use crate::stats::Kind;
+use crate::pvtce_core::table::PageId;
+use crate::registry::{with_window, with_window_rcu};
+use crate::stats::{Kind, Stats};
 use crate::store::KernelStore;
 use crate::trace;
 use crate::window::KernelWindow;
 use core::ffi::{c_long, c_ulong};
 use kernel::prelude::*;
+use kernel::sync::atomic::Acquire;
 
 const H_SUCCESS: i64 = 0;
 
@@ -114,6 +117,22 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
     r4: *mut c_ulong,
 ) -> bool {
     let mut value = 0u64;
+    // SAFETY: `kvm` is live for the call (the caller's guarantee).
+    let vm = unsafe { Vm::from_raw(kvm) };
+    // First without `kvm->srcu` or the window lock (GET translates no guest address).
+    match with_window_rcu(vm, liobn, |w| get_lockless(w, Ioba(ioba), &mut value)) {
+        Some(None) => return false,
+        Some(Some(Some(code))) => {
+            // SAFETY: `ret` and `r4` are valid for a write (the caller's guarantee).
+            unsafe {
+                *ret = code as c_long;
+                *r4 = value as c_ulong;
+            }
+            return true;
+        }
+        // No snapshot, or a mapped table fd: the locked path.
+        None | Some(Some(None)) => {}
+    }
     // SAFETY: forwarded from the caller.
     let handled = unsafe { run(kvm, liobn, ret, |w, _| get(w, Ioba(ioba), &mut value)) };
     // SAFETY: `r4` is valid for a write (the caller's guarantee).
@@ -121,25 +140,43 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
     handled
 }
 
-fn get(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> i64 {
-    let mut s = w.state.lock();
-    let r = s.window.get_tce(&s.store, ioba);
-    s.stats.call(Kind::Get, r.map(|_| ()));
-    let code = match r {
-        Ok(v) => {
-            // A range the VMM mapped answers what the VMM wrote there (Linux's mapped table is the table).
-            *value = s.shadows.get(w.entry_of(ioba)).unwrap_or(v);
-            H_SUCCESS
-        }
-        Err(e) => e.as_i64(),
-    };
+/// H_GET_TCE without the window lock (the caller holds an RCU read section, not `kvm->srcu`): the walk reads
+/// the table's blocks through [`crate::store::Slots`], whose root is the first page the table takes (id 0:
+/// pvtce-core's `GuestTable::set` takes the root before any other page, and ids are reused only after the
+/// window's release). `None` when the VMM mapped the table fd: the locked [`get`] answers then.
+fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> Option<i64> {
+    if w.has_shadows.load(Acquire) {
+        return None;
+    }
+    let r = w
+        .geometry
+        .check_ioba(ioba, 1)
+        .and_then(|page| w.shape.get_via(PageId(0), page - w.geometry.offset(), |p, i| w.slots.read(p, i)))
+        .ok_or(HcallError::Parameter);
+    Some(answer_get(w, ioba, r, value))
+}
+
+/// Counts and traces an H_GET_TCE answer `r`, and gives its entry to `*value`.
+fn answer_get(w: &KernelWindow, ioba: Ioba, r: Result<u64, HcallError>, value: &mut u64) -> i64 {
+    w.stats.call(Kind::Get, r.map(|_| ()));
+    let code = r.map_or_else(|e| e.as_i64(), |v| {
+        *value = v;
+        H_SUCCESS
+    });
     trace::hcall(Kind::Get.nr(), w.liobn, ioba.0, 1, code, 0, 0);
     code
 }
 
+fn get(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> i64 {
+    let s = w.state.lock();
+    // A range the VMM mapped answers what the VMM wrote there (Linux's mapped table is the table).
+    let r = s.window.get_tce(&s.store, ioba).map(|v| s.shadows.get(w.entry_of(ioba)).unwrap_or(v));
+    answer_get(w, ioba, r, value)
+}
+
 /// Counts a call that ended before the core ran (an H_PUT_TCE_INDIRECT precheck or list copy).
 fn early(w: &KernelWindow, ioba: Ioba, npages: u64, e: HcallError) -> i64 {
-    w.state.lock().stats.call(Kind::Indirect, Err(e));
+    w.stats.call(Kind::Indirect, Err(e));
     trace::hcall(Kind::Indirect.nr(), w.liobn, ioba.0, npages, e.as_i64(), 0, 0);
     e.as_i64()
 }
@@ -176,14 +213,14 @@ fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_
             let s = &mut *guard;
             let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf);
             let outcome = s.window.execute(&mut s.store, &mut host, request);
-            s.stats.host_updates += host.counts.updates;
-            s.stats.host_kills += host.counts.kills;
+            Stats::add(&w.stats.host_updates, host.counts.updates);
+            Stats::add(&w.stats.host_kills, host.counts.kills);
             host_updates += host.counts.updates;
             match outcome {
                 Outcome::Done(c) => {
                     let result = c.result.map(|_| ());
-                    s.stats.call(kind, result);
-                    s.stats.tces_changed += c.applied;
+                    w.stats.call(kind, result);
+                    Stats::add(&w.stats.tces_changed, c.applied);
                     if c.applied > 0 {
                         // `applied > 0` means the ioba passed the window check.
                         s.refresh_shadows(w.entry_of(ioba), c.applied);
@@ -203,7 +240,7 @@ fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_
             break;
         }
     }
-    w.state.lock().stats.call(kind, Err(HcallError::TooHard));
+    w.stats.call(kind, Err(HcallError::TooHard));
     trace::hcall(kind.nr(), w.liobn, ioba.0, npages, HcallError::TooHard.as_i64(), 0, host_updates);
     HcallError::TooHard.as_i64()
 }

@@ -7,6 +7,7 @@ use crate::ffi::Page;
 use crate::shadow::TCES_PER_PAGE;
 use crate::window::KernelWindow;
 use core::ffi::{c_ulong, c_void};
+use kernel::sync::atomic::Release;
 use kernel::sync::{Arc, ArcBorrow};
 use kernel::types::ForeignOwnable;
 
@@ -24,6 +25,8 @@ pub(crate) unsafe extern "C" fn pvtce_rs_window_page(window: *mut c_void, pgoff:
         return core::ptr::null_mut();
     }
     let mut guard = w.state.lock();
+    // Before any shadow page exists: a lockless H_GET_TCE that loads it set takes the lock (kmod/hcall.rs).
+    w.has_shadows.store(true, Release);
     let s = &mut *guard;
     let (window, store) = (&s.window, &s.store);
     s.shadows.page(pgoff, entries, |idx| window.table().get(store, idx).unwrap_or(0))

@@ -7,8 +7,8 @@
 //! # Lock order
 //! `kvm->lock` (held by KVM around `create_table`) → [`WINDOWS`] → `KernelWindow::state`. The hypercall path
 //! does not take `WINDOWS`: it finds the window in [`LOOKUP`] under RCU, and holds no reference on it, which
-//! is sound because it runs under the VM's `kvm->srcu` ([`VmSrcu`]) and [`unregister`] waits for that before
-//! the window can go.
+//! is sound because it runs under the VM's `kvm->srcu` ([`VmSrcu`]), or (the lockless H_GET_TCE) inside the
+//! RCU read section, and [`unregister`] waits for both before the window can go.
 
 use crate::ffi::{self, Vm, VmSrcu};
 use crate::pvtce_core::types::{PageShift, WindowGeometry};
@@ -111,6 +111,29 @@ pub(crate) fn with_window<R>(srcu: &VmSrcu<'_>, liobn: u64, f: impl FnOnce(&Kern
     }
 }
 
+/// Runs `f` on the VM's window `liobn` inside an RCU read section, with no `kvm->srcu` and no reference:
+/// `f` must not sleep. `None` when there is no snapshot (the caller takes the srcu path, [`with_window`]);
+/// `Some(None)` when the VM has no pvtce window `liobn`.
+pub(crate) fn with_window_rcu<R>(vm: &Vm, liobn: u64, f: impl FnOnce(&KernelWindow) -> R) -> Option<Option<R>> {
+    let vm: *const Vm = vm;
+    let _rcu = kernel::sync::rcu::read_lock();
+    let snap = LOOKUP.load(Acquire);
+    if snap.is_null() {
+        return None;
+    }
+    // SAFETY: as in `with_window`: the snapshot lives until an RCU grace period after it left `LOOKUP`.
+    let snap = unsafe { &*snap };
+    let Some(e) = snap.iter().find(|e| e.vm == vm && e.liobn == liobn) else {
+        return Some(None);
+    };
+    let w = e.window;
+    // SAFETY: `w` was registered when the snapshot was made; `unregister` takes it out of `LOOKUP` and waits
+    // for an RCU grace period before the caller may release its table or drop its reference, and this read
+    // section (held until `f` returns) began before that wait ended: the window and its table blocks outlive
+    // `f`.
+    Some(Some(f(unsafe { &*w })))
+}
+
 /// References on every window of `vm`.
 pub(crate) fn windows_of(vm: &Vm) -> KVec<Arc<KernelWindow>> {
     let list = WINDOWS.lock();
@@ -162,7 +185,10 @@ fn unregister(w: &Arc<KernelWindow>) {
         publish(&list)
     };
     retire(old);
-    // A hypercall that found `w` in an older snapshot runs under kvm->srcu until it is done with it.
+    // A lockless H_GET_TCE that found `w` in an older snapshot runs in an RCU read section until it is done
+    // with it (`retire` waits only when there was a snapshot to free).
+    kernel::sync::rcu::synchronize_rcu();
+    // Every other hypercall that found `w` in an older snapshot runs under kvm->srcu until it is done with it.
     w.vm.synchronize_srcu();
 }
 

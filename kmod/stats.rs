@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! A window's counters (`PVTCE_WINDOW_INFO`, `PVTCE_LIST_WINDOWS`), kept under the window lock: every
-//! hypercall that counts also holds it for the table update.
+//! A window's counters (`PVTCE_WINDOW_INFO`, `PVTCE_LIST_WINDOWS`): relaxed atomics, as binder keeps its
+//! statistics, so the lockless H_GET_TCE counts without the window lock. Each counter is exact; a reader sees
+//! them one at a time (not a snapshot of all of them at once).
 
 use crate::pvtce_core::error::HcallError;
+use kernel::sync::atomic::{Atomic, Relaxed};
 
 /// Which hypercall a count is for.
 #[derive(Clone, Copy)]
@@ -27,35 +29,55 @@ impl Kind {
 }
 
 /// Counters of one window.
-#[derive(Default, Clone, Copy)]
 pub(crate) struct Stats {
-    pub(crate) put: u64,
-    pub(crate) indirect: u64,
-    pub(crate) stuff: u64,
-    pub(crate) get: u64,
+    pub(crate) put: Atomic<u64>,
+    pub(crate) indirect: Atomic<u64>,
+    pub(crate) stuff: Atomic<u64>,
+    pub(crate) get: Atomic<u64>,
     /// Calls answered H_TOO_HARD (the VMM sees them).
-    pub(crate) declined: u64,
+    pub(crate) declined: Atomic<u64>,
     /// Calls answered with another error.
-    pub(crate) rejected: u64,
-    pub(crate) tces_changed: u64,
-    pub(crate) host_updates: u64,
-    pub(crate) host_kills: u64,
+    pub(crate) rejected: Atomic<u64>,
+    pub(crate) tces_changed: Atomic<u64>,
+    pub(crate) host_updates: Atomic<u64>,
+    pub(crate) host_kills: Atomic<u64>,
 }
 
 impl Stats {
+    pub(crate) const fn new() -> Self {
+        Stats {
+            put: Atomic::new(0),
+            indirect: Atomic::new(0),
+            stuff: Atomic::new(0),
+            get: Atomic::new(0),
+            declined: Atomic::new(0),
+            rejected: Atomic::new(0),
+            tces_changed: Atomic::new(0),
+            host_updates: Atomic::new(0),
+            host_kills: Atomic::new(0),
+        }
+    }
+
     /// Counts one call of `kind` and its result.
-    pub(crate) fn call(&mut self, kind: Kind, result: Result<(), HcallError>) {
+    pub(crate) fn call(&self, kind: Kind, result: Result<(), HcallError>) {
         let n = match kind {
-            Kind::Put => &mut self.put,
-            Kind::Indirect => &mut self.indirect,
-            Kind::Stuff => &mut self.stuff,
-            Kind::Get => &mut self.get,
+            Kind::Put => &self.put,
+            Kind::Indirect => &self.indirect,
+            Kind::Stuff => &self.stuff,
+            Kind::Get => &self.get,
         };
-        *n += 1;
+        n.add(1, Relaxed);
         match result {
             Ok(()) => {}
-            Err(HcallError::TooHard) => self.declined += 1,
-            Err(_) => self.rejected += 1,
+            Err(HcallError::TooHard) => self.declined.add(1, Relaxed),
+            Err(_) => self.rejected.add(1, Relaxed),
+        }
+    }
+
+    /// Adds `n` to counter `c` (skipped when 0: an atomic add costs more than the test).
+    pub(crate) fn add(c: &Atomic<u64>, n: u64) {
+        if n != 0 {
+            c.add(n, Relaxed);
         }
     }
 }

@@ -1,27 +1,71 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The guest-visible table's pages: pvtce-core's [`PageStore`] over kmalloc'ed 4 KiB blocks.
+//! The guest-visible table's pages: pvtce-core's [`PageStore`] over kmalloc'ed 4 KiB blocks, readable
+//! without the window lock ([`Slots::read`], the lockless H_GET_TCE).
 //!
 //! The core never allocates: when its reserve is short it answers `NeedAlloc`; the caller allocates the blocks
 //! with [`KernelStore::alloc`] outside the window lock, hands them over with [`KernelStore::add`] under it, and
 //! retries (kmod/hcall.rs).
+//!
+//! Lockless reads: the block of each page id sits in [`Slots`], an array sized at window creation for every
+//! page the window's table can use, so it never moves; every slot of a block is an atomic, written with
+//! release order under the window lock and read with acquire order by anyone. A block is freed only at the
+//! window's release (after the registry's RCU grace period, kmod/registry.rs) or with the window.
 
-use crate::pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
+use crate::pvtce_core::table::{GuestTable, PageId, PageStore, ENTRIES_PER_PAGE};
 use kernel::prelude::*;
+use kernel::sync::atomic::{Acquire, Atomic, Relaxed, Release};
+use kernel::sync::Arc;
 
-type Block = [u64; ENTRIES_PER_PAGE as usize];
+type Block = [Atomic<u64>; ENTRIES_PER_PAGE as usize];
 
 /// Most table pages one window may hold: enough for every entry of a 1 TiB window of 4 KiB pages plus its
 /// inner levels (2^28 entries / 512 = 524288 leaves + 1025 inner pages), and a bound on what a guest can
 /// make the host allocate.
 pub(crate) const MAX_PAGES: usize = 525_400;
 
-/// Pages taken from the reserve live in `pages[id]`; freed ids are reused.
+/// Pages a table of `size` entries can use: every page of every level.
+fn max_pages(size: u64) -> usize {
+    let levels = GuestTable::new(size).levels();
+    let mut total = 0u64;
+    let mut span = 1u64;
+    for _ in 0..levels {
+        span = span.saturating_mul(ENTRIES_PER_PAGE);
+        total = total.saturating_add(size.div_ceil(span));
+    }
+    usize::try_from(total).unwrap_or(usize::MAX).min(MAX_PAGES)
+}
+
+/// The block of each page id, null where none; shared by the window (lockless readers) and its store.
+pub(crate) struct Slots(KVVec<Atomic<*mut Block>>);
+
+impl Slots {
+    /// Slot `index` of page `page`, 0 for a page that has no block: safe with or without the window lock.
+    pub(crate) fn read(&self, page: PageId, index: usize) -> u64 {
+        let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.0.get(i)) else {
+            return 0;
+        };
+        let b = slot.load(Acquire);
+        if b.is_null() {
+            return 0;
+        }
+        // SAFETY: a non-null slot points at a block from `KBox::into_raw` (`take`), freed only after it was
+        // nulled, at the window's release or drop, when no reader can still run (the module doc); the block's
+        // slots are atomics, so reading while the lock holder writes is allowed.
+        let block = unsafe { &*b };
+        block.get(index).map_or(0, |e| e.load(Acquire))
+    }
+}
+
+/// Pages taken from the reserve have their block in `slots[id]`; freed ids are reused.
 ///
 /// # Invariants
-/// `pages.capacity() >= pages.len() + reserve.len()`, so `take` never allocates.
+/// `live + reserve.len() <= slots.len()` where `live = used - free_ids.len()`, so `take` always finds an id;
+/// every non-null slot owns its block (from `KBox::into_raw`).
 pub(crate) struct KernelStore {
-    pages: KVec<Option<KBox<Block>>>,
+    slots: Arc<Slots>,
+    /// Ids `0..used` have been handed out at least once.
+    used: usize,
     free_ids: KVec<u64>,
     reserve: KVec<KBox<Block>>,
 }
@@ -30,60 +74,66 @@ pub(crate) struct KernelStore {
 pub(crate) struct Blocks(KVec<KBox<Block>>);
 
 impl KernelStore {
-    pub(crate) fn new() -> Self {
-        KernelStore { pages: KVec::new(), free_ids: KVec::new(), reserve: KVec::new() }
+    /// An empty store for a table of `size` entries, and the slots a lockless reader reads it through.
+    pub(crate) fn new(size: u64) -> Result<(Self, Arc<Slots>)> {
+        let n = max_pages(size);
+        let mut v = KVVec::with_capacity(n, GFP_KERNEL)?;
+        for _ in 0..n {
+            v.push(Atomic::new(core::ptr::null_mut()), GFP_KERNEL)?;
+        }
+        let slots = Arc::new(Slots(v), GFP_KERNEL)?;
+        Ok((KernelStore { slots: slots.clone(), used: 0, free_ids: KVec::new(), reserve: KVec::new() }, slots))
     }
 
     /// Allocates `n` zeroed blocks (call without the window lock held).
     pub(crate) fn alloc(n: usize) -> Result<Blocks> {
         let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
-            v.push(KBox::new([0u64; ENTRIES_PER_PAGE as usize], GFP_KERNEL)?, GFP_KERNEL)?;
+            v.push(KBox::new([const { Atomic::new(0) }; ENTRIES_PER_PAGE as usize], GFP_KERNEL)?, GFP_KERNEL)?;
         }
         Ok(Blocks(v))
     }
 
     /// Adds blocks to the reserve (under the window lock; may grow the bookkeeping vectors).
     pub(crate) fn add(&mut self, blocks: Blocks) -> Result {
-        let total = self.pages.len().saturating_add(self.reserve.len()).saturating_add(blocks.0.len());
-        if total > MAX_PAGES {
+        let live = self.used - self.free_ids.len();
+        let total = live.saturating_add(self.reserve.len()).saturating_add(blocks.0.len());
+        if total > self.slots.0.len() {
             return Err(ENOMEM);
         }
-        self.pages.reserve(total - self.pages.len(), GFP_KERNEL)?;
         self.free_ids.reserve(total.saturating_sub(self.free_ids.len()), GFP_KERNEL)?;
         self.reserve.reserve(blocks.0.len(), GFP_KERNEL)?;
         for b in blocks.0 {
             // Cannot fail: capacity reserved just above.
             self.reserve.push(b, GFP_NOWAIT)?;
         }
-        // INVARIANT: `pages` has room for every block in the reserve.
+        // INVARIANT: checked above against `slots.len()`.
         Ok(())
     }
 
-    /// Pages in use (taken from the reserve and not freed).
-    #[allow(dead_code)]
-    pub(crate) fn in_use(&self) -> usize {
-        self.pages.len() - self.free_ids.len()
-    }
-
     fn block(&self, page: PageId) -> Option<&Block> {
-        self.pages.get(usize::try_from(page.0).ok()?)?.as_deref()
+        let b = self.slots.0.get(usize::try_from(page.0).ok()?)?.load(Relaxed);
+        // SAFETY: a non-null slot owns its block (type invariant), which only `free` or `drop` (both `&mut
+        // self`) release, so it lives for this borrow.
+        (!b.is_null()).then(|| unsafe { &*b })
     }
 }
 
 impl PageStore for KernelStore {
     fn take(&mut self) -> Option<PageId> {
         let b = self.reserve.pop()?;
-        if let Some(id) = self.free_ids.pop() {
-            if let Some(slot) = self.pages.get_mut(id as usize) {
-                *slot = Some(b);
-                return Some(PageId(id));
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None => {
+                let id = self.used as u64;
+                self.used += 1;
+                id
             }
-            return None;
-        }
-        let id = self.pages.len() as u64;
-        // By the type invariant the capacity is there: GFP_NOWAIT never has to allocate.
-        self.pages.push(Some(b), GFP_NOWAIT).ok()?;
+        };
+        // By the type invariant `id < slots.len()` and the slot is null.
+        let slot = self.slots.0.get(usize::try_from(id).ok()?)?;
+        // Release: a lockless reader that finds this block sees it zeroed.
+        slot.store(KBox::into_raw(b), Release);
         Some(PageId(id))
     }
 
@@ -92,22 +142,38 @@ impl PageStore for KernelStore {
     }
 
     fn read(&self, page: PageId, index: usize) -> u64 {
-        self.block(page).and_then(|b| b.get(index)).copied().unwrap_or(0)
+        self.block(page).and_then(|b| b.get(index)).map_or(0, |e| e.load(Relaxed))
     }
 
     fn write(&mut self, page: PageId, index: usize, value: u64) {
-        if let Some(Some(b)) = usize::try_from(page.0).ok().and_then(|i| self.pages.get_mut(i)) {
-            if let Some(slot) = b.get_mut(index) {
-                *slot = value;
-            }
+        if let Some(e) = self.block(page).and_then(|b| b.get(index)) {
+            // Release: a reader that follows an inner slot to a page sees what was written there before.
+            e.store(value, Release);
         }
     }
 
     fn free(&mut self, page: PageId) {
-        if let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.pages.get_mut(i)) {
-            if slot.take().is_some() {
-                // Room was reserved for every id in `add`.
-                let _ = self.free_ids.push(page.0, GFP_NOWAIT);
+        let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.slots.0.get(i)) else {
+            return;
+        };
+        let b = slot.xchg(core::ptr::null_mut(), Relaxed);
+        if !b.is_null() {
+            // SAFETY: the slot owned `b` (type invariant) and no longer points at it; `free` runs at the
+            // window's release, after the registry's grace period, so no lockless reader holds it.
+            drop(unsafe { KBox::from_raw(b) });
+            // Room was reserved for every id in `add`.
+            let _ = self.free_ids.push(page.0, GFP_NOWAIT);
+        }
+    }
+}
+
+impl Drop for KernelStore {
+    fn drop(&mut self) {
+        for slot in self.slots.0.iter() {
+            let b = slot.xchg(core::ptr::null_mut(), Relaxed);
+            if !b.is_null() {
+                // SAFETY: as in `free`; the window is going, so no reader is left.
+                drop(unsafe { KBox::from_raw(b) });
             }
         }
     }

@@ -2,7 +2,9 @@
 
 //! [`KernelWindow`]: one guest DMA window (a LIOBN) of one VM, the object behind a pvtce table fd. It owns
 //! pvtce-core's [`Window`] (the semantics), its table pages ([`KernelStore`]), its links to hardware tables,
-//! its counters and its mmap shadows, all under [`KernelWindow::state`].
+//! its counters and its mmap shadows, under [`KernelWindow::state`] except for what the lockless H_GET_TCE
+//! reads: the table's blocks ([`KernelWindow::slots`]), the counters ([`Stats`], atomics) and
+//! [`KernelWindow::has_shadows`].
 //!
 //! Naming inside kmod/: pvtce-core's type is `Window`; the module's counterparts of core types are
 //! `Kernel*` ([`KernelWindow`], [`KernelStore`], [`crate::host::KernelHost`]).
@@ -15,15 +17,16 @@
 
 use crate::ffi::Vm;
 use crate::host::HostLink;
+use crate::pvtce_core::table::GuestTable;
 use crate::pvtce_core::types::{Ioba, Liobn, WindowGeometry};
 use crate::pvtce_core::window::Window;
 use crate::shadow::Shadows;
 use crate::stats::Stats;
-use crate::store::KernelStore;
+use crate::store::{KernelStore, Slots};
 use crate::uapi::{pvtce_window_info, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE};
 use kernel::prelude::*;
 use kernel::sync::aref::ARef;
-use kernel::sync::atomic::{Atomic, Relaxed};
+use kernel::sync::atomic::{Atomic, AtomicFlag, Relaxed};
 use kernel::sync::{Arc, Mutex};
 
 /// Which implementation creates new windows (`PVTCE_SET_MODE`, a `PVTCE_MODE_*`); existing windows keep
@@ -36,7 +39,6 @@ pub(crate) struct State {
     pub(crate) store: KernelStore,
     pub(crate) links: KVec<HostLink>,
     pub(crate) next_link_id: u32,
-    pub(crate) stats: Stats,
     pub(crate) shadows: Shadows,
     /// The batched host-table update's list and user addresses ([`crate::host::RUN_BUF`] words), allocated
     /// with the window.
@@ -49,6 +51,14 @@ pub(crate) struct KernelWindow {
     pub(crate) vm: ARef<Vm>,
     pub(crate) liobn: u64,
     pub(crate) geometry: WindowGeometry,
+    /// The table's shape (no page of its own: the state's table owns them), for the lockless H_GET_TCE's walk.
+    pub(crate) shape: GuestTable,
+    /// The table's blocks by page id, read by the lockless H_GET_TCE (kmod/store.rs).
+    pub(crate) slots: Arc<Slots>,
+    pub(crate) stats: Stats,
+    /// Set (under `state`) before the table fd's mmap makes its first shadow page: from then on H_GET_TCE
+    /// takes the lock, to answer what the VMM wrote there (kmod/shadow.rs).
+    pub(crate) has_shadows: AtomicFlag,
     /// Pages charged to the VMM's locked memory (as Linux charges: the flat table's size).
     locked_pages: usize,
     #[pin]
@@ -76,12 +86,12 @@ impl KernelWindow {
         run_buf.resize(crate::host::RUN_BUF, 0, GFP_KERNEL)?;
         let locked_pages = locked_pages_for(geometry.size());
         vm.account_locked(locked_pages, true)?;
+        let (store, slots) = KernelStore::new(geometry.size())?;
         let state = State {
             window: Window::new(Liobn(liobn), geometry),
-            store: KernelStore::new(),
+            store,
             links: KVec::new(),
             next_link_id: 0,
-            stats: Stats::default(),
             shadows: Shadows::default(),
             run_buf,
         };
@@ -91,6 +101,10 @@ impl KernelWindow {
                 vm: vm.get(),
                 liobn,
                 geometry,
+                shape: GuestTable::new(geometry.size()),
+                slots,
+                stats: Stats::new(),
+                has_shadows: AtomicFlag::new(false),
                 locked_pages,
                 state <- kernel::new_mutex!(state),
             }),
@@ -119,15 +133,15 @@ impl KernelWindow {
             offset: self.geometry.offset(),
             size: self.geometry.size(),
             table_bytes: s.window.bytes_used() as u64,
-            h_put_tce: s.stats.put,
-            h_put_tce_indirect: s.stats.indirect,
-            h_stuff_tce: s.stats.stuff,
-            h_get_tce: s.stats.get,
-            declined: s.stats.declined,
-            rejected: s.stats.rejected,
-            tces_changed: s.stats.tces_changed,
-            host_updates: s.stats.host_updates,
-            host_kills: s.stats.host_kills,
+            h_put_tce: self.stats.put.load(Relaxed),
+            h_put_tce_indirect: self.stats.indirect.load(Relaxed),
+            h_stuff_tce: self.stats.stuff.load(Relaxed),
+            h_get_tce: self.stats.get.load(Relaxed),
+            declined: self.stats.declined.load(Relaxed),
+            rejected: self.stats.rejected.load(Relaxed),
+            tces_changed: self.stats.tces_changed.load(Relaxed),
+            host_updates: self.stats.host_updates.load(Relaxed),
+            host_kills: self.stats.host_kills.load(Relaxed),
         }
     }
 }

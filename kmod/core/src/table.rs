@@ -122,6 +122,23 @@ impl GuestTable {
         })
     }
 
+    /// Reads entry `index` of a table of this shape whose root is `root`, through `read` (slot `i` of a page;
+    /// 0 for a page that does not exist) rather than a store: for a reader that holds no lock over the table
+    /// (the kernel's H_GET_TCE), whose `read` answers each slot atomically. `None` if `index` is outside.
+    pub fn get_via(&self, root: PageId, index: u64, read: impl Fn(PageId, usize) -> u64) -> Option<u64> {
+        if index >= self.size {
+            return None;
+        }
+        let mut page = root;
+        for level in 0..self.levels - 1 {
+            page = match decode(read(page, self.slot(index, level))) {
+                Some(next) => next,
+                None => return Some(0),
+            };
+        }
+        Some(read(page, self.slot(index, self.levels - 1)))
+    }
+
     /// How many levels are missing on the path to `index` (0 when its leaf exists).
     fn missing_on_path<S: PageStore>(&self, store: &S, index: u64) -> u32 {
         let Some(mut page) = self.root else {
@@ -359,5 +376,22 @@ mod tests {
         let mut s = ArrayStore::new(1);
         // 2^20 entries: 3 levels; the root came from the reserve, two pages are missing.
         assert_eq!(t.set(&mut s, 3, 1), Err(NeedAlloc { pages: 2 }));
+    }
+    #[test]
+    fn get_via_reads_what_get_reads_from_the_first_page_taken() {
+        let mut t = GuestTable::new(1 << 28);
+        let mut s = ArrayStore::new(8);
+        // An empty store: slot reads of a page that does not exist answer 0.
+        let read =
+            |s: &ArrayStore, p: PageId, i: usize| if (p.0 as usize) < s.next { s.pages[p.0 as usize][i] } else { 0 };
+        assert_eq!(t.get_via(PageId(0), 5, |p, i| read(&s, p, i)), Some(0));
+        t.set(&mut s, 5, 0x1003).unwrap();
+        t.set(&mut s, 700, 0x2003).unwrap();
+        // The root is the first page the table takes (the kernel's lockless reader relies on it).
+        for idx in [0, 5, 6, 511, 700, 1 << 27, (1 << 28) - 1] {
+            assert_eq!(t.get_via(PageId(0), idx, |p, i| read(&s, p, i)), t.get(&s, idx), "entry {idx}");
+        }
+        assert_eq!(t.get_via(PageId(0), 700, |p, i| read(&s, p, i)), Some(0x2003));
+        assert_eq!(t.get_via(PageId(0), 1 << 28, |p, i| read(&s, p, i)), None);
     }
 }
