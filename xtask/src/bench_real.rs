@@ -69,7 +69,7 @@ fn markdown(lines: &[Line], reps: usize, head: &str) -> String {
          verified); MB/s are TCG-emulated, only their ratios mean something. \"L2 boot\" is QEMU's start to L2's \
          /init; \"DDW map\" the H_PUT_TCE_INDIRECT calls L2 makes while nvme probes, entry to exit in L2's \
          trace (in DDW mode: all of its RAM mapped into the dynamic window; with disable_ddw: the probe's own \
-         mappings); \"TCE hcalls/MB\" L2's H_PUT_TCE + INDIRECT + STUFF + GET during the passes, per MB moved, as its hcall_entry tracepoint saw them: it saw no H_PUT_TCE_INDIRECT in any run (pvtce counted 1,128-1,134 in disable_ddw, 1 in the DDW), so DDW map is empty and the count is STUFF only, not understood yet. \
+         mappings); \"TCE hcalls/MB\" L2's H_PUT_TCE + INDIRECT + STUFF + GET during the passes, per MB moved, as its hcall_entry tracepoint saw them. \
          Cells: median [min-max] over the repetitions.\n",
         lines.len(),
         show(run, 0)

@@ -130,24 +130,24 @@ mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 echo "RG-BOOT $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
 # The guest's own count of its TCE hypercalls, the same on every path: a histogram trigger on pseries'
-# hcall_entry tracepoint (H_GET_TCE 0x1c, H_PUT_TCE 0x20, H_PUT_TCE_INDIRECT 0x124, H_STUFF_TCE 0x138), read
+# hcall_entry tracepoint (H_GET_TCE 0x1c, H_PUT_TCE 0x20, H_PUT_TCE_INDIRECT 0x13c, H_STUFF_TCE 0x138), read
 # when the disk is there and after the passes (the boot's own calls, the 32-bit window cleared, come before).
 # The dynamic window is made and mapped when nvme probes (dma_set_mask): its H_PUT_TCE_INDIRECT calls are
 # traced on entry and exit, and their time is the mapping's.
 TR=/sys/kernel/tracing
 H=$TR/events/powerpc
 [ -d $H ] || mount -t tracefs tracefs $TR 2>/tmp/e || echo "RG-TRACE mount: $(cat /tmp/e)"
-echo 'hist:keys=opcode if opcode == 0x1c || opcode == 0x20 || opcode == 0x124 || opcode == 0x138' \
+echo 'hist:keys=opcode if opcode == 0x1c || opcode == 0x20 || opcode == 0x13c || opcode == 0x138' \
   > $H/hcall_entry/trigger 2>/tmp/e || echo "RG-TRACE no hcall_entry histogram: $(cat /tmp/e)"
 for ev in hcall_entry hcall_exit; do
-  echo 'opcode == 0x124' > $H/$ev/filter 2>/tmp/e || echo "RG-TRACE filter $ev: $(cat /tmp/e)"
+  echo 'opcode == 0x13c' > $H/$ev/filter 2>/tmp/e || echo "RG-TRACE filter $ev: $(cat /tmp/e)"
   echo 1 > $H/$ev/enable 2>/tmp/e || echo "RG-TRACE enable $ev: $(cat /tmp/e)"
 done
 # hc: "get put indirect stuff" so far; hist lines are "{ opcode:         32 } hitcount:       1234"
 hc() {
-  awk 'BEGIN {n["28"] = 0; n["32"] = 0; n["292"] = 0; n["312"] = 0}
+  awk 'BEGIN {n["28"] = 0; n["32"] = 0; n["316"] = 0; n["312"] = 0}
     !/^#/ && /opcode:/ {gsub(/[{}]/, ""); n[$2] = $4}
-    END {print n["28"], n["32"], n["292"], n["312"]}' $H/hcall_entry/hist
+    END {print n["28"], n["32"], n["316"], n["312"]}' $H/hcall_entry/hist
 }
 # busybox's insmod does not read module.param= from the kernel command line (modprobe would): pass them on.
 for m in $(cat /modules/order); do

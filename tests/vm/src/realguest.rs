@@ -611,10 +611,8 @@ fn measure_with(path: Path, ddw: bool, opts: &(String, String), extra: &str) -> 
     let mb = ios.iter().map(|i| i.bytes).sum::<u64>() as f64 / 1e6;
     let map = match parse_probe_indirect(&r.console) {
         None => Err("L2 printed no RG-PROBE-INDIRECT line".to_string()),
-        // ddw: the guest maps all of its RAM into the dynamic window while nvme probes, but L2's hcall_entry
-        // tracepoint has not shown an H_PUT_TCE_INDIRECT in any run yet (docs/real-client.md): no figure, and
-        // not a failure, until that is understood. pvtce's own counters prove the mapping on its path.
-        Some((0, _)) if ddw => Ok(None),
+        // ddw: the guest maps all of its RAM into the dynamic window while nvme probes.
+        Some((0, _)) if ddw => Err("ddw mode, but L2 made no H_PUT_TCE_INDIRECT while nvme probed".to_string()),
         Some(m) => Ok(Some(m)),
     };
     let map = map.map_err(|x| trace_problems.push(x)).ok().flatten();
