@@ -345,14 +345,6 @@ fn floor(rig: &Rig, rep: u32) -> Result<(), String> {
     Ok(())
 }
 
-fn vmlck_kib() -> Result<u64, String> {
-    let s = std::fs::read_to_string("/proc/self/status").map_err(e("/proc/self/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmLck".into())
-}
-
 fn memfree_kib() -> Result<u64, String> {
     let s = std::fs::read_to_string("/proc/meminfo").map_err(e("/proc/meminfo"))?;
     s.lines()
@@ -371,9 +363,9 @@ fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
     let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
     // SAFETY: `vcpu` is declared after `mem`, so it is dropped first, and only this function runs it.
     let vcpu = unsafe { payload::boot(&vm, &mem) }.map_err(e("L2 vCPU"))?;
-    let (lck0, free0) = (vmlck_kib()?, memfree_kib()?);
+    let (lck0, free0) = (locked_vm_kb()?, memfree_kib()?);
     let t = vm.create_window(0x9000_0000, 12, 0, ENTRIES).map_err(e("1 TiB window"))?;
-    let (lck1, free1) = (vmlck_kib()?, memfree_kib()?);
+    let (lck1, free1) = (locked_vm_kb()?, memfree_kib()?);
     let bytes = |t: &kvm::Window| -> Result<Option<u64>, String> {
         Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| i.table_bytes))
     };
@@ -395,7 +387,7 @@ fn memory(which: Which, pct_mapped: u64) -> Result<(), String> {
         }
         done += n;
     }
-    let (lck2, free2) = (vmlck_kib()?, memfree_kib()?);
+    let (lck2, free2) = (locked_vm_kb()?, memfree_kib()?);
     let full = bytes(&t)?;
     let o = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!(

@@ -31,18 +31,6 @@ const MMAP_SLOT: u64 = 24;
 const EXCHANGE_SLOT: u64 = 28;
 const MMAP_VALUE: u64 = 0x60_0000 | TCE_R | TCE_W;
 
-/// The errno at the bottom of an error's source chain.
-fn errno_of(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    let mut cur = Some(err);
-    while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return io.raw_os_error();
-        }
-        cur = c.source();
-    }
-    None
-}
-
 fn errno_name(n: Option<i32>) -> String {
     match n {
         Some(libc::EINVAL) => "EINVAL".into(),

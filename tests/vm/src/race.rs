@@ -70,19 +70,11 @@ pub fn race_unregister() -> Result<String, String> {
     Ok(detail)
 }
 
+/// 0 or the errno of a VFIO call.
 fn errno(r: pvtce_vmm_glue::Result<()>) -> Result<i32, String> {
     match r {
         Ok(()) => Ok(0),
-        Err(err) => {
-            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-            while let Some(s) = src {
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    return Ok(io.raw_os_error().unwrap_or(-1));
-                }
-                src = s.source();
-            }
-            Err(format!("unregister: {err}"))
-        }
+        Err(err) => errno_of(&err).ok_or_else(|| format!("unregister: {err}")),
     }
 }
 

@@ -375,34 +375,14 @@ pub fn set_mode(mode: Mode) -> Result<Mode, String> {
 }
 
 impl Rig {
-    /// `count` hardware entries from `first` (absolute) of the group's table `table`, through /dev/pvtce.
-    pub fn host_read(&self, table: u32, first: u64, count: usize) -> Result<Vec<u64>, String> {
-        control()?.host_read(&self.group, table, first, count).map_err(e("PVTCE_HOST_READ"))
-    }
-
-    /// Like [`Rig::host_read`] on whichever of the group's two tables holds the range.
+    /// [`host_read_any`] on the rig's group.
     pub fn host_read_any(&self, first: u64, count: usize) -> Result<Vec<u64>, String> {
-        self.host_read(0, first, count)
-            .or_else(|e0| self.host_read(1, first, count).map_err(|e1| format!("table 0: {e0}; table 1: {e1}")))
+        host_read_any(&self.group, first, count)
     }
 
-    /// Host physical page → guest physical page for guest RAM, from /proc/self/pagemap (the memory is pinned
-    /// by preregistration, so the map stays valid). Lets two VMM processes compare host entries.
+    /// [`hpa_pages`] of the rig's guest RAM.
     pub fn hpa_pages(&self) -> Result<std::collections::HashMap<u64, u64>, String> {
-        use std::os::unix::fs::FileExt;
-        let page = 1u64 << 16;
-        let f = std::fs::File::open("/proc/self/pagemap").map_err(e("open pagemap"))?;
-        let mut map = std::collections::HashMap::new();
-        for gpa in (0..RAM as u64).step_by(page as usize) {
-            let va = self.mem.host_addr() + gpa;
-            let mut b = [0u8; 8];
-            f.read_exact_at(&mut b, (va / page) * 8).map_err(e("read pagemap"))?;
-            let ent = u64::from_le_bytes(b);
-            if ent >> 63 == 1 {
-                map.insert((ent & ((1 << 55) - 1)) * page, gpa);
-            }
-        }
-        Ok(map)
+        hpa_pages(&self.mem)
     }
 
     /// A second guest window, not linked to any host table.
@@ -417,6 +397,45 @@ impl Rig {
             .create_window(liobn, shift, offset_pages, size_pages)
             .map_err(e("KVM_CREATE_SPAPR_TCE_64 (second window)"))
     }
+}
+
+/// `count` hardware entries from `first` (absolute) of whichever of `group`'s two tables holds the range,
+/// through /dev/pvtce.
+pub fn host_read_any(group: &vfio::Group, first: u64, count: usize) -> Result<Vec<u64>, String> {
+    let ctl = control()?;
+    let read = |table| ctl.host_read(group, table, first, count).map_err(e("PVTCE_HOST_READ"));
+    read(0).or_else(|e0| read(1).map_err(|e1| format!("table 0: {e0}; table 1: {e1}")))
+}
+
+/// Host physical page → guest physical page for guest RAM `mem`, from /proc/self/pagemap (the memory is
+/// pinned by preregistration, so the map stays valid). Lets two VMM processes compare host entries.
+pub fn hpa_pages(mem: &GuestMem) -> Result<std::collections::HashMap<u64, u64>, String> {
+    use std::os::unix::fs::FileExt;
+    let page = 1u64 << 16;
+    let f = std::fs::File::open("/proc/self/pagemap").map_err(e("open pagemap"))?;
+    let mut map = std::collections::HashMap::new();
+    for gpa in (0..mem.len() as u64).step_by(page as usize) {
+        let va = mem.host_addr() + gpa;
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, (va / page) * 8).map_err(e("read pagemap"))?;
+        let ent = u64::from_le_bytes(b);
+        if ent >> 63 == 1 {
+            map.insert((ent & ((1 << 55) - 1)) * page, gpa);
+        }
+    }
+    Ok(map)
+}
+
+/// The errno at the bottom of an error's source chain.
+pub fn errno_of(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(err);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        cur = c.source();
+    }
+    None
 }
 
 /// Program of the rig's extra vCPU `i` (vCPU id `i + 1`), one 4K page each, clear of the rig's own payload

@@ -171,17 +171,7 @@ fn run(rig: Rig, vcpus: usize) -> Result<String, String> {
     }
 
     // Quiet, linked: every entry reads back as logged; written once more, the hardware has it too.
-    let pages = {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open("/proc/self/pagemap").map_err(e("open pagemap"))?;
-        let mut map = std::collections::HashMap::new();
-        for gpa in (TARGET..SPARE).step_by(1 << SHIFT) {
-            let mut b = [0u8; 8];
-            f.read_exact_at(&mut b, ((mem.host_addr() + gpa) >> SHIFT) * 8).map_err(e("read pagemap"))?;
-            map.insert((u64::from_le_bytes(b) & ((1 << 55) - 1)) << SHIFT, gpa);
-        }
-        map
-    };
+    let pages = hpa_pages(mem)?;
     let mut mismatches = Vec::new();
     for (i, (_, log, _)) in logs.iter().enumerate() {
         let first = win + ((i as u64 * SLICE) << SHIFT);
@@ -209,11 +199,7 @@ fn run(rig: Rig, vcpus: usize) -> Result<String, String> {
                 ));
             }
         }
-        let ctl = control()?;
-        let hw = ctl
-            .host_read(&group, 0, first >> SHIFT, SLICE as usize)
-            .or_else(|_| ctl.host_read(&group, 1, first >> SHIFT, SLICE as usize))
-            .map_err(e("PVTCE_HOST_READ"))?;
+        let hw = host_read_any(&group, first >> SHIFT, SLICE as usize)?;
         for (k, &h) in hw.iter().enumerate() {
             let got = if h == 0 { 0 } else { pages.get(&(h & !0xffff)).map_or(u64::MAX, |gpa| gpa | (h & 3)) };
             // An entry without R/W (a clear or a poison value) maps nothing.
