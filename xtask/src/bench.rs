@@ -635,10 +635,22 @@ pub fn report(console: &std::path::Path, core: &str) -> Result<String> {
     let a = analyse(lines);
     let dir = repo().join("docs/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    // The real guest's section (`cargo xtask bench real`) stays at the end.
-    write(&dir.join("results.md"), &(markdown(&a, core, smp, reps) + &crate::bench_real::section()))?;
-    write(&dir.join("results.json"), &json(&a, core, smp, reps)?)?;
-    write(&dir.join("bench.svg"), &svg(&a))?;
+    // The test kernel's run writes results.*, with the real guest's section (`cargo xtask bench real`) at the
+    // end; a kernel variant's run (`PVTCE_SERIES=production`: no debug options) writes results-<variant>.*.
+    let (stem, svg_name, tail) = match crate::kernel::variant() {
+        Some(v) => (
+            format!("results-{v}"),
+            format!("bench-{v}.svg"),
+            format!(
+                "\nL1 kernel: the `{v}` variant (patches/linux/series.{v}, xtask/kconfig/pvtce.config + {v}.config: no \
+                 lockdep, KFENCE or allocator debugging). The test kernel's run is in results.md.\n"
+            ),
+        ),
+        None => ("results".to_string(), "bench.svg".to_string(), crate::bench_real::section()),
+    };
+    write(&dir.join(format!("{stem}.md")), &(markdown(&a, core, smp, reps) + &tail))?;
+    write(&dir.join(format!("{stem}.json")), &json(&a, core, smp, reps)?)?;
+    write(&dir.join(&svg_name), &svg(&a))?;
     let mut out = String::from("bench ratios (median [min-max] over repetitions; times are TCG-emulated):\n");
     for r in &a.ratios {
         let _ = writeln!(
@@ -649,7 +661,7 @@ pub fn report(console: &std::path::Path, core: &str) -> Result<String> {
             r.goal.map_or(String::new(), |(op, g)| format!("goal {op} {g}: {}", r.verdict()))
         );
     }
-    let _ = writeln!(out, "written: docs/bench/results.md, results.json, bench.svg");
+    let _ = writeln!(out, "written: docs/bench/{stem}.md, {stem}.json, {svg_name}");
     Ok(out)
 }
 

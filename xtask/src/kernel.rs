@@ -7,6 +7,9 @@
 //!   files it touched, so that a changed series re-touches every file it (un)changed and make rebuilds them.
 //! - `kbuild/<pkg>-<ver>/`: the O= build directory, kept across runs (make rebuilds only what changed);
 //!   `.pvtce-key` holds the key of the last good build: source version, config fragment, patches, toolchain.
+//! - With `PVTCE_SERIES=production`, `ktree/<pkg>-<ver>-production/` and `kbuild/<pkg>-<ver>-production/`: the
+//!   production-like kernel (series.production, pvtce.config + production.config instead of debug.config), so
+//!   the test kernel and the benchmark's second kernel are both cached and switching between them builds nothing.
 
 use crate::util::*;
 use std::path::{Path, PathBuf};
@@ -33,10 +36,33 @@ fn toolchain_id() -> Result<String> {
 /// The series file: `series`, or `series.NAME` with `PVTCE_SERIES=NAME` (`production` adds the upstream
 /// fixes the comparison runs leave out: docs/machine.md, "The kernel: what it took").
 fn series_name() -> String {
-    match std::env::var("PVTCE_SERIES") {
-        Ok(name) if !name.is_empty() => format!("series.{name}"),
-        _ => "series".to_string(),
+    match variant() {
+        Some(name) => format!("series.{name}"),
+        None => "series".to_string(),
     }
+}
+
+/// `PVTCE_SERIES`, when set and not empty: the kernel variant (`production`).
+pub fn variant() -> Option<String> {
+    std::env::var("PVTCE_SERIES").ok().filter(|v| !v.is_empty())
+}
+
+/// Directory name of a variant's tree and build: `<pkg>-<ver>` or `<pkg>-<ver>-<variant>`.
+fn variant_dir(name: &str) -> String {
+    match variant() {
+        Some(v) => format!("{name}-{v}"),
+        None => name.to_string(),
+    }
+}
+
+/// The config fragment: `pvtce.config` plus `debug.config` (the test kernel) or `<variant>.config`.
+fn fragment() -> Result<String> {
+    let dir = repo().join("xtask/kconfig");
+    let extra = match variant() {
+        Some(v) => format!("{v}.config"),
+        None => "debug.config".to_string(),
+    };
+    Ok(read(&dir.join("pvtce.config"))? + &read(&dir.join(extra))?)
 }
 
 /// The patches of [`series_name`], in order; a line `include FILE` takes FILE's patches in its place.
@@ -73,7 +99,7 @@ fn touched(patch: &str) -> Vec<String> {
 /// Makes `ktree/<name>` = pristine + series; returns (tree, whether it was (re)made).
 fn patched_tree(pristine: &Path) -> Result<PathBuf> {
     let name = pristine.file_name().ok_or("bad source path")?.to_string_lossy().into_owned();
-    let tree = cache().join("ktree").join(&name);
+    let tree = cache().join("ktree").join(variant_dir(&name));
     let series = series()?;
     let mut key = Key::new();
     let mut files: Vec<String> = Vec::new();
@@ -145,9 +171,17 @@ fn make(tree: &Path, build: &Path) -> std::process::Command {
     c
 }
 
-/// Checks that every `CONFIG_X=v` line of the fragment survived into `.config`.
+/// Checks that every `CONFIG_X=v` line of the fragment survived into `.config`, and that every
+/// `# CONFIG_X is not set` line is off there.
 fn check_config(fragment: &str, config: &str) -> Result<()> {
     let mut missing = Vec::new();
+    // `# CONFIG_X is not set`: the option must be off (absent, or not set).
+    for line in fragment.lines().map(str::trim) {
+        let Some(k) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) else { continue };
+        if config.lines().any(|l| l.starts_with(&format!("{k}="))) {
+            missing.push(format!("{k} (must be off)"));
+        }
+    }
     for line in fragment.lines().map(str::trim).filter(|l| l.starts_with("CONFIG_")) {
         let (k, _) = line.split_once('=').ok_or_else(|| format!("bad fragment line {line}"))?;
         let got = config.lines().find(|l| l.starts_with(&format!("{k}="))).unwrap_or("");
@@ -182,9 +216,8 @@ pub fn build(note: &mut String) -> Result<Kernel> {
     let debian = read(&pristine.join(".pvtce-unpacked"))?.trim().to_string();
     let tree = patched_tree(&pristine)?;
     let name = pristine.file_name().ok_or("bad source path")?.to_string_lossy().into_owned();
-    let build = cache().join("kbuild").join(&name);
-    let fragment_path = repo().join("xtask/kconfig/pvtce.config");
-    let fragment = read(&fragment_path)?;
+    let build = cache().join("kbuild").join(variant_dir(&name));
+    let fragment = fragment()?;
     let toolchain = toolchain_id()?;
     let mut key = Key::new();
     key.add(debian.as_bytes()).add(fragment.as_bytes()).add(toolchain.as_bytes());
@@ -213,6 +246,8 @@ pub fn build(note: &mut String) -> Result<Kernel> {
     std::fs::create_dir_all(out()).map_err(|e| e.to_string())?;
     println!("kernel: {debian}, building in {} (make -j{})", build.display(), nproc());
     let log = out().join("kernel-build.log");
+    let fragment_path = build.join(".pvtce-fragment.config");
+    write(&fragment_path, &fragment)?;
     run_logged(
         make(&tree, &build).arg(format!("KCONFIG_ALLCONFIG={}", fragment_path.display())).arg("allnoconfig"),
         &log,
@@ -298,7 +333,16 @@ fn count_warnings(log: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::count_warnings;
+    use super::{check_config, count_warnings};
+
+    #[test]
+    fn config_check_sees_a_lost_option_and_an_option_that_must_be_off() {
+        let fragment = "CONFIG_A=y\n# CONFIG_B is not set\n";
+        assert!(check_config(fragment, "CONFIG_A=y\n# CONFIG_B is not set\n").is_ok());
+        assert!(check_config(fragment, "CONFIG_A=y\n").is_ok());
+        assert!(check_config(fragment, "CONFIG_A=y\nCONFIG_B=y\n").unwrap_err().contains("CONFIG_B (must be off)"));
+        assert!(check_config(fragment, "# CONFIG_A is not set\n").unwrap_err().contains("CONFIG_A=y (got unset)"));
+    }
 
     const TARGET_FEATURE: &str = "warning: unstable feature specified for `-Ctarget-feature`: `vsx`\n  |\n  = note: this feature is not stably supported\nwarning: 4 warnings emitted\n";
 
