@@ -257,7 +257,7 @@ fn parent(flags: u32) -> Result<[u64; 4], String> {
 /// `PVTCE_L1_TIME` on /dev/pvtce: `flags` 0 (read), START (| NESTED) or STOP; per kind (H_PUT_TCE,
 /// H_PUT_TCE_INDIRECT, H_STUFF_TCE, H_GET_TCE, other): the closed intervals, their L1 ticks, the handler's
 /// ticks, and with NESTED the H_ENTER_NESTED intervals and their ticks.
-fn l1_time(flags: u32) -> Result<[[u64; 5]; 5], String> {
+pub fn l1_time(flags: u32) -> Result<[[u64; 5]; 5], String> {
     let r = pvtce_uapi::pvtce_l1_time {
         argsz: std::mem::size_of::<pvtce_uapi::pvtce_l1_time>() as u32,
         flags,
