@@ -6,6 +6,7 @@
 //! - `PVTCE_HOST_READ`: hardware entries of a VFIO group's table (conformance tests compare them).
 //! - `PVTCE_LIST_WINDOWS`: every window with its statistics (the pvtce CLI).
 //! - `PVTCE_PARENT_HCALLS` (benchmark only, `bench_ioctls=1`): TCE hypercalls to this kernel's hypervisor.
+//! - `PVTCE_L1_TIME` (benchmark only): this kernel's side of the caller's guest exits, in timebase ticks.
 //!
 //! Only root may open it (mode 0600): it reveals host physical addresses.
 
@@ -13,8 +14,9 @@ use crate::ffi;
 use crate::ioctl::{check_head, read_checked};
 use crate::registry;
 use crate::uapi::{
-    pvtce_host_read, pvtce_mode, pvtce_parent_hcalls, pvtce_window_info, pvtce_windows, PVTCE_HOST_READ,
-    PVTCE_HOST_READ_MAX, PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE,
+    pvtce_host_read, pvtce_l1_exits, pvtce_l1_time, pvtce_mode, pvtce_parent_hcalls, pvtce_window_info,
+    pvtce_windows, PVTCE_HOST_READ, PVTCE_HOST_READ_MAX, PVTCE_L1_NESTED, PVTCE_L1_START, PVTCE_L1_STOP,
+    PVTCE_L1_TIME, PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE,
     PVTCE_PARENT_HCALLS, PVTCE_PARENT_START, PVTCE_PARENT_STOP, PVTCE_SET_MODE, PVTCE_WINDOWS_MAX,
 };
 use crate::window::MODE;
@@ -40,6 +42,7 @@ impl MiscDevice for Control {
             PVTCE_HOST_READ => host_read(arg),
             PVTCE_LIST_WINDOWS => list_windows(arg),
             PVTCE_PARENT_HCALLS if crate::module_parameters::bench_ioctls.value() => parent_hcalls(arg),
+            PVTCE_L1_TIME if crate::module_parameters::bench_ioctls.value() => l1_time(arg),
             _ => Err(ENOTTY),
         }
         .map(|()| 0)
@@ -105,8 +108,33 @@ fn parent_hcalls(arg: usize) -> Result {
     w.write(&req)
 }
 
-/// Registers the backend on creation, unregisters it on drop.
-pub(crate) struct Backend;
+fn l1_time(arg: usize) -> Result {
+    let (mut req, mut w) = read_checked::<pvtce_l1_time>(arg)?;
+    check_head(req.argsz, 0, core::mem::size_of::<pvtce_l1_time>())?;
+    let flags = match req.flags {
+        0 => 0,
+        PVTCE_L1_START => 1,
+        f if f == PVTCE_L1_START | PVTCE_L1_NESTED => 5,
+        PVTCE_L1_STOP => 2,
+        _ => return Err(EINVAL),
+    };
+    let sums = ffi::l1_time(flags)?;
+    for (k, s) in req.kind.iter_mut().zip(sums) {
+        *k = pvtce_l1_exits {
+            exits: s[0],
+            l1_ticks: s[1],
+            hcall_ticks: s[2],
+            nested_exits: s[3],
+            nested_ticks: s[4],
+        };
+    }
+    w.write(&req)
+}
+
+/// Registers the backend on creation (unless loaded with `backend=0`), unregisters it on drop.
+pub(crate) struct Backend {
+    registered: bool,
+}
 
 impl Backend {
     /// # Safety
@@ -115,18 +143,25 @@ impl Backend {
         // SAFETY: called once from the module's init (the caller's guarantee), before the backend is
         // registered.
         unsafe { registry::init() };
-        ffi::register_backend()?;
-        Ok(Backend)
+        let registered = crate::module_parameters::backend.value();
+        if registered {
+            ffi::register_backend()?;
+        }
+        Ok(Backend { registered })
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
         // No window can be left: each window's file holds a reference on the module.
-        ffi::unregister_backend();
+        if self.registered {
+            ffi::unregister_backend();
+        }
         registry::clear_lookup();
-        // A benchmark that did not stop its parent-hypercall count: the probe must go before the module.
+        // A benchmark that did not stop its parent-hypercall count or its L1 timing: the probes must go
+        // before the module.
         let _ = ffi::parent_count(2);
+        let _ = ffi::l1_time(2);
     }
 }
 

@@ -39,6 +39,7 @@ unsafe extern "C" {
     fn pvtce_glue_host_read(groupfd: c_int, table: u32, first: u64, count: u64, out: *mut u64) -> c_long;
     fn pvtce_glue_timebase() -> u64;
     fn pvtce_glue_parent_count(flags: u32, counts: *mut u64) -> c_long;
+    fn pvtce_glue_l1_time(flags: u32, out: *mut u64) -> c_long;
     fn pvtce_glue_current_mm_is(mm: *mut c_void) -> bool;
 
     // virt/kvm/kvm_main.c (exported, but outside the kernel crate's bindings)
@@ -178,6 +179,20 @@ pub(crate) fn parent_count(flags: u32) -> Result<[u64; 4]> {
         return Err(Error::from_errno(r as i32));
     }
     Ok(counts)
+}
+
+/// `PVTCE_L1_TIME`: starts (1, or 5 with the nested intervals), stops (2) or only reads (0) the measurement
+/// of this kernel's side of the calling task's guest exits; returns, per kind (H_PUT_TCE, H_PUT_TCE_INDIRECT,
+/// H_STUFF_TCE, H_GET_TCE, other), the five sums of `struct pvtce_l1_exits`.
+pub(crate) fn l1_time(flags: u32) -> Result<[[u64; 5]; 5]> {
+    let mut out = [[0u64; 5]; 5];
+    // SAFETY: `out` is 25 contiguous u64, valid for writes; the C side checks `flags` and serialises start
+    // and stop.
+    let r = unsafe { pvtce_glue_l1_time(flags, out.as_mut_ptr().cast()) };
+    if r < 0 {
+        return Err(Error::from_errno(r as i32));
+    }
+    Ok(out)
 }
 
 /// The timebase register (the clock L2's `mftb` reads).

@@ -70,6 +70,7 @@ void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *of
 __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
 void pvtce_glue_set_dirty(struct mm_struct *mm, u64 hpa, u32 page_shift);
 long pvtce_glue_parent_count(u32 flags, u64 *counts);
+long pvtce_glue_l1_time(u32 flags, u64 *out);
 long pvtce_glue_host_read(int groupfd, u32 table, u64 first, u64 count, u64 *out);
 u64 pvtce_glue_timebase(void);
 bool pvtce_glue_current_mm_is(struct mm_struct *mm);
@@ -404,6 +405,257 @@ long pvtce_glue_parent_count(u32 flags, u64 *counts)
 		counts[i] = atomic64_read(&pvtce_parent[i]);
 out:
 	mutex_unlock(&pvtce_parent_lock);
+	return ret;
+}
+
+/*
+ * PVTCE_L1_TIME (benchmark only; uapi/include/linux/pvtce.h): this kernel's side of each guest exit, for the
+ * task that starts the measurement, by probes on kvm-hv's tracepoints (kvm_guest_exit, kvm_hcall_enter,
+ * kvm_hcall_exit, kvm_guest_enter in arch/powerpc/kvm/book3s_hv.c) and, with NESTED, on the pseries
+ * hcall_exit / hcall_entry tracepoints around H_ENTER_NESTED (kvmhv_vcpu_entry_p9_nested). kvm-hv's
+ * tracepoints are in its module, which for_each_kernel_tracepoint does not walk: they are found through the
+ * tracepoint module notifier, which is called at once for every module already loaded, and kvm_hv is held
+ * (try_module_get) while the probes are in. C for the same reason as the parent count.
+ *
+ * Only the owner's events count, and they all happen in the owner's own context, one after another (the
+ * vCPU run loop of its KVM_RUN; H_ENTER_NESTED is never made from an interrupt), so the interval state
+ * needs no lock: other tasks' probes read only `owner`. START sets it before the probes go in, STOP clears
+ * it after tracepoint_synchronize_unregister(), and both run under pvtce_l1_lock.
+ */
+#define PVTCE_L1_NKINDS 5
+#define PVTCE_L1_NTP 4
+static const char *const pvtce_l1_tp_names[PVTCE_L1_NTP] = {
+	"kvm_guest_exit", "kvm_hcall_enter", "kvm_hcall_exit", "kvm_guest_enter",
+};
+static struct {
+	struct task_struct *owner;
+	bool open;          /* since a kvm_guest_exit, no kvm_guest_enter yet */
+	bool nopen;         /* since an H_ENTER_NESTED return, no H_ENTER_NESTED call yet */
+	int kind;           /* of the open interval */
+	int nkind;          /* of the open nested interval: the first exit's after the return, -1 before */
+	u64 t_exit, t_hcall, hcall, t_nexit;
+	u64 acc[PVTCE_L1_NKINDS][5]; /* exits, l1, hcall, nested exits, nested ticks */
+} pvtce_l1;
+static struct tracepoint *pvtce_l1_tp[PVTCE_L1_NTP];
+static struct tracepoint *pvtce_hcall_exit_tp;
+static struct module *pvtce_l1_mod;
+static bool pvtce_l1_on, pvtce_l1_nested;
+static DEFINE_MUTEX(pvtce_l1_lock);
+
+static bool pvtce_l1_mine(void)
+{
+	return READ_ONCE(pvtce_l1.owner) == current;
+}
+
+static int pvtce_l1_kind(struct kvm_vcpu *vcpu)
+{
+	if (vcpu->arch.trap != BOOK3S_INTERRUPT_SYSCALL)
+		return 4;
+	switch (kvmppc_get_gpr(vcpu, 3)) {
+	case H_PUT_TCE:
+		return 0;
+	case H_PUT_TCE_INDIRECT:
+		return 1;
+	case H_STUFF_TCE:
+		return 2;
+	case H_GET_TCE:
+		return 3;
+	}
+	return 4;
+}
+
+static void pvtce_l1_guest_exit(void *data, struct kvm_vcpu *vcpu)
+{
+	u64 now = get_tb();
+
+	if (!pvtce_l1_mine())
+		return;
+	pvtce_l1.t_exit = now;
+	pvtce_l1.kind = pvtce_l1_kind(vcpu);
+	pvtce_l1.hcall = 0;
+	pvtce_l1.open = true;
+	if (pvtce_l1.nopen && pvtce_l1.nkind < 0)
+		pvtce_l1.nkind = pvtce_l1.kind;
+}
+
+static void pvtce_l1_hcall_enter(void *data, struct kvm_vcpu *vcpu)
+{
+	if (pvtce_l1_mine())
+		pvtce_l1.t_hcall = get_tb();
+}
+
+static void pvtce_l1_hcall_exit(void *data, struct kvm_vcpu *vcpu, int ret)
+{
+	u64 now = get_tb();
+
+	if (pvtce_l1_mine() && pvtce_l1.open)
+		pvtce_l1.hcall += now - pvtce_l1.t_hcall;
+}
+
+static void pvtce_l1_guest_enter(void *data, struct kvm_vcpu *vcpu)
+{
+	u64 now = get_tb();
+	u64 *a;
+
+	if (!pvtce_l1_mine() || !pvtce_l1.open)
+		return;
+	a = pvtce_l1.acc[pvtce_l1.kind];
+	a[0]++;
+	a[1] += now - pvtce_l1.t_exit;
+	a[2] += pvtce_l1.hcall;
+	pvtce_l1.open = false;
+}
+
+/* The nested guest returned: the first instant this kernel runs again after the guest's exit. */
+static void pvtce_l1_nested_ret(void *data, unsigned long opcode, long retval, unsigned long *retbuf)
+{
+	u64 now = get_tb();
+
+	if (opcode != H_ENTER_NESTED || !pvtce_l1_mine())
+		return;
+	pvtce_l1.t_nexit = now;
+	pvtce_l1.nopen = true;
+	pvtce_l1.nkind = -1;
+}
+
+/* About to run the nested guest again: the last instant of this kernel's side. */
+static void pvtce_l1_nested_call(void *data, unsigned long opcode, unsigned long *args)
+{
+	u64 now = get_tb();
+	u64 *a;
+
+	if (opcode != H_ENTER_NESTED || !pvtce_l1_mine() || !pvtce_l1.nopen || pvtce_l1.nkind < 0)
+		return;
+	a = pvtce_l1.acc[pvtce_l1.nkind];
+	a[3]++;
+	a[4] += now - pvtce_l1.t_nexit;
+	pvtce_l1.nopen = false;
+}
+
+static void *const pvtce_l1_probes[PVTCE_L1_NTP] = {
+	pvtce_l1_guest_exit, pvtce_l1_hcall_enter, pvtce_l1_hcall_exit, pvtce_l1_guest_enter,
+};
+
+/* Called under tracepoint_module_list_mutex, for each loaded module at registration: kvm_hv is alive here. */
+static int pvtce_l1_find(struct notifier_block *nb, unsigned long val, void *data)
+{
+	struct tp_module *tp_mod = data;
+	struct module *mod = tp_mod->mod;
+	unsigned int i, k;
+
+	if (val != MODULE_STATE_COMING || pvtce_l1_mod || strcmp(mod->name, "kvm_hv"))
+		return NOTIFY_OK;
+	if (!try_module_get(mod))
+		return NOTIFY_OK;
+	for (i = 0; i < mod->num_tracepoints; i++) {
+		struct tracepoint *tp = tracepoint_ptr_deref(&mod->tracepoints_ptrs[i]);
+
+		for (k = 0; k < PVTCE_L1_NTP; k++)
+			if (!strcmp(tp->name, pvtce_l1_tp_names[k]))
+				pvtce_l1_tp[k] = tp;
+	}
+	pvtce_l1_mod = mod;
+	return NOTIFY_OK;
+}
+
+static struct notifier_block pvtce_l1_nb = { .notifier_call = pvtce_l1_find };
+
+static void pvtce_find_hcall_exit_tp(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "hcall_exit"))
+		*(struct tracepoint **)priv = tp;
+}
+
+/* Takes the probes out (the first `n` kvm-hv ones, and the nested pair if in) and lets kvm_hv go. */
+static void pvtce_l1_remove(int n, bool nested)
+{
+	int k;
+
+	if (nested) {
+		tracepoint_probe_unregister(pvtce_hcall_exit_tp, (void *)pvtce_l1_nested_ret, NULL);
+		tracepoint_probe_unregister(pvtce_hcall_tp, (void *)pvtce_l1_nested_call, NULL);
+	}
+	for (k = 0; k < n; k++)
+		tracepoint_probe_unregister(pvtce_l1_tp[k], pvtce_l1_probes[k], NULL);
+	/* No probe runs once this returns (module unload may follow). */
+	tracepoint_synchronize_unregister();
+	WRITE_ONCE(pvtce_l1.owner, NULL);
+	module_put(pvtce_l1_mod);
+	pvtce_l1_mod = NULL;
+	memset(pvtce_l1_tp, 0, sizeof(pvtce_l1_tp));
+}
+
+/* flags: 1 start (| 4 nested), 2 stop, 0 read; out[5 * 5]: per kind, the five sums of pvtce_l1_exits. */
+long pvtce_glue_l1_time(u32 flags, u64 *out)
+{
+	bool nested = flags & 4;
+	long ret = 0;
+	int k;
+
+	if (flags != 0 && flags != 1 && flags != 5 && flags != 2)
+		return -EINVAL;
+	mutex_lock(&pvtce_l1_lock);
+	if (flags & 1) {
+		if (pvtce_l1_on) {
+			ret = -EBUSY;
+			goto out;
+		}
+		ret = -ENOENT;
+		if (nested) {
+			if (!pvtce_hcall_tp)
+				for_each_kernel_tracepoint(pvtce_find_hcall_tp, &pvtce_hcall_tp);
+			if (!pvtce_hcall_exit_tp)
+				for_each_kernel_tracepoint(pvtce_find_hcall_exit_tp, &pvtce_hcall_exit_tp);
+			if (!pvtce_hcall_tp || !pvtce_hcall_exit_tp)
+				goto out;
+		}
+		ret = register_tracepoint_module_notifier(&pvtce_l1_nb);
+		if (ret)
+			goto out;
+		unregister_tracepoint_module_notifier(&pvtce_l1_nb);
+		ret = -ENOENT;
+		if (!pvtce_l1_mod)
+			goto out;
+		for (k = 0; k < PVTCE_L1_NTP; k++)
+			if (!pvtce_l1_tp[k])
+				break;
+		if (k < PVTCE_L1_NTP) {
+			pvtce_l1_remove(0, false);
+			goto out;
+		}
+		memset(&pvtce_l1, 0, sizeof(pvtce_l1));
+		pvtce_l1.nkind = -1;
+		WRITE_ONCE(pvtce_l1.owner, current);
+		for (k = 0; k < PVTCE_L1_NTP; k++) {
+			ret = tracepoint_probe_register(pvtce_l1_tp[k], pvtce_l1_probes[k], NULL);
+			if (ret) {
+				pvtce_l1_remove(k, false);
+				goto out;
+			}
+		}
+		if (nested) {
+			ret = tracepoint_probe_register(pvtce_hcall_exit_tp, (void *)pvtce_l1_nested_ret, NULL);
+			if (!ret) {
+				ret = tracepoint_probe_register(pvtce_hcall_tp, (void *)pvtce_l1_nested_call, NULL);
+				if (ret)
+					tracepoint_probe_unregister(pvtce_hcall_exit_tp,
+								    (void *)pvtce_l1_nested_ret, NULL);
+			}
+			if (ret) {
+				pvtce_l1_remove(PVTCE_L1_NTP, false);
+				goto out;
+			}
+		}
+		pvtce_l1_on = true;
+		pvtce_l1_nested = nested;
+	} else if (flags == 2 && pvtce_l1_on) {
+		pvtce_l1_remove(PVTCE_L1_NTP, pvtce_l1_nested);
+		pvtce_l1_on = false;
+	}
+	for (k = 0; k < PVTCE_L1_NKINDS * 5; k++)
+		out[k] = pvtce_l1.acc[k / 5][k % 5];
+out:
+	mutex_unlock(&pvtce_l1_lock);
 	return ret;
 }
 

@@ -54,6 +54,7 @@ mod uapi {
     pub(crate) const PVTCE_LIST_WINDOWS: u32 = _IOWR::<pvtce_windows>(PVTCE_IOCTL_TYPE, 0x03);
     pub(crate) const PVTCE_WINDOW_EXCHANGE: u32 = _IOWR::<pvtce_exchange>(PVTCE_IOCTL_TYPE, 0x04);
     pub(crate) const PVTCE_PARENT_HCALLS: u32 = _IOWR::<pvtce_parent_hcalls>(PVTCE_IOCTL_TYPE, 0x05);
+    pub(crate) const PVTCE_L1_TIME: u32 = _IOWR::<pvtce_l1_time>(PVTCE_IOCTL_TYPE, 0x06);
 
     macro_rules! plain {
         ($($t:ty),*) => {$(
@@ -64,7 +65,15 @@ mod uapi {
             unsafe impl kernel::transmute::AsBytes for $t {}
         )*};
     }
-    plain!(pvtce_window_info, pvtce_mode, pvtce_host_read, pvtce_windows, pvtce_exchange, pvtce_parent_hcalls);
+    plain!(
+        pvtce_window_info,
+        pvtce_mode,
+        pvtce_host_read,
+        pvtce_windows,
+        pvtce_exchange,
+        pvtce_parent_hcalls,
+        pvtce_l1_time
+    );
 }
 
 module! {
@@ -77,6 +86,10 @@ module! {
         bench_ioctls: bool {
             default: false,
             description: "Offer the benchmark-only PVTCE_WINDOW_EXCHANGE on table fds (ENOTTY when off)",
+        },
+        backend: bool {
+            default: true,
+            description: "Register pvtce as KVM's sPAPR TCE backend (benchmark only: 0 loads the control device alone, so Linux's C code answers every TCE hypercall exactly as without the module)",
         },
         inject_run_failure: u64 {
             default: 0,
@@ -99,10 +112,11 @@ impl kernel::InPlaceModule for Pvtce {
                 // SAFETY: the module's init runs once.
                 let b = unsafe { control::Backend::register() }?;
                 pr_info!(
-                    "loaded (PAGE_SIZE {}, new windows: {}, bench_ioctls {})\n",
+                    "loaded (PAGE_SIZE {}, new windows: {}, bench_ioctls {}, backend {})\n",
                     kernel::page::PAGE_SIZE,
                     control::mode_name(),
-                    module_parameters::bench_ioctls.value()
+                    module_parameters::bench_ioctls.value(),
+                    module_parameters::backend.value()
                 );
                 b
             },

@@ -7,6 +7,10 @@ pub const PVTCE_EXCHANGE_MAX: u32 = 512;
 pub const PVTCE_EXCHANGE_BATCHED: u32 = 1;
 pub const PVTCE_PARENT_START: u32 = 1;
 pub const PVTCE_PARENT_STOP: u32 = 2;
+pub const PVTCE_L1_KINDS: u32 = 5;
+pub const PVTCE_L1_START: u32 = 1;
+pub const PVTCE_L1_STOP: u32 = 2;
+pub const PVTCE_L1_NESTED: u32 = 4;
 pub const PVTCE_MODE_BUILTIN: u32 = 0;
 pub const PVTCE_MODE_PVTCE: u32 = 1;
 pub const PVTCE_MODE_USERSPACE: u32 = 2;
@@ -109,6 +113,40 @@ const _: () = {
         [::core::mem::offset_of!(pvtce_parent_hcalls, indirect) - 16usize];
     ["Offset of field: pvtce_parent_hcalls::stuff"][::core::mem::offset_of!(pvtce_parent_hcalls, stuff) - 24usize];
     ["Offset of field: pvtce_parent_hcalls::get"][::core::mem::offset_of!(pvtce_parent_hcalls, get) - 32usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct pvtce_l1_exits {
+    pub exits: __u64,
+    pub l1_ticks: __u64,
+    pub hcall_ticks: __u64,
+    pub nested_exits: __u64,
+    pub nested_ticks: __u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of pvtce_l1_exits"][::core::mem::size_of::<pvtce_l1_exits>() - 40usize];
+    ["Alignment of pvtce_l1_exits"][::core::mem::align_of::<pvtce_l1_exits>() - 8usize];
+    ["Offset of field: pvtce_l1_exits::exits"][::core::mem::offset_of!(pvtce_l1_exits, exits) - 0usize];
+    ["Offset of field: pvtce_l1_exits::l1_ticks"][::core::mem::offset_of!(pvtce_l1_exits, l1_ticks) - 8usize];
+    ["Offset of field: pvtce_l1_exits::hcall_ticks"][::core::mem::offset_of!(pvtce_l1_exits, hcall_ticks) - 16usize];
+    ["Offset of field: pvtce_l1_exits::nested_exits"][::core::mem::offset_of!(pvtce_l1_exits, nested_exits) - 24usize];
+    ["Offset of field: pvtce_l1_exits::nested_ticks"][::core::mem::offset_of!(pvtce_l1_exits, nested_ticks) - 32usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct pvtce_l1_time {
+    pub argsz: __u32,
+    pub flags: __u32,
+    pub kind: [pvtce_l1_exits; 5usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of pvtce_l1_time"][::core::mem::size_of::<pvtce_l1_time>() - 208usize];
+    ["Alignment of pvtce_l1_time"][::core::mem::align_of::<pvtce_l1_time>() - 8usize];
+    ["Offset of field: pvtce_l1_time::argsz"][::core::mem::offset_of!(pvtce_l1_time, argsz) - 0usize];
+    ["Offset of field: pvtce_l1_time::flags"][::core::mem::offset_of!(pvtce_l1_time, flags) - 4usize];
+    ["Offset of field: pvtce_l1_time::kind"][::core::mem::offset_of!(pvtce_l1_time, kind) - 8usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -21,6 +21,8 @@ pub const PVTCE_WINDOW_INFO: Ioctl = libc::_IOWR::<pvtce_window_info>(T, 0x00);
 pub const PVTCE_WINDOW_EXCHANGE: Ioctl = libc::_IOWR::<pvtce_exchange>(T, 0x04);
 /// On /dev/pvtce (benchmark only).
 pub const PVTCE_PARENT_HCALLS: Ioctl = libc::_IOWR::<pvtce_parent_hcalls>(T, 0x05);
+/// On /dev/pvtce (benchmark only).
+pub const PVTCE_L1_TIME: Ioctl = libc::_IOWR::<pvtce_l1_time>(T, 0x06);
 /// On /dev/pvtce.
 pub const PVTCE_SET_MODE: Ioctl = libc::_IOWR::<pvtce_mode>(T, 0x01);
 /// On /dev/pvtce.
@@ -49,6 +51,7 @@ const _: () = {
     assert!(core::mem::size_of::<pvtce_windows>() == 24);
     assert!(core::mem::size_of::<pvtce_exchange>() == 48);
     assert!(core::mem::size_of::<pvtce_parent_hcalls>() == 40);
+    assert!(core::mem::size_of::<pvtce_l1_time>() == 208);
 };
 
 #[cfg(test)]
@@ -66,6 +69,8 @@ mod tests {
             (PVTCE_HOST_READ as u64, 0x02, size_of::<pvtce_host_read>()),
             (PVTCE_LIST_WINDOWS as u64, 0x03, size_of::<pvtce_windows>()),
             (PVTCE_WINDOW_EXCHANGE as u64, 0x04, size_of::<pvtce_exchange>()),
+            (PVTCE_PARENT_HCALLS as u64, 0x05, size_of::<pvtce_parent_hcalls>()),
+            (PVTCE_L1_TIME as u64, 0x06, size_of::<pvtce_l1_time>()),
         ];
         for (got, n, size) in cases {
             #[cfg(target_arch = "powerpc64")]

@@ -92,6 +92,66 @@ fn per_unit(lines: &[Line], path: &str, win: &str, work: &str) -> BTreeMap<u64, 
     best
 }
 
+/// The L1-side tables (`kind=l1` lines, tests/vm/src/bench.rs `l1_times`): workload, what one unit is, and
+/// TCEs per unit of the timed table's figure of the same workload (its `cost` is per TCE for the batches).
+const L1_WORKS: [(&str, &str, f64); 4] = [
+    ("put_pair", "H_PUT_TCE map + unmap pair", 1.0),
+    ("get", "H_GET_TCE", 1.0),
+    ("indirect512", "H_PUT_TCE_INDIRECT of 512", 512.0),
+    ("stuff512", "H_STUFF_TCE of 512", 512.0),
+];
+
+/// The `kind=l1` lines of one path, window, workload and probe.
+fn l1_lines<'a>(
+    lines: &'a [Line],
+    path: &'a str,
+    win: &'a str,
+    work: &'a str,
+    probe: &'a str,
+) -> impl Iterator<Item = &'a Line> + 'a {
+    let is = |l: &Line, k: &str, v: &str| l.get(k).map(String::as_str) == Some(v);
+    lines.iter().filter(move |l| {
+        is(l, "kind", "l1") && is(l, "path", path) && is(l, "win", win) && is(l, "work", work) && is(l, "probe", probe)
+    })
+}
+
+/// L1-side ticks per unit, per repetition, from the `kind=l1` lines of `probe` ("loop" or "nested"): `field`
+/// (`l1_ticks`, `hcall_ticks` or `nested_ticks`) over the intervals it sums, times calls per unit (a
+/// put_pair unit is two calls).
+fn l1_unit(lines: &[Line], path: &str, win: &str, work: &str, probe: &str, field: &str) -> BTreeMap<u64, f64> {
+    let count = if field == "nested_ticks" { "nested_exits" } else { "exits" };
+    l1_lines(lines, path, win, work, probe)
+        .filter_map(|l| {
+            let n = num(l, count).filter(|n| *n > 0.0)?;
+            Some((num(l, "rep")? as u64, num(l, field)? / n * num(l, "calls")? / num(l, "units")?))
+        })
+        .collect()
+}
+
+/// L1's share of the guest-visible time, per repetition: `field` per unit over L2's ticks per unit of the same
+/// table run (`ticks` on the `kind=l1` line); lines without `ticks` (made before it was printed) are taken
+/// against the timed table of the same repetition (`vis`) instead.
+fn l1_share(
+    lines: &[Line],
+    path: &str,
+    win: &str,
+    work: &str,
+    probe: &str,
+    field: &str,
+    vis: &BTreeMap<u64, f64>,
+) -> Vec<f64> {
+    let per = l1_unit(lines, path, win, work, probe, field);
+    let own: BTreeMap<u64, f64> = l1_lines(lines, path, win, work, probe)
+        .filter_map(|l| Some((num(l, "rep")? as u64, num(l, "ticks")? / num(l, "units")?)))
+        .collect();
+    per.iter().filter_map(|(r, x)| Some(x / own.get(r).or_else(|| vis.get(r))?)).collect()
+}
+
+/// The timed table's ticks per L1 unit (per call for the batches), per repetition.
+fn visible_unit(lines: &[Line], path: &str, win: &str, work: &str, tces: f64) -> BTreeMap<u64, f64> {
+    per_unit(lines, path, win, work).into_iter().map(|(r, v)| (r, v * tces)).collect()
+}
+
 /// The floor per repetition: marginal ticks per page of VFIO MAP_DMA (or UNMAP_DMA), from N pages and 1.
 fn floor_slope(lines: &[Line], win: &str, key: &str) -> BTreeMap<u64, f64> {
     let mut by_rep: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
@@ -161,6 +221,9 @@ struct Analysis {
     floor: BTreeMap<(String, String), Stat>,
     scaling: Vec<(String, usize, Stat, Option<Stat>)>,
     memory: Vec<Line>,
+    /// (path, win, work, measure) -> L1 ticks per unit; measure: "l1" (run loop), "hcall" (handler),
+    /// "nested" (all of L1's side), "share" (L1 side / guest-visible), "nested_share" (GET only).
+    l1: BTreeMap<(String, String, String, String), Stat>,
 }
 
 fn analyse(lines: Vec<Line>) -> Analysis {
@@ -269,7 +332,45 @@ fn analyse(lines: Vec<Line>) -> Analysis {
         }
     }
     let memory = lines.iter().filter(|l| l.get("kind").map(String::as_str) == Some("memory")).cloned().collect();
-    Analysis { lines, cost, exits, ratios, floor, scaling, memory }
+    // L1-side handling (kind=l1): per path and call, and the ratios between paths, each per repetition.
+    let mut l1 = BTreeMap::new();
+    for w in WINS {
+        for (work, _, tces) in L1_WORKS {
+            for p in PATHS {
+                let lp = l1_unit(&lines, p, w, work, "loop", "l1_ticks");
+                let vis = visible_unit(&lines, p, w, work, tces);
+                let mut put = |k: &str, v: Vec<f64>| {
+                    if let Some(st) = Stat::of(&v) {
+                        l1.insert((p.to_string(), w.to_string(), work.to_string(), k.to_string()), st);
+                    }
+                };
+                put("l1", lp.values().copied().collect());
+                put("hcall", l1_unit(&lines, p, w, work, "loop", "hcall_ticks").into_values().collect());
+                put("share", l1_share(&lines, p, w, work, "loop", "l1_ticks", &vis));
+                if work == "get" {
+                    let n = l1_unit(&lines, p, w, work, "nested", "nested_ticks");
+                    put("nested", n.values().copied().collect());
+                    put("nested_share", l1_share(&lines, p, w, work, "nested", "nested_ticks", &vis));
+                }
+            }
+        }
+    }
+    for w in WINS {
+        let lp = |p: &str, work: &str| l1_unit(&lines, p, w, work, "loop", "l1_ticks");
+        ratios.push(r(
+            format!("userspace / pvtce, L1-side handling, H_PUT_TCE map+unmap pair, {w}"),
+            None,
+            ratio(&lp("userspace", "put_pair"), &lp("pvtce", "put_pair")),
+        ));
+        for (work, _, _) in L1_WORKS {
+            ratios.push(r(
+                format!("pvtce / Linux C, L1-side handling, {work}, {w}"),
+                None,
+                ratio(&lp("pvtce", work), &lp("linux", work)),
+            ));
+        }
+    }
+    Analysis { lines, cost, exits, ratios, floor, scaling, memory, l1 }
 }
 
 /// Linux's guest-visible table for a window of `entries` 4K TCEs with `touched` distinct 8-byte slots'
@@ -365,6 +466,7 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
             );
         }
     }
+    m.push_str(&l1_section(a));
     let _ = writeln!(m, "\n## Floor: host-table update without a hypercall (L1)\n");
     let _ = writeln!(m, "**pvtce.ko** (the floor of the goal): `PVTCE_WINDOW_EXCHANGE` on the pvtce rig's window runs the hypercall path's own `table_exchange` per entry and one `table_kill`, on translations made before the clock starts, timed in the kernel with the timebase (the clock of L2's figures): ticks of one pass / entries (512 on 4K, 256 on 64K), fastest of 8 rounds. **VFIO** (for comparison): marginal cost per page of `VFIO_IOMMU_MAP_DMA` / `UNMAP_DMA` ((t(N) - t(1)) / (N - 1), N = 512 for 4K, 128 for 64K), timed in L1 userspace with `clock_gettime`, converted to ticks.\n");
     let _ = writeln!(m, "**pvtce.ko batched** (`PVTCE_EXCHANGE_BATCHED`): the same passes as one `table_run` each, the hypercall path's own batched update (patch 0008: one parent H_PUT_TCE_INDIRECT / H_STUFF_TCE per 512 entries).\n");
@@ -440,6 +542,62 @@ fn markdown(a: &Analysis, core: &str, smp: &str, reps: &str) -> String {
     m
 }
 
+/// "L1-side handling time": the `kind=l1` figures (see docs/bench/README.md).
+fn l1_section(a: &Analysis) -> String {
+    let mut m = String::new();
+    if a.l1.is_empty() {
+        return m;
+    }
+    let cell = |p: &str, w: &str, work: &str, k: &str, conv: bool| {
+        a.l1.get(&(p.to_string(), w.to_string(), work.to_string(), k.to_string())).map_or("-".into(), |s| {
+            if conv {
+                Stat { median: us(s.median), min: us(s.min), max: us(s.max), n: s.n }.show(2)
+            } else {
+                s.show(3)
+            }
+        })
+    };
+    let vis = |p: &str, w: &str, work: &str, tces: f64| {
+        a.cost.get(&(p.to_string(), w.to_string(), work.to_string())).map_or("-".into(), |s| {
+            Stat { median: us(s.median * tces), min: us(s.min * tces), max: us(s.max * tces), n: s.n }.show(2)
+        })
+    };
+    let _ = writeln!(m, "\n## L1-side handling time per hypercall (timebase in L1)\n");
+    let _ = writeln!(m, "What a host without the nested exit would see: L1's time from L2's exit (`kvm_guest_exit`, kvmhv_run_single_vcpu back from H_ENTER_NESTED) to its next entry (`kvm_guest_enter`), per call of each kind, and inside it the handler (`kvm_hcall_enter` to `kvm_hcall_exit`: kvmppc_pseries_do_hcall). Measured by pvtce.ko's probes on kvm-hv's tracepoints (`PVTCE_L1_TIME`) in a second, untimed run of the same tables after the timed ones; on the Linux and userspace paths pvtce.ko is loaded for it without its backend. Userspace: the interval holds the exit to the VMM, its answer and the next `KVM_RUN`. \"guest-visible\" is the timed table's figure per call (L2's timebase); the share is L1's side over L2's own time for the same table in the same probed run (probes included on both sides). Emulated us, median [min-max]; shares and ratios per repetition.\n");
+    let _ = writeln!(m, "| workload (unit) | window | path | L1 side (us) | of which handler (us) | guest-visible (us) | L1 side / guest-visible |\n|---|---|---|---|---|---|---|");
+    for (work, unit, tces) in L1_WORKS {
+        for w in WINS {
+            for p in PATHS {
+                let _ = writeln!(
+                    m,
+                    "| {work} ({unit}) | {w} | {p} | {} | {} | {} | {} |",
+                    cell(p, w, work, "l1", true),
+                    cell(p, w, work, "hcall", true),
+                    vis(p, w, work, tces),
+                    cell(p, w, work, "share", false)
+                );
+            }
+        }
+    }
+    let _ = writeln!(m, "\n**One H_GET_TCE, all of L1's side.** The same GET table once more with the H_ENTER_NESTED interval too: from the return of the H_ENTER_NESTED hypercall that ran L2 to L1's next H_ENTER_NESTED (pseries `hcall_exit` / `hcall_entry`), which adds the nested entry's own register switch (kvmhv_vcpu_entry_p9_nested) to the run loop's interval. It turns on L1's hypercall tracing (H_GET_TCE makes no other hypercall on any path). The rest of the guest-visible time is L0's: the nested exit and entry, emulated by QEMU.\n");
+    let _ = writeln!(m, "| window | path | guest-visible (us) | L1 side incl. nested switch (us) | L1 run loop (us) | handler (us) | L1 share incl. switch | L1 run-loop share |\n|---|---|---|---|---|---|---|---|");
+    for w in WINS {
+        for p in PATHS {
+            let _ = writeln!(
+                m,
+                "| {w} | {p} | {} | {} | {} | {} | {} | {} |",
+                vis(p, w, "get", 1.0),
+                cell(p, w, "get", "nested", true),
+                cell(p, w, "get", "l1", true),
+                cell(p, w, "get", "hcall", true),
+                cell(p, w, "get", "nested_share", false),
+                cell(p, w, "get", "share", false)
+            );
+        }
+    }
+    m
+}
+
 /// The `kind=parent` lines: hypercalls L1 made to L0 during one untimed call of each kind, counted by pvtce.ko's
 /// probe on the pseries `hcall_entry` tracepoint (tests/vm/src/bench.rs `parent_counts`), min-max over the
 /// repetitions.
@@ -506,6 +664,10 @@ fn json(a: &Analysis, core: &str, smp: &str, reps: &str) -> Result<String> {
         .collect();
     let floor: Vec<_> =
         a.floor.iter().map(|((w, k), s)| json!({"window": w, "op": k, "ticks_per_page": s.json()})).collect();
+    let l1: Vec<_> =
+        a.l1.iter()
+            .map(|((p, w, k, m), s)| json!({"path": p, "window": w, "work": k, "measure": m, "value": s.json()}))
+            .collect();
     let ratios: Vec<_> = a
         .ratios
         .iter()
@@ -525,6 +687,7 @@ fn json(a: &Analysis, core: &str, smp: &str, reps: &str) -> Result<String> {
         "cost": cost,
         "floor": floor,
         "ratios": ratios,
+        "l1_side": l1,
         "core_report": core.trim(),
         "raw": a.lines,
     });
@@ -706,6 +869,37 @@ mod tests {
             .unwrap()
             .iter()
             .any(|c| c["path"] == "linux" && c["ticks_per_unit"]["median"] == 10.0));
+    }
+
+    #[test]
+    fn l1_side_per_unit_share_and_ratio() {
+        let lines: Vec<Line> = [
+            "PVTCE-BENCH kind=hcall path=pvtce win=4k work=put_pair rep=0 units=2 calls=4 ticks=400 exits=0",
+            "PVTCE-BENCH kind=hcall path=linux win=4k work=put_pair rep=0 units=2 calls=4 ticks=800 exits=0",
+            "PVTCE-BENCH kind=hcall path=pvtce win=4k work=get rep=0 units=4 calls=4 ticks=400 exits=0",
+            // 4 calls, 2 pairs, 4 intervals of 10 ticks: 20 per pair; handler 4 per pair.
+            "PVTCE-BENCH kind=l1 path=pvtce win=4k work=put_pair probe=loop rep=0 units=2 calls=4 vmm_exits=0 exits=4 l1_ticks=40 hcall_ticks=8 nested_exits=0 nested_ticks=0 other_exits=1 other_ticks=5",
+            "PVTCE-BENCH kind=l1 path=linux win=4k work=put_pair probe=loop rep=0 units=2 calls=4 vmm_exits=0 exits=4 l1_ticks=80 hcall_ticks=40 nested_exits=0 nested_ticks=0 other_exits=0 other_ticks=0",
+            // One interval missed (3 of 4 closed): the mean still counts per call.
+            "PVTCE-BENCH kind=l1 path=pvtce win=4k work=get probe=nested rep=0 units=4 calls=4 ticks=200 vmm_exits=0 exits=3 l1_ticks=30 hcall_ticks=3 nested_exits=3 nested_ticks=60 other_exits=0 other_ticks=0",
+        ]
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
+        let a = analyse(lines);
+        let get = |p: &str, w: &str, m: &str| a.l1[&(p.into(), "4k".into(), w.into(), m.into())].median;
+        assert_eq!(get("pvtce", "put_pair", "l1"), 20.0);
+        assert_eq!(get("pvtce", "put_pair", "hcall"), 4.0);
+        // Guest-visible: 200 per pair.
+        assert_eq!(get("pvtce", "put_pair", "share"), 0.1);
+        assert_eq!(get("pvtce", "get", "nested"), 20.0);
+        // Against the same run's 50 ticks per call, not the timed table's 100.
+        assert_eq!(get("pvtce", "get", "nested_share"), 0.4);
+        assert!(!a.l1.contains_key(&("pvtce".into(), "4k".into(), "get".into(), "l1".into())));
+        let r = a.ratios.iter().find(|r| r.name == "pvtce / Linux C, L1-side handling, put_pair, 4k").unwrap();
+        assert_eq!(r.stat.unwrap().median, 0.5);
+        let md = l1_section(&a);
+        assert!(md.contains("| put_pair (H_PUT_TCE map + unmap pair) | 4k | pvtce | 0.04 [0.04-0.04] | 0.01 [0.01-0.01] | 0.39 [0.39-0.39] | 0.100 [0.100-0.100] |"), "{md}");
     }
 
     #[test]

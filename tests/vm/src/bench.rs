@@ -195,9 +195,29 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
             measure("indirect1_stuff1", BATCHES, &calls)?;
         }
     }
-    if which != Which::Userspace && opt("parent").unwrap_or(1) != 0 {
-        parent_counts(which, rig, hp, rep)?;
+    // The probes below need pvtce.ko (bench_ioctls=1). The Linux and userspace paths load it without its
+    // backend (backend=0: no hook runs on a hypercall, exactly as without the module) and unload it after.
+    let l1 = opt("l1").unwrap_or(1) != 0;
+    let parent = which != Which::Userspace && opt("parent").unwrap_or(1) != 0;
+    if which != Which::Pvtce && (l1 || parent) {
+        if std::fs::metadata("/sys/module/pvtce").is_ok() {
+            sh("rmmod pvtce")?;
+        }
+        sh("modprobe pvtce bench_ioctls=1 backend=0")?;
     }
+    let probes = (|| {
+        if l1 {
+            l1_times(which, rig, hp, rep)?;
+        }
+        if parent {
+            parent_counts(which, rig, hp, rep)?;
+        }
+        Ok::<(), String>(())
+    })();
+    if which != Which::Pvtce && (l1 || parent) {
+        sh("rmmod pvtce")?;
+    }
+    probes?;
     if which == Which::Userspace && opt("floor").unwrap_or(1) != 0 {
         floor(rig, rep)?;
     }
@@ -207,32 +227,108 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// `PVTCE_PARENT_HCALLS` on /dev/pvtce: `flags` 0 (read), START or STOP; (put, indirect, stuff, get).
-fn parent(flags: u32) -> Result<[u64; 4], String> {
+/// A benchmark ioctl on /dev/pvtce whose argument `r` (a pvtce_uapi struct with `argsz` and `flags`, filled in)
+/// the kernel reads and writes back.
+///
+/// # Safety
+/// `nr` must be the ioctl whose argument is a `T`.
+unsafe fn control<T>(nr: pvtce_uapi::Ioctl, name: &str, mut r: T) -> Result<T, String> {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open("/dev/pvtce").map_err(e("open /dev/pvtce"))?;
-    let mut r = pvtce_uapi::pvtce_parent_hcalls {
+    // SAFETY: `r` is the `T` that `nr` takes (the caller's guarantee), valid for reads and writes for the call.
+    if unsafe { libc::ioctl(f.as_raw_fd(), nr, &mut r) } != 0 {
+        return Err(format!("{name}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(r)
+}
+
+/// `PVTCE_PARENT_HCALLS` on /dev/pvtce: `flags` 0 (read), START or STOP; (put, indirect, stuff, get).
+fn parent(flags: u32) -> Result<[u64; 4], String> {
+    let r = pvtce_uapi::pvtce_parent_hcalls {
         argsz: std::mem::size_of::<pvtce_uapi::pvtce_parent_hcalls>() as u32,
         flags,
         ..Default::default()
     };
-    // SAFETY: `r` is a valid pvtce_parent_hcalls the kernel reads and writes back, for the call.
-    if unsafe { libc::ioctl(f.as_raw_fd(), pvtce_uapi::PVTCE_PARENT_HCALLS, &mut r) } != 0 {
-        return Err(format!("PVTCE_PARENT_HCALLS: {}", std::io::Error::last_os_error()));
-    }
+    // SAFETY: PVTCE_PARENT_HCALLS takes a pvtce_parent_hcalls.
+    let r = unsafe { control(pvtce_uapi::PVTCE_PARENT_HCALLS, "PVTCE_PARENT_HCALLS", r) }?;
     Ok([r.put, r.indirect, r.stuff, r.get])
+}
+
+/// `PVTCE_L1_TIME` on /dev/pvtce: `flags` 0 (read), START (| NESTED) or STOP; per kind (H_PUT_TCE,
+/// H_PUT_TCE_INDIRECT, H_STUFF_TCE, H_GET_TCE, other): the closed intervals, their L1 ticks, the handler's
+/// ticks, and with NESTED the H_ENTER_NESTED intervals and their ticks.
+pub fn l1_time(flags: u32) -> Result<[[u64; 5]; 5], String> {
+    let r = pvtce_uapi::pvtce_l1_time {
+        argsz: std::mem::size_of::<pvtce_uapi::pvtce_l1_time>() as u32,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: PVTCE_L1_TIME takes a pvtce_l1_time.
+    let r = unsafe { control(pvtce_uapi::PVTCE_L1_TIME, "PVTCE_L1_TIME", r) }?;
+    Ok(r.kind.map(|k| [k.exits, k.l1_ticks, k.hcall_ticks, k.nested_exits, k.nested_ticks]))
+}
+
+/// (work, units, calls, kind index in [`l1_time`]'s answer, START flags, probe name).
+type L1Table<'a> = (&'static str, u64, &'a [Call], usize, u32, &'static str);
+
+/// L1's side of each hypercall, untimed by L2 and apart from the timed tables (the probes cost every exit a
+/// few calls): the same tables again with pvtce.ko's probes on kvm-hv's tracepoints (`PVTCE_L1_TIME`), which
+/// time in L1 each exit from `kvm_guest_exit` to the next `kvm_guest_enter` (`probe=loop`) and the handler
+/// (`kvm_hcall_enter` to `kvm_hcall_exit`) inside it; then the H_GET_TCE table once more with the
+/// H_ENTER_NESTED intervals too (`probe=nested`: all of L1's side, its nested entry's register switch
+/// included; this turns on hypercall tracing, which slows L1's own hypercalls, and H_GET_TCE makes none).
+/// Only this thread's exits count (it runs the vCPU). `ticks` is L2's own time for the table in this run, so
+/// the host can take L1's share of it within one table.
+fn l1_times(which: Which, rig: &Rig, hp: &mut HostPe<'_>, rep: u32) -> Result<(), String> {
+    const START: u32 = pvtce_uapi::PVTCE_L1_START;
+    let _ = l1_time(pvtce_uapi::PVTCE_L1_STOP);
+    for (win, liobn, base, shift) in [("4k", L0, 0u64, 12u32), ("64k", L1, BUS64, 16)] {
+        let ioba = |i: u64| base + (i << shift);
+        let list: Vec<u8> = (0..INDIRECT).flat_map(|i| tce(i, shift).to_be_bytes()).collect();
+        rig.mem.write(LIST, &list).map_err(e("list"))?;
+        let range = |k: u64| ioba(1024 + k * INDIRECT);
+        let put: Vec<Call> = (0..PAIRS)
+            .flat_map(|i| [c(H_PUT_TCE, [liobn, ioba(i), tce(i, shift), 0]), c(H_PUT_TCE, [liobn, ioba(i), 0, 0])])
+            .collect();
+        let indirect: Vec<Call> =
+            (0..BATCHES).map(|k| c(H_PUT_TCE_INDIRECT, [liobn, range(k), LIST, INDIRECT])).collect();
+        let get: Vec<Call> = (0..GETS).map(|i| c(H_GET_TCE, [liobn, range(0) + (i << shift), 0, 0])).collect();
+        let stuff: Vec<Call> = (0..BATCHES).map(|k| c(H_STUFF_TCE, [liobn, range(k), 0, INDIRECT])).collect();
+        // (work, units, calls, kind index, probe flags): the order of the timed tables (the GETs read
+        // entries INDIRECT mapped, STUFF clears them), then the GETs with the nested intervals.
+        let tables: [L1Table<'_>; 5] = [
+            ("put_pair", PAIRS, &put, 0, START, "loop"),
+            ("indirect512", BATCHES, &indirect, 1, START, "loop"),
+            ("get", GETS, &get, 3, START, "loop"),
+            ("get", GETS, &get, 3, START | pvtce_uapi::PVTCE_L1_NESTED, "nested"),
+            ("stuff512", BATCHES, &stuff, 2, START, "loop"),
+        ];
+        for (work, units, calls, k, flags, probe) in tables {
+            l1_time(flags)?;
+            let t = timed(rig, hp, calls);
+            let s = l1_time(pvtce_uapi::PVTCE_L1_STOP)?;
+            let (ticks, exits) = t?;
+            let [n, l1, hc, nn, nt] = s[k];
+            let other = s[4];
+            println!(
+                "PVTCE-BENCH kind=l1 path={} win={win} work={work} probe={probe} rep={rep} units={units} calls={} ticks={ticks} vmm_exits={exits} exits={n} l1_ticks={l1} hcall_ticks={hc} nested_exits={nn} nested_ticks={nt} other_exits={} other_ticks={}",
+                which.name(),
+                calls.len(),
+                other[0],
+                other[1]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Counts the hypercalls L1 makes to L0 (pseries `hcall_entry` tracepoint, probed by pvtce.ko with
 /// `bench_ioctls=1`) for one call of each kind, untimed, after the timed tables: an H_PUT_TCE map + unmap
 /// pair, an H_PUT_TCE_INDIRECT of 512, an H_STUFF_TCE of 512, and 8 H_GET_TCE (none should reach L0), and an
-/// empty table (what else L1 sends meanwhile). On the Linux path pvtce.ko is loaded for the count only (its
-/// backend declines the Linux windows, which were made before) and unloaded after.
+/// empty table (what else L1 sends meanwhile). On the Linux path pvtce.ko is loaded for the count only,
+/// without its backend (the caller loads and unloads it).
 fn parent_counts(which: Which, rig: &Rig, hp: &mut HostPe<'_>, rep: u32) -> Result<(), String> {
-    if which == Which::Linux {
-        sh("modprobe pvtce bench_ioctls=1")?;
-    }
-    let r = (|| {
+    {
         for (win, liobn, base, shift) in [("4k", L0, 0u64, 12u32), ("64k", L1, BUS64, 16)] {
             let at = base + ((1024 + 2 * INDIRECT) << shift);
             let works: [(&str, Vec<Call>); 5] = [
@@ -256,11 +352,7 @@ fn parent_counts(which: Which, rig: &Rig, hp: &mut HostPe<'_>, rep: u32) -> Resu
             }
         }
         Ok(())
-    })();
-    if which == Which::Linux {
-        sh("rmmod pvtce")?;
     }
-    r
 }
 
 /// The floor issue 6 asks for: pvtce.ko's own host-table update without a hypercall

@@ -35,7 +35,62 @@ pub fn module_load() -> Result<String, String> {
     if on != libc::ENODEV {
         return Err(format!("PVTCE_WINDOW_EXCHANGE with bench_ioctls=1: errno {on}, expected ENODEV (no link)"));
     }
-    Ok("modprobe + rmmod, PAGE_SIZE 65536; PVTCE_WINDOW_EXCHANGE refused with ENOTTY by default, reaches its checks (ENODEV) with bench_ioctls=1".into())
+    sh("modprobe pvtce bench_ioctls=1 backend=0")?;
+    let l1 = l1_probe();
+    sh("rmmod pvtce")?;
+    let l1 = l1?;
+    Ok(format!("modprobe + rmmod, PAGE_SIZE 65536; PVTCE_WINDOW_EXCHANGE refused with ENOTTY by default, reaches its checks (ENODEV) with bench_ioctls=1; {l1}"))
+}
+
+/// With `backend=0` (benchmark only) a new window is Linux's; `PVTCE_L1_TIME` (tests/vm/src/bench.rs) counts
+/// this thread's exits exactly by kind, with a handler inside each interval and, with NESTED, the
+/// H_ENTER_NESTED intervals too.
+fn l1_probe() -> Result<String, String> {
+    use crate::bench::l1_time;
+    use pvtce_uapi::{PVTCE_L1_NESTED, PVTCE_L1_START, PVTCE_L1_STOP};
+    let loaded = sh("dmesg")?;
+    let loaded = loaded.lines().rev().find(|l| l.contains("pvtce: loaded")).unwrap_or("");
+    if !loaded.contains("backend false") {
+        return Err(format!("modprobe pvtce backend=0: {loaded}"));
+    }
+    let rig = Rig::new(Windows::Linked { tce_shift: 12, size: 1 << 30 })?;
+    if rig.pvtce_info()?.is_some() {
+        return Err("with backend=0 the window is pvtce's; expected Linux's built-in one".into());
+    }
+    let ioba = rig.window_bus()? + 0x4_0000;
+    let calls = [
+        call(H_PUT_TCE, [LIOBN, ioba, 0x20_0000 | TCE_R | TCE_W, 0]),
+        call(H_GET_TCE, [LIOBN, ioba, 0, 0]),
+        call(H_GET_TCE, [LIOBN, ioba, 0, 0]),
+        call(H_GET_TCE, [LIOBN, ioba, 0, 0]),
+        call(H_PUT_TCE, [LIOBN, ioba, 0, 0]),
+    ];
+    let mut seen = Vec::new();
+    for flags in [PVTCE_L1_START, PVTCE_L1_START | PVTCE_L1_NESTED] {
+        l1_time(flags)?;
+        let run = rig.run(&calls);
+        let s = l1_time(PVTCE_L1_STOP)?;
+        let (rets, _) = run?;
+        if let Some(r) = rets.iter().find(|r| r.r3 != H_SUCCESS) {
+            return Err(format!("a call returned {}", r.r3));
+        }
+        // [exits, l1, hcall, nested exits, nested ticks] for H_PUT_TCE (0) and H_GET_TCE (3).
+        let nested = flags & PVTCE_L1_NESTED != 0;
+        for (k, want) in [(0usize, 2u64), (3, 3)] {
+            let [n, l1, hc, nn, nt] = s[k];
+            let want_nested = if nested { want } else { 0 };
+            if n != want || hc == 0 || l1 < hc || nn != want_nested || (nested && nt < l1) {
+                return Err(format!(
+                    "PVTCE_L1_TIME flags {flags}: kind {k} has {n} exits ({l1} ticks, handler {hc}), {nn} nested ({nt}); expected {want} and {want_nested}, the handler inside the interval and it inside the nested one"
+                ));
+            }
+        }
+        if s[1][0] + s[2][0] != 0 {
+            return Err(format!("PVTCE_L1_TIME counted INDIRECT or STUFF exits: {:?}", s));
+        }
+        seen.push(format!("{}/{} exits", s[0][0], s[3][0]));
+    }
+    Ok(format!("backend=0: Linux's window; PVTCE_L1_TIME PUT/GET {} (loop, nested)", seen.join(", ")))
 }
 
 /// The errno of `PVTCE_WINDOW_EXCHANGE` on a fresh, unlinked pvtce window of a VM of its own (0 if it passed).

@@ -90,6 +90,39 @@ struct pvtce_parent_hcalls {
 #define PVTCE_PARENT_STOP  2
 #define PVTCE_PARENT_HCALLS _IOWR(PVTCE_IOCTL_TYPE, 0x05, struct pvtce_parent_hcalls)
 
+/*
+ * On /dev/pvtce, benchmark only (bench_ioctls=1, else ENOTTY): where this kernel spends the time between a
+ * guest's exit and its next entry, for the vCPUs the calling task runs (the task that starts the
+ * measurement; nobody else's exits count), by probes on kvm-hv's tracepoints and read with the timebase.
+ * Each exit is one interval from `kvm_guest_exit` (kvmhv_run_single_vcpu back from the guest) to the next
+ * `kvm_guest_enter` (about to enter it again), classified by the exit: a TCE hypercall (sc 1 with that
+ * number in r3) or anything else; inside it, `kvm_hcall_enter` to `kvm_hcall_exit` (kvmppc_pseries_do_hcall)
+ * is the handler. With PVTCE_L1_NESTED (a pseries host only), also from the return of the H_ENTER_NESTED
+ * hypercall that ran the guest to the next H_ENTER_NESTED (the pseries `hcall_exit` / `hcall_entry`
+ * tracepoints): all of this kernel's side, the nested entry's own register switch included; it turns on
+ * hypercall tracing, which slows every hypercall this kernel makes meanwhile.
+ * An interval still open at STOP (the last exit, to the VMM) is not counted. EBUSY: START while measuring;
+ * ENOENT: kvm_hv is not loaded (or has not these tracepoints), or NESTED on a kernel without hcall tracing.
+ */
+struct pvtce_l1_exits {
+	__u64 exits;         /* out: closed intervals of this kind */
+	__u64 l1_ticks;      /* out: their sum, kvm_guest_exit to kvm_guest_enter */
+	__u64 hcall_ticks;   /* out: the handler's part of them, kvm_hcall_enter to kvm_hcall_exit */
+	__u64 nested_exits;  /* out: with NESTED: closed intervals, H_ENTER_NESTED's return to the next call */
+	__u64 nested_ticks;  /* out: their sum */
+};
+/* kind[]: H_PUT_TCE, H_PUT_TCE_INDIRECT, H_STUFF_TCE, H_GET_TCE, any other exit */
+#define PVTCE_L1_KINDS 5
+struct pvtce_l1_time {
+	__u32 argsz;
+	__u32 flags;
+	struct pvtce_l1_exits kind[PVTCE_L1_KINDS];
+};
+#define PVTCE_L1_START  1 /* zero, start */
+#define PVTCE_L1_STOP   2 /* stop; every call returns the sums so far */
+#define PVTCE_L1_NESTED 4 /* with START: the H_ENTER_NESTED intervals too */
+#define PVTCE_L1_TIME _IOWR(PVTCE_IOCTL_TYPE, 0x06, struct pvtce_l1_time)
+
 /* Which implementation creates new windows (existing ones keep theirs). */
 #define PVTCE_MODE_BUILTIN 0 /* Linux's built-in code (pvtce declines) */
 #define PVTCE_MODE_PVTCE   1 /* pvtce (the default once loaded) */
