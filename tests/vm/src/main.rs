@@ -12,6 +12,7 @@ mod ddw;
 mod fallback;
 mod faults;
 mod fpregs;
+mod huge;
 mod isolation;
 mod leak;
 mod pvtce;
@@ -33,6 +34,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("kvm-run-fp", fpregs::kvm_run_keeps_fp),
     ("pvtce-4k", pvtce::pvtce_4k),
     ("pvtce-64k", pvtce::pvtce_64k),
+    ("linked-16m", huge::linked_16m),
     ("ddw-64k", ddw::ddw_64k),
     ("ddw-4k", ddw::ddw_4k),
     ("rtas-errors", ddw::rtas_errors),

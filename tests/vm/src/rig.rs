@@ -71,6 +71,19 @@ pub enum Windows {
     Pe { add_group: bool },
 }
 
+/// What [`Rig::with`] does differently from [`Rig::new`] (`None`: as `new` does).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Setup {
+    /// Page shift of the host window under [`Windows::Linked`] (`new`: the guest window's `tce_shift`). A
+    /// smaller one makes the kernel split each guest TCE into `2^(tce_shift - host_shift)` host entries, as
+    /// QEMU's 16M-page DDW over a 64K-page host window does.
+    pub host_shift: Option<u32>,
+    /// Bytes of guest RAM (`new`: [`RAM`]).
+    pub ram: Option<usize>,
+    /// Bytes of it, from guest physical 0, preregistered with the container (`new`: all of it).
+    pub registered: Option<u64>,
+}
+
 /// Who answers a hypercall that exits to the VMM while L2 runs a table.
 pub enum Policy<'p, 'a> {
     /// Nobody: it is counted and answered [`EXITED`], a value no hypercall returns, so a test sees exactly
@@ -201,11 +214,17 @@ impl Rig {
     /// edu bound to vfio-pci in a fresh sPAPR v2 container with the guest RAM preregistered, a KVM-HV VM with
     /// the KVM VFIO device, `windows`, and vCPU 0 running the hypercall-table payload.
     pub fn new(windows: Windows) -> Result<Rig, String> {
+        Rig::with(windows, Setup::default())
+    }
+
+    /// [`Rig::new`] with a [`Setup`] other than the default one.
+    pub fn with(windows: Windows, setup: Setup) -> Result<Rig, String> {
+        let (ram, registered) = (setup.ram.unwrap_or(RAM), setup.registered.unwrap_or(setup.ram.unwrap_or(RAM) as u64));
         let bdf = vfio::find_pci(edu::VENDOR, edu::DEVICE).map_err(e("find edu"))?;
         let vfio::Owned { container, group, device, .. } = vfio::setup(&bdf).map_err(e("VFIO setup"))?;
         let info = container.info().map_err(e("GET_INFO"))?;
-        let mem = GuestMem::new(RAM).map_err(e("guest RAM"))?;
-        container.register_memory(mem.host_addr(), RAM as u64).map_err(e("REGISTER_MEMORY"))?;
+        let mem = GuestMem::new(ram).map_err(e("guest RAM"))?;
+        container.register_memory(mem.host_addr(), registered).map_err(e("REGISTER_MEMORY"))?;
         let k = kvm::Kvm::open().map_err(e("open /dev/kvm"))?;
         let vm = k.create_vm().map_err(e("create VM"))?;
         let kdev = vm.create_vfio_device().map_err(e("KVM VFIO device"))?;
@@ -214,7 +233,8 @@ impl Rig {
                 // sPAPR v2 ownership leaves the group without a usable window: create one, as QEMU does, and
                 // mirror it with the guest window. On the nested pseries L1 the host places it at 1 << 59
                 // (measured).
-                let bus = container.create_window(tce_shift, size, 1).map_err(e("VFIO_IOMMU_SPAPR_TCE_CREATE"))?;
+                let host_shift = setup.host_shift.unwrap_or(tce_shift);
+                let bus = container.create_window(host_shift, size, 1).map_err(e("VFIO_IOMMU_SPAPR_TCE_CREATE"))?;
                 let table = vm
                     .create_window(LIOBN, tce_shift, bus >> tce_shift, size >> tce_shift)
                     .map_err(e("KVM_CREATE_SPAPR_TCE_64"))?;
