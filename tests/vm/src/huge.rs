@@ -81,6 +81,21 @@ fn run_rig(rig: &Rig, mode: Mode) -> Result<PathRun, String> {
     let mut out = Outcome { rets: Vec::new(), exits: Vec::new(), host: Vec::new() };
     // Every (r3, r4) as it came back, for comparing the two paths.
     let mut raw = Vec::new();
+    // Runs one table and records its exits, its returns (GET's value where it succeeded) and the host entries.
+    let run_table = |calls: &[pvtce_test_support::payload::Call],
+                     out: &mut Outcome,
+                     raw: &mut Vec<(i64, u64)>|
+     -> Result<(), String> {
+        let e0 = rig.exited();
+        let (rets, _) = rig.run(calls)?;
+        out.exits.push(rig.exited() - e0);
+        out.rets.extend(
+            rets.iter().zip(calls).map(|(x, c)| (x.r3, (c.nr == H_GET_TCE && x.r3 == H_SUCCESS).then_some(x.r4))),
+        );
+        raw.extend(rets.iter().map(|x| (x.r3, x.r4)));
+        out.host.push(host()?);
+        Ok(())
+    };
 
     // Table 1: maps, reads back, and the calls the kernel gives to the VMM.
     let list1 = [P | rw, wo, P | r];
@@ -110,14 +125,7 @@ fn run_rig(rig: &Rig, mode: Mode) -> Result<PathRun, String> {
         call(H_PUT_TCE, [LIOBN, t(2) + SUB, rw, 0]),
         call(H_GET_TCE, [LIOBN, t(2) + SUB, 0, 0]),
     ];
-    let e0 = rig.exited();
-    let (rets, _) = rig.run(&calls1)?;
-    let calls = &calls1;
-    out.exits.push(rig.exited() - e0);
-    out.rets
-        .extend(rets.iter().zip(calls).map(|(x, c)| (x.r3, (c.nr == H_GET_TCE && x.r3 == H_SUCCESS).then_some(x.r4))));
-    raw.extend(rets.iter().map(|x| (x.r3, x.r4)));
-    out.host.push(host()?);
+    run_table(&calls1, &mut out, &mut raw)?;
     // edu through a 64K piece in the middle of the 16M pages at TCE 4 (guest page 1) and TCE 0 (page 0): the
     // piece's own host entry, not the first one's.
     rig.dma_reaches(t(4) + 0x30_0000, P + 0x30_0000, 3)?;
@@ -135,22 +143,8 @@ fn run_rig(rig: &Rig, mode: Mode) -> Result<PathRun, String> {
         call(H_PUT_TCE, [LIOBN, t(1), 0, 0]),
         call(H_STUFF_TCE, [LIOBN, t(0), TCE_R, 1]),
     ];
-    let e0 = rig.exited();
-    let (rets, _) = rig.run(&calls2)?;
-    let calls = &calls2;
-    out.exits.push(rig.exited() - e0);
-    out.rets
-        .extend(rets.iter().zip(calls).map(|(x, c)| (x.r3, (c.nr == H_GET_TCE && x.r3 == H_SUCCESS).then_some(x.r4))));
-    raw.extend(rets.iter().map(|x| (x.r3, x.r4)));
-    out.host.push(host()?);
-    let e0 = rig.exited();
-    let calls = &[call(H_STUFF_TCE, [LIOBN, w, 0, TCES])];
-    let (rets, _) = rig.run(calls)?;
-    out.exits.push(rig.exited() - e0);
-    out.rets
-        .extend(rets.iter().zip(calls).map(|(x, c)| (x.r3, (c.nr == H_GET_TCE && x.r3 == H_SUCCESS).then_some(x.r4))));
-    raw.extend(rets.iter().map(|x| (x.r3, x.r4)));
-    out.host.push(host()?);
+    run_table(&calls2, &mut out, &mut raw)?;
+    run_table(&[call(H_STUFF_TCE, [LIOBN, w, 0, TCES])], &mut out, &mut raw)?;
     // After the clear the DMA must fail.
     if rig.dma_copy(t(0) + 0xa5_0000, 0xa5_0000, t(0) + 0xa5_0800, 0xa5_0800, 9)? {
         return Err("edu DMA through the cleared 16M TCE 0 still reached guest page 0".into());
