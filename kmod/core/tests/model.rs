@@ -57,3 +57,37 @@ fn core_matches_model() {
     assert!(total.need_alloc > 0, "no NeedAlloc generated");
     assert!(total.ddw_creates_ok > 0, "no DDW window created");
 }
+
+/// The comparison itself can fail: after a linked PUT that both sides agree on, a host entry the core's
+/// side wrote wrongly, one it wrote but the model did not, and a guest entry changed behind the harness's
+/// back are each reported.
+#[test]
+fn harness_reports_divergences() {
+    use common::harness::{Op, World, LIOBNS};
+    let setup = || {
+        let mut w = World::new();
+        w.run(&Op::Link { liobn: LIOBNS[0], table: 0 }).expect("link agrees");
+        let put = Op::Hcall { nr: 0x20, args: [LIOBNS[0], 0, 0x3, 0], list: None };
+        w.run(&put).expect("put agrees");
+        w.compare_full().expect("whole state agrees");
+        assert_eq!(w.sim.host.tables[&0].entries.len(), 1, "the PUT reached the host table");
+        w
+    };
+    let mut w = setup();
+    let (&index, _) = w.sim.host.tables[&0].entries.iter().next().unwrap();
+    w.sim.host.tables.get_mut(&0).unwrap().entries.insert(index, 0x1234_0003);
+    assert!(w.compare_full().is_err(), "a wrong host entry is found");
+
+    let mut w = setup();
+    w.sim.host.tables.get_mut(&0).unwrap().entries.insert(index + 1, 0x3);
+    assert!(w.compare_full().is_err(), "an extra host entry is found");
+
+    let mut w = setup();
+    let get = Op::Hcall { nr: 0x1C, args: [LIOBNS[0], 0, 0, 0], list: None };
+    w.model.windows.get_mut(&LIOBNS[0]).unwrap().tces.insert(0, 0x1_0003);
+    assert!(w.run(&get).is_err() || w.compare_full().is_err(), "a changed guest entry is found");
+
+    let mut w = setup();
+    w.sim.host.tables.get_mut(&0).unwrap().dirty.push(index);
+    assert!(w.run(&Op::Query).is_err(), "an exchange without invalidation is found");
+}

@@ -3,8 +3,6 @@
 // cargo-fuzz and the corpus replay test share one decoder and one comparison.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use pvtce_core::ddw::{Pe, PeConfig};
 use pvtce_core::hcall::{hcall_with_buf, Dispatch};
 use pvtce_core::host::HostTableId;
@@ -72,10 +70,10 @@ pub struct World {
     pub sim: SimMachine,
     pub pe: Pe,
     pub model: Model,
-    /// Guest entries written so far, per window (compared in full at the end).
-    pub touched: BTreeMap<u64, BTreeSet<u64>>,
-    /// Guest entries the current operation may have written.
-    pub step: Vec<(u64, u64)>,
+    /// Guest entries written so far, as (window, first page, count) runs (compared in full at the end).
+    pub touched: Vec<(u64, u64, u64)>,
+    /// Guest entries the current operation may have written, as (window, first page, count).
+    pub step: Option<(u64, u64, u64)>,
     pub last_too_hard: Option<(u64, [u64; 4])>,
     pub stats: Stats,
 }
@@ -91,8 +89,8 @@ impl World {
             sim,
             pe,
             model: Model::new(LIOBNS),
-            touched: BTreeMap::new(),
-            step: Vec::new(),
+            touched: Vec::new(),
+            step: None,
             last_too_hard: None,
             stats: Stats::default(),
         }
@@ -151,13 +149,10 @@ impl World {
                         0x138 | 0x13C => args[3].min(1024),
                         _ => 1,
                     };
-                    let set = self.touched.entry(args[0]).or_default();
-                    for i in 0..n {
-                        if let Some(p) = page.checked_add(i) {
-                            set.insert(p);
-                            self.step.push((args[0], p));
-                        }
-                    }
+                    // Pages past u64::MAX do not exist: the run stops there.
+                    let n = n.min((u64::MAX - page).saturating_add(1));
+                    self.touched.push((args[0], page, n));
+                    self.step = Some((args[0], page, n));
                 }
             }
         }
@@ -211,8 +206,10 @@ impl World {
     /// Checks what the last operation could have changed.
     fn compare_step(&mut self) -> Result<(), String> {
         self.compare_windows()?;
-        for (liobn, page) in std::mem::take(&mut self.step) {
-            self.compare_entry(liobn, page)?;
+        if let Some((liobn, first, n)) = self.step.take() {
+            for i in 0..n {
+                self.compare_entry(liobn, first + i)?;
+            }
         }
         let mut log = std::mem::take(&mut self.sim.host.log);
         log.append(&mut self.model.log);
@@ -230,13 +227,19 @@ impl World {
     /// Checks the whole state.
     pub fn compare_full(&self) -> Result<(), String> {
         self.compare_windows()?;
+        for &(liobn, first, n) in &self.touched {
+            for i in 0..n {
+                self.compare_entry(liobn, first + i)?;
+            }
+        }
         for (liobn, mw) in &self.model.windows {
-            for page in self.touched.get(liobn).into_iter().flatten().chain(mw.tces.keys()) {
+            for page in mw.tces.keys() {
                 self.compare_entry(*liobn, *page)?;
             }
         }
         for (id, t) in &self.sim.host.tables {
-            if t.entries != self.model.tables[id].entries {
+            let want = &self.model.tables[id].entries;
+            if t.entries.len() != want.len() || want.iter().any(|(k, v)| t.entries.get(k) != Some(v)) {
                 return Err(format!("host table {id} differs"));
             }
         }
@@ -248,7 +251,7 @@ impl World {
             w.release(&mut store);
             assert_eq!(store.in_use, 0, "release must free every page");
         }
-        self.touched.remove(&liobn);
+        self.touched.retain(|&(l, _, _)| l != liobn);
     }
 
     pub fn run(&mut self, op: &Op) -> Result<(), String> {

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rustc_hash::FxHashMap as HashMap;
+
 use pvtce_core::hcall::Machine;
 use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};
 use pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
@@ -55,13 +57,14 @@ impl PageStore for VecStore {
     }
 }
 
-/// A host table in a BTreeMap, with not-yet-allocated blocks and a record of invalidations.
+/// A host table in a hash map, with not-yet-allocated blocks and a record of invalidations. Hash maps and
+/// a plain list here (the model keeps its BTreeMaps): the fuzzer spends most of its time in this bookkeeping.
 pub struct SimTable {
     pub shape: super::world::TableShape,
-    pub entries: BTreeMap<u64, u64>,
+    pub entries: HashMap<u64, u64>,
     pub unready: BTreeSet<u64>,
-    /// Entries exchanged since the last kill that the kill did not cover.
-    pub dirty: BTreeSet<u64>,
+    /// Entries exchanged since the last kill that the kill did not cover (repeats allowed).
+    pub dirty: Vec<u64>,
     pub kills: u64,
     pub exchanges: u64,
 }
@@ -72,7 +75,7 @@ pub struct SimHost {
     pub regions: Vec<super::world::Region>,
     pub tables: BTreeMap<u32, SimTable>,
     /// Guest memory words by user address, as stored (big-endian TCEs).
-    pub mem: BTreeMap<u64, u64>,
+    pub mem: HashMap<u64, u64>,
     /// Track exchanged-but-not-killed entries and log exchanges (off in benchmarks).
     pub track: bool,
     /// (table, index) of every exchange since the harness last looked.
@@ -88,9 +91,9 @@ impl SimHost {
                     shape.id,
                     SimTable {
                         shape,
-                        entries: BTreeMap::new(),
+                        entries: HashMap::default(),
                         unready: BTreeSet::new(),
-                        dirty: BTreeSet::new(),
+                        dirty: Vec::new(),
                         kills: 0,
                         exchanges: 0,
                     },
@@ -101,7 +104,7 @@ impl SimHost {
             memslots: super::world::memslots(),
             regions: super::world::regions(),
             tables,
-            mem: BTreeMap::new(),
+            mem: HashMap::default(),
             track: true,
             log: Vec::new(),
         }
@@ -164,7 +167,7 @@ impl Host for SimHost {
         }
         t.exchanges += 1;
         if self.track {
-            t.dirty.insert(index);
+            t.dirty.push(index);
             self.log.push((id.0, index));
         }
         let old = if new.0 == 0 { t.entries.remove(&index) } else { t.entries.insert(index, new.0) };
@@ -174,10 +177,7 @@ impl Host for SimHost {
         let t = self.tables.get_mut(&id.0).expect("linked table exists");
         t.kills += 1;
         if self.track {
-            let killed: Vec<u64> = t.dirty.range(first..first.saturating_add(count)).copied().collect();
-            for k in killed {
-                t.dirty.remove(&k);
-            }
+            t.dirty.retain(|&i| i < first || i - first >= count);
         }
     }
     fn read_tce_list(&mut self, ua: u64, buf: &mut [u64]) -> bool {
