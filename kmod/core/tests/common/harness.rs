@@ -194,6 +194,11 @@ impl World {
         Ok(())
     }
 
+    /// Compares `n` guest entries of `liobn` from `page` (a run `hcall` recorded).
+    fn compare_run(&self, liobn: u64, page: u64, n: u64) -> Result<(), String> {
+        (0..n).try_for_each(|i| self.compare_entry(liobn, page + i))
+    }
+
     fn compare_host(&self, id: u32, index: u64) -> Result<(), String> {
         let got = self.sim.host.tables[&id].entries.get(&index);
         let want = self.model.tables[&id].entries.get(&index);
@@ -207,9 +212,7 @@ impl World {
     fn compare_step(&mut self) -> Result<(), String> {
         self.compare_windows()?;
         if let Some((liobn, first, n)) = self.step.take() {
-            for i in 0..n {
-                self.compare_entry(liobn, first + i)?;
-            }
+            self.compare_run(liobn, first, n)?;
         }
         let mut log = std::mem::take(&mut self.sim.host.log);
         log.append(&mut self.model.log);
@@ -228,9 +231,7 @@ impl World {
     pub fn compare_full(&self) -> Result<(), String> {
         self.compare_windows()?;
         for &(liobn, first, n) in &self.touched {
-            for i in 0..n {
-                self.compare_entry(liobn, first + i)?;
-            }
+            self.compare_run(liobn, first, n)?;
         }
         for (liobn, mw) in &self.model.windows {
             for page in mw.tces.keys() {
