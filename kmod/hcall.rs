@@ -3,7 +3,8 @@
 //! The four TCE hypercalls, one entry point per KVM hook (kmod/glue.c calls each from its own hook; nothing
 //! is routed twice). Each enters the VM's `kvm->srcu` ([`VmSrcu`]: memslots, and the window found without a
 //! reference), finds the window, and has pvtce-core decide; this module executes. H_GET_TCE first tries
-//! without either: under RCU alone, with no lock ([`get_lockless`]).
+//! without either: under RCU alone, with no lock ([`get_lockless`]); a call that only writes zeros (H_STUFF_TCE
+//! of 0, H_PUT_TCE of 0) translates nothing and takes a reference on the window instead ([`run_clearing`]).
 //!
 //! The hypercalls run in the vCPU thread: `current`'s mm is the VMM's, which the TCE list is copied from.
 
@@ -12,9 +13,9 @@ use crate::host::{read_words, KernelHost};
 use crate::pvtce_core::error::HcallError;
 use crate::pvtce_core::table::NeedAlloc;
 use crate::pvtce_core::types::{Ioba, Tce};
-use crate::pvtce_core::window::{indirect_precheck, Outcome, Request};
+use crate::pvtce_core::window::{indirect_precheck, Outcome, Request, MAX_INDIRECT_TCES};
 use crate::pvtce_core::table::PageId;
-use crate::registry::{with_window, with_window_rcu};
+use crate::registry::{window_ref, with_window, with_window_rcu};
 use crate::stats::{Kind, Stats};
 use crate::store::KernelStore;
 use crate::trace;
@@ -51,6 +52,24 @@ unsafe fn run(
     true
 }
 
+/// A call whose every entry is 0 (nothing to translate): the window is found and referenced under RCU alone,
+/// with no `kvm->srcu` (Linux's H_STUFF_TCE takes none either). `None` when there is no snapshot: the caller
+/// takes [`run`].
+///
+/// # Safety
+/// As [`run`].
+unsafe fn run_clearing(kvm: *mut Vm, liobn: c_ulong, ret: *mut c_long, kind: Kind, request: &Request<'_>) -> Option<bool> {
+    // SAFETY: `kvm` is live for the call (the caller's guarantee).
+    let vm = unsafe { Vm::from_raw(kvm) };
+    let Some(w) = window_ref(vm, liobn)? else {
+        return Some(false);
+    };
+    let code = execute(&w, None, kind, request);
+    // SAFETY: `ret` is valid for a write (the caller's guarantee).
+    unsafe { *ret = code as c_long };
+    Some(true)
+}
+
 /// `h_put_tce` hook.
 ///
 /// # Safety
@@ -63,10 +82,15 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce(
     tce: c_ulong,
     ret: *mut c_long,
 ) -> bool {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        run(kvm, liobn, ret, |w, srcu| execute(w, srcu, Kind::Put, &Request::Put { ioba: Ioba(ioba), tce: Tce(tce) }))
+    let request = Request::Put { ioba: Ioba(ioba), tce: Tce(tce) };
+    if tce == 0 {
+        // SAFETY: forwarded from the caller.
+        if let Some(handled) = unsafe { run_clearing(kvm, liobn, ret, Kind::Put, &request) } {
+            return handled;
+        }
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { run(kvm, liobn, ret, |w, srcu| execute(w, Some(srcu), Kind::Put, &request)) }
 }
 
 /// `h_stuff_tce` hook.
@@ -83,8 +107,14 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_stuff_tce(
     ret: *mut c_long,
 ) -> bool {
     let request = Request::Stuff { ioba: Ioba(ioba), value: Tce(value), npages };
+    if value == 0 {
+        // SAFETY: forwarded from the caller.
+        if let Some(handled) = unsafe { run_clearing(kvm, liobn, ret, Kind::Stuff, &request) } {
+            return handled;
+        }
+    }
     // SAFETY: forwarded from the caller.
-    unsafe { run(kvm, liobn, ret, |w, srcu| execute(w, srcu, Kind::Stuff, &request)) }
+    unsafe { run(kvm, liobn, ret, |w, srcu| execute(w, Some(srcu), Kind::Stuff, &request)) }
 }
 
 /// `h_put_tce_indirect` hook.
@@ -182,8 +212,8 @@ fn early(w: &KernelWindow, ioba: Ioba, npages: u64, e: HcallError) -> i64 {
 }
 
 /// H_PUT_TCE_INDIRECT: the request checks on the window's fixed geometry (no lock), then the list is
-/// translated and copied once, with no lock held (guest memory is read exactly once; a NeedAlloc retry reuses
-/// the copy).
+/// translated and copied once into the window's list buffer, under its own lock and not the window's (guest
+/// memory is read exactly once; a NeedAlloc retry reuses the copy).
 fn indirect(w: &KernelWindow, srcu: &VmSrcu<'_>, ioba: Ioba, list_gpa: u64, npages: u64) -> i64 {
     if let Err(e) = indirect_precheck(&w.geometry, ioba, list_gpa, npages) {
         return early(w, ioba, npages, e);
@@ -191,16 +221,24 @@ fn indirect(w: &KernelWindow, srcu: &VmSrcu<'_>, ioba: Ioba, list_gpa: u64, npag
     let Some(ua) = srcu.gpa_to_ua(list_gpa) else {
         return early(w, ioba, npages, HcallError::TooHard);
     };
-    let mut list: KVec<u64> = KVec::new();
-    // `npages` <= 512: indirect_precheck.
-    if list.resize(npages as usize, 0, GFP_KERNEL).is_err() || read_words(ua, &mut list).is_err() {
+    let mut buf = w.list_buf.lock();
+    let max = MAX_INDIRECT_TCES as usize;
+    if buf.len() < max && buf.resize(max, 0, GFP_KERNEL).is_err() {
         return early(w, ioba, npages, HcallError::TooHard);
     }
-    execute(w, srcu, Kind::Indirect, &Request::Indirect { ioba, list: &list })
+    // `npages` <= 512: indirect_precheck.
+    let Some(list) = buf.get_mut(..npages as usize) else {
+        return early(w, ioba, npages, HcallError::Parameter);
+    };
+    if read_words(ua, list).is_err() {
+        return early(w, ioba, npages, HcallError::TooHard);
+    }
+    execute(w, Some(srcu), Kind::Indirect, &Request::Indirect { ioba, list })
 }
 
 /// Has the core execute `request` all or nothing, allocating table pages with no lock held when it asks.
-fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_>) -> i64 {
+/// `srcu` is `None` only for a request whose every entry is 0 ([`run_clearing`]).
+fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Request<'_>) -> i64 {
     let (ioba, npages) = match request {
         Request::Put { ioba, .. } => (*ioba, 1),
         Request::Stuff { ioba, npages, .. } => (*ioba, *npages),
@@ -211,7 +249,10 @@ fn execute(w: &KernelWindow, srcu: &VmSrcu<'_>, kind: Kind, request: &Request<'_
         let need = {
             let mut guard = w.state.lock();
             let s = &mut *guard;
-            let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf);
+            let mut host = match srcu {
+                Some(srcu) => KernelHost::with_buf(srcu, &s.links, &mut s.run_buf),
+                None => KernelHost::clearing(&w.vm, &s.links, &mut s.run_buf),
+            };
             let outcome = s.window.execute(&mut s.store, &mut host, request);
             Stats::add(&w.stats.host_updates, host.counts.updates);
             Stats::add(&w.stats.host_kills, host.counts.kills);

@@ -8,8 +8,8 @@
 //! A region is looked up and used inside one RCU read section ([`iommu::Prereg`]); an entry keeps its region
 //! by its mapped count ([`iommu::MappedUse`]).
 
-use crate::ffi::VmSrcu;
-use crate::iommu::{self, IommuTable, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
+use crate::ffi::{Vm, VmSrcu};
+use crate::iommu::{self, IommuTable, TableGeometry, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
 use crate::pvtce_core::host::{run_each, Backing, Host, HostGeometry, HostTableId, HostTce, RunFailed};
 use crate::pvtce_core::types::{PageShift, Perm};
 use core::ffi::{c_int, c_long};
@@ -26,6 +26,9 @@ pub(crate) struct HostLink {
     /// The address of the group it came from, as an identity only (never dereferenced): `release_group`
     /// matches on it.
     pub(crate) group: usize,
+    /// The table's geometry, read once at link: an `iommu_table`'s page shift, offset and size are fixed for
+    /// its life, which the reference above spans.
+    pub(crate) geometry: TableGeometry,
 }
 
 /// Hardware-side counters of one call.
@@ -44,9 +47,12 @@ pub(crate) const RUN_CHUNK: usize = 512;
 /// The length of a window's run buffer: a chunk's entries, then their user addresses.
 pub(crate) const RUN_BUF: usize = 2 * RUN_CHUNK;
 
-/// The host of one call into the core: it needs the VM's `kvm->srcu` held (the token) for the memslots.
+/// The host of one call into the core: it needs the VM's `kvm->srcu` held (the token) for the memslots, except
+/// for a call that only clears ([`KernelHost::clearing`]), which translates no guest address.
 pub(crate) struct KernelHost<'a> {
-    pub(crate) srcu: &'a VmSrcu<'a>,
+    vm: &'a Vm,
+    /// `None` for a clearing call: [`Host::gpa_to_ua`] then finds nothing (the core asks only for mappings).
+    srcu: Option<&'a VmSrcu<'a>>,
     pub(crate) links: &'a [HostLink],
     pub(crate) counts: HostCounts,
     /// The window's run buffer ([`RUN_BUF`] words, under the window lock); empty for a host that only links
@@ -74,16 +80,23 @@ fn dir_to_bits(d: c_int) -> u64 {
 
 impl<'a> KernelHost<'a> {
     pub(crate) fn new(srcu: &'a VmSrcu<'a>, links: &'a [HostLink]) -> Self {
-        KernelHost { srcu, links, counts: HostCounts::default(), buf: &mut [] }
+        KernelHost { vm: srcu.vm(), srcu: Some(srcu), links, counts: HostCounts::default(), buf: &mut [] }
     }
 
     /// A host whose [`Host::table_run`] writes batches through the window's run buffer `buf`.
     pub(crate) fn with_buf(srcu: &'a VmSrcu<'a>, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
-        KernelHost { srcu, links, counts: HostCounts::default(), buf }
+        KernelHost { vm: srcu.vm(), srcu: Some(srcu), links, counts: HostCounts::default(), buf }
+    }
+
+    /// [`KernelHost::with_buf`] for a call whose every entry clears (H_STUFF_TCE or H_PUT_TCE of 0), with no
+    /// `kvm->srcu`: the core translates no guest address for it, and an old entry's region is found in the
+    /// VM's mm, which the window's VM reference keeps.
+    pub(crate) fn clearing(vm: &'a Vm, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
+        KernelHost { vm, srcu: None, links, counts: HostCounts::default(), buf }
     }
 
     fn mm(&self) -> &'a Mm {
-        self.srcu.vm().mm()
+        self.vm.mm()
     }
 
     fn link(&self, id: HostTableId) -> Option<&'a HostLink> {
@@ -160,7 +173,7 @@ fn inject_failure(count: u64) -> bool {
 
 impl Host for KernelHost<'_> {
     fn gpa_to_ua(&self, gpa: u64) -> Option<u64> {
-        self.srcu.gpa_to_ua(gpa)
+        self.srcu?.gpa_to_ua(gpa)
     }
 
     fn prereg_lookup(&self, ua: u64, len: u64) -> Option<Backing> {
@@ -177,7 +190,7 @@ impl Host for KernelHost<'_> {
     }
 
     fn table_geometry(&self, id: HostTableId) -> Option<HostGeometry> {
-        let g = self.link(id)?.table.geometry();
+        let g = self.link(id)?.geometry;
         Some(HostGeometry { page_shift: PageShift::new(g.page_shift)?, offset: g.offset, size: g.size })
     }
 
@@ -193,7 +206,7 @@ impl Host for KernelHost<'_> {
         let Some(l) = self.link(id) else {
             return HostTce::EMPTY;
         };
-        let geometry = l.table.geometry();
+        let geometry = l.geometry;
         let page_size = 1u64 << geometry.page_shift;
         let dir = perm_to_dir(new.perm());
         let mut used = None;
@@ -259,7 +272,7 @@ impl Host for KernelHost<'_> {
         let Some(l) = self.link(id) else {
             return Ok(());
         };
-        let shift = l.table.geometry().page_shift;
+        let shift = l.geometry.page_shift;
         // Moved out while `entry` borrows `self`; put back before returning.
         let buf = core::mem::take(&mut self.buf);
         let (tces, uas) = buf.split_at_mut(RUN_CHUNK);

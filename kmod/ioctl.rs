@@ -91,7 +91,7 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
     let link = s.links.first().ok_or(ENODEV)?;
     let id = link.id;
     // Equal page sizes only: one host entry per window entry, as in the benchmark's windows.
-    if link.table.geometry().page_shift != shift.get() {
+    if link.geometry.page_shift != shift.get() {
         return Err(EINVAL);
     }
     if (req.first..end).any(|i| s.window.table().get(&s.store, i).is_some_and(|t| t != 0)) {

@@ -77,7 +77,8 @@ unsafe fn attach(w: &KernelWindow, grp: *mut IommuGroup) -> Result {
     let table = cands.into_iter().nth(pick.0 as usize).ok_or(EINVAL)?;
     let id = HostTableId(s.next_link_id);
     s.next_link_id = s.next_link_id.wrapping_add(1);
-    s.links.push(HostLink { id, table, group: grp as usize }, GFP_KERNEL)?;
+    let geometry = table.geometry();
+    s.links.push(HostLink { id, table, group: grp as usize, geometry }, GFP_KERNEL)?;
     if s.window.link(&KernelHost::new(&srcu, &s.links), id).is_err() {
         s.links.pop();
         return Err(EINVAL);

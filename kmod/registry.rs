@@ -6,9 +6,10 @@
 //!
 //! # Lock order
 //! `kvm->lock` (held by KVM around `create_table`) → [`WINDOWS`] → `KernelWindow::state`. The hypercall path
-//! does not take `WINDOWS`: it finds the window in [`LOOKUP`] under RCU, and holds no reference on it, which
-//! is sound because it runs under the VM's `kvm->srcu` ([`VmSrcu`]), or (the lockless H_GET_TCE) inside the
-//! RCU read section, and [`unregister`] waits for both before the window can go.
+//! does not take `WINDOWS`: it finds the window in [`LOOKUP`] (a hash table, O(1)) under RCU, and holds no
+//! reference on it, which is sound because it runs under the VM's `kvm->srcu` ([`VmSrcu`]), or (the lockless
+//! H_GET_TCE) inside the RCU read section, and [`unregister`] waits for both before the window can go; a
+//! clearing call ([`window_ref`]) takes a reference inside the RCU section instead.
 
 use crate::ffi::{self, Vm, VmSrcu};
 use crate::pvtce_core::types::{PageShift, WindowGeometry};
@@ -17,7 +18,7 @@ use crate::window::{create_declined, KernelWindow};
 use core::ffi::{c_long, c_void};
 use kernel::prelude::*;
 use kernel::sync::atomic::{Acquire, Atomic, Full};
-use kernel::sync::Arc;
+use kernel::sync::{rcu, Arc, ArcBorrow};
 use kernel::types::ForeignOwnable;
 
 /// Most windows pvtce holds at once, over all VMs (each is at most a few KiB until used; PAPR gives a PE at
@@ -29,17 +30,79 @@ kernel::sync::global_lock! {
     unsafe(uninit) static WINDOWS: Mutex<KVec<Arc<KernelWindow>>> = KVec::new();
 }
 
-/// One registered window as the hypercall path sees it.
+/// One registered window as the hypercall path sees it; a null `window` is an empty slot.
+#[derive(Clone, Copy)]
 struct LookupEntry {
     vm: *const Vm,
     liobn: u64,
     window: *const KernelWindow,
 }
 
+impl LookupEntry {
+    const EMPTY: LookupEntry = LookupEntry { vm: core::ptr::null(), liobn: 0, window: core::ptr::null() };
+}
+
+/// The snapshot: an open-addressing hash table keyed by (VM, LIOBN), with linear probing, at most half full,
+/// so a lookup is O(1) whatever the number of VMs and windows. Hand-written: the kernel crate has no hash
+/// map, and an xarray would need one per VM (a field in `struct kvm`) for the same constant cost.
+///
+/// # Invariants
+/// `slots.len()` is a power of two with at least one empty slot; no two entries have the same key.
+struct Lookup {
+    slots: KVec<LookupEntry>,
+}
+
+/// The slot a key's probe starts at, for a table of `len` (a power of two) slots.
+fn home(vm: *const Vm, liobn: u64, len: usize) -> usize {
+    let h = ((vm as usize as u64) ^ liobn.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 32) as usize & (len - 1)
+}
+
+impl Lookup {
+    /// A table of every window of `list`.
+    fn build(list: &KVec<Arc<KernelWindow>>) -> Result<KBox<Lookup>> {
+        // At most half full (and at least 8 slots, so never full).
+        let len = list.len().saturating_mul(2).max(8).checked_next_power_of_two().ok_or(ENOMEM)?;
+        let mut slots = KVec::with_capacity(len, GFP_KERNEL)?;
+        slots.resize(len, LookupEntry::EMPTY, GFP_KERNEL)?;
+        for w in list.iter() {
+            let e = LookupEntry { vm: &*w.vm, liobn: w.liobn, window: Arc::as_ptr(w) };
+            let mut i = home(e.vm, e.liobn, len);
+            // The registry's keys are unique (`create` refuses a duplicate LIOBN per VM) and there is room.
+            while let Some(slot) = slots.get_mut(i) {
+                if slot.window.is_null() {
+                    *slot = e;
+                    break;
+                }
+                i = (i + 1) & (len - 1);
+            }
+        }
+        Ok(KBox::new(Lookup { slots }, GFP_KERNEL)?)
+    }
+
+    /// The VM's window `liobn`, if registered.
+    fn find(&self, vm: *const Vm, liobn: u64) -> Option<*const KernelWindow> {
+        let len = self.slots.len();
+        let mut i = home(vm, liobn, len);
+        // An empty slot ends the probe (the table is never full); the bound is for form.
+        for _ in 0..len {
+            let e = self.slots.get(i)?;
+            if e.window.is_null() {
+                return None;
+            }
+            if e.vm == vm && e.liobn == liobn {
+                return Some(e.window);
+            }
+            i = (i + 1) & (len - 1);
+        }
+        None
+    }
+}
+
 /// What the hypercall path reads without a lock: every window of [`WINDOWS`], as a snapshot replaced whole
 /// (under `WINDOWS`) whenever the list changes, and freed after an RCU grace period. Null means "unknown":
 /// the hypercall path then takes `WINDOWS` (only after an allocation failure, or before the first window).
-static LOOKUP: Atomic<*mut KVec<LookupEntry>> = Atomic::new(core::ptr::null_mut());
+static LOOKUP: Atomic<*mut Lookup> = Atomic::new(core::ptr::null_mut());
 
 /// Initialises the registry.
 ///
@@ -52,25 +115,17 @@ pub(crate) unsafe fn init() {
 
 /// Replaces [`LOOKUP`] with a snapshot of `list` (the caller holds [`WINDOWS`]), or with null if that cannot
 /// be allocated; returns the old snapshot, to be freed with [`retire`] once the lock is dropped.
-fn publish(list: &KVec<Arc<KernelWindow>>) -> *mut KVec<LookupEntry> {
-    let snap = (|| -> Result<KBox<KVec<LookupEntry>>> {
-        let mut v = KVec::with_capacity(list.len(), GFP_KERNEL)?;
-        for w in list.iter() {
-            let window: &KernelWindow = w;
-            v.push(LookupEntry { vm: &*w.vm, liobn: w.liobn, window }, GFP_KERNEL)?;
-        }
-        Ok(KBox::new(v, GFP_KERNEL)?)
-    })();
-    let new = snap.map_or(core::ptr::null_mut(), KBox::into_raw);
+fn publish(list: &KVec<Arc<KernelWindow>>) -> *mut Lookup {
+    let new = Lookup::build(list).map_or(core::ptr::null_mut(), KBox::into_raw);
     LOOKUP.xchg(new, Full)
 }
 
 /// Frees a snapshot [`publish`] replaced, after every RCU reader that may still see it is done.
-fn retire(old: *mut KVec<LookupEntry>) {
+fn retire(old: *mut Lookup) {
     if old.is_null() {
         return;
     }
-    kernel::sync::rcu::synchronize_rcu();
+    rcu::synchronize_rcu();
     // SAFETY: `old` came from `KBox::into_raw` in `publish` and is no longer in `LOOKUP`; the grace period
     // above waited for every reader that loaded it.
     drop(unsafe { KBox::from_raw(old) });
@@ -85,21 +140,22 @@ fn find(vm: &Vm, liobn: u64) -> Option<Arc<KernelWindow>> {
     WINDOWS.lock().iter().find(|w| core::ptr::eq(&*w.vm, vm) && w.liobn == liobn).cloned()
 }
 
+/// The VM's window `liobn` in [`LOOKUP`], read inside the caller's RCU read section `_rcu`: `None` when there
+/// is no snapshot, `Some(None)` when the VM has no pvtce window `liobn`. The pointer is valid only as long as
+/// the caller can show the window is not yet released (each caller says why).
+fn lookup(_rcu: &rcu::Guard, vm: *const Vm, liobn: u64) -> Option<Option<*const KernelWindow>> {
+    let snap = LOOKUP.load(Acquire);
+    if snap.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null `LOOKUP` points at a snapshot from `publish`, which `retire` frees only after an RCU
+    // grace period; the caller's read section keeps it alive for this call.
+    Some(unsafe { &*snap }.find(vm, liobn))
+}
+
 /// Runs `f` on the VM's window `liobn`, if pvtce has one; the caller's `kvm->srcu` section keeps it alive.
 pub(crate) fn with_window<R>(srcu: &VmSrcu<'_>, liobn: u64, f: impl FnOnce(&KernelWindow) -> R) -> Option<R> {
-    let vm: *const Vm = srcu.vm();
-    let found = {
-        let _rcu = kernel::sync::rcu::read_lock();
-        let snap = LOOKUP.load(Acquire);
-        if snap.is_null() {
-            None
-        } else {
-            // SAFETY: a non-null `LOOKUP` points at a snapshot from `publish`, which `retire` frees only after
-            // an RCU grace period; this read section keeps it alive.
-            let snap = unsafe { &*snap };
-            Some(snap.iter().find(|e| e.vm == vm && e.liobn == liobn).map(|e| e.window))
-        }
-    };
+    let found = lookup(&rcu::read_lock(), srcu.vm(), liobn);
     match found {
         // SAFETY: `w` was in `WINDOWS` when the snapshot was made, and the registry's reference is dropped
         // only after `unregister` took it out of `LOOKUP` and waited for the VM's kvm->srcu, which `srcu`
@@ -115,23 +171,28 @@ pub(crate) fn with_window<R>(srcu: &VmSrcu<'_>, liobn: u64, f: impl FnOnce(&Kern
 /// `f` must not sleep. `None` when there is no snapshot (the caller takes the srcu path, [`with_window`]);
 /// `Some(None)` when the VM has no pvtce window `liobn`.
 pub(crate) fn with_window_rcu<R>(vm: &Vm, liobn: u64, f: impl FnOnce(&KernelWindow) -> R) -> Option<Option<R>> {
-    let vm: *const Vm = vm;
-    let _rcu = kernel::sync::rcu::read_lock();
-    let snap = LOOKUP.load(Acquire);
-    if snap.is_null() {
-        return None;
-    }
-    // SAFETY: as in `with_window`: the snapshot lives until an RCU grace period after it left `LOOKUP`.
-    let snap = unsafe { &*snap };
-    let Some(e) = snap.iter().find(|e| e.vm == vm && e.liobn == liobn) else {
-        return Some(None);
-    };
-    let w = e.window;
+    let rcu = rcu::read_lock();
+    let w = lookup(&rcu, vm, liobn)?;
     // SAFETY: `w` was registered when the snapshot was made; `unregister` takes it out of `LOOKUP` and waits
     // for an RCU grace period before the caller may release its table or drop its reference, and this read
     // section (held until `f` returns) began before that wait ended: the window and its table blocks outlive
     // `f`.
-    Some(Some(f(unsafe { &*w })))
+    Some(w.map(|w| f(unsafe { &*w })))
+}
+
+/// The VM's window `liobn` with a reference of its own, found under RCU alone (no `kvm->srcu`): for the calls
+/// that translate no guest address but sleep (a clearing H_PUT_TCE or H_STUFF_TCE takes the window mutex).
+/// `None` when there is no snapshot (the caller takes the srcu path, [`with_window`]); `Some(None)` when the VM
+/// has no pvtce window `liobn`. The window may be released while the caller holds it: its table is then
+/// empty and unlinked, and a clear changes nothing.
+pub(crate) fn window_ref(vm: &Vm, liobn: u64) -> Option<Option<Arc<KernelWindow>>> {
+    let rcu = rcu::read_lock();
+    let w = lookup(&rcu, vm, liobn)?;
+    // SAFETY: `w` is `Arc::as_ptr` of the registry's reference (`Lookup::build`). Whoever unregisters the
+    // window holds a reference of its own across `unregister`, which waits for an RCU grace period after
+    // taking it out of `LOOKUP`; this read section began before that wait ended, so the count is not zero
+    // while the borrow lives, and no `UniqueArc` of it exists.
+    Some(w.map(|w| unsafe { ArcBorrow::from_raw(w) }.into()))
 }
 
 /// References on every window of `vm`.
@@ -187,7 +248,7 @@ fn unregister(w: &Arc<KernelWindow>) {
     retire(old);
     // A lockless H_GET_TCE that found `w` in an older snapshot runs in an RCU read section until it is done
     // with it (`retire` waits only when there was a snapshot to free).
-    kernel::sync::rcu::synchronize_rcu();
+    rcu::synchronize_rcu();
     // Every other hypercall that found `w` in an older snapshot runs under kvm->srcu until it is done with it.
     w.vm.synchronize_srcu();
 }

@@ -40,7 +40,11 @@ impl Shadow {
     }
 }
 
-/// The shadow pages of one window (under its lock).
+/// The shadow pages of one window (under its lock), sorted by page offset: a lookup is a binary search and a
+/// refresh visits only the pages its range covers.
+///
+/// # Invariants
+/// The pages' `pgoff`s are strictly increasing.
 #[derive(Default)]
 pub(crate) struct Shadows(KVec<Shadow>);
 
@@ -53,14 +57,25 @@ impl Shadows {
     /// there since wins, as with Linux whose mapped pages are the table itself.
     pub(crate) fn get(&self, idx: u64) -> Option<u64> {
         let pgoff = idx / TCES_PER_PAGE;
-        self.0.iter().find(|sh| sh.pgoff == pgoff).map(|sh| sh.get(idx % TCES_PER_PAGE))
+        let sh = self.find(pgoff).ok().and_then(|i| self.0.get(i))?;
+        Some(sh.get(idx % TCES_PER_PAGE))
+    }
+
+    /// `Ok(i)`: page `pgoff` is `self.0[i]`; `Err(i)`: it is absent and would go at `i`.
+    fn find(&self, pgoff: u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&pgoff, |sh| sh.pgoff)
     }
 
     /// Rewrites the shadow entries of window-relative entries `first..first + count` with `entry(idx)`.
     pub(crate) fn refresh(&self, first: u64, count: u64, entry: impl Fn(u64) -> u64) {
         let end = first.saturating_add(count);
-        for sh in self.0.iter() {
+        // The first page at or after the one holding `first`; the pages are in order.
+        let start = self.find(first / TCES_PER_PAGE).unwrap_or_else(|i| i);
+        for sh in self.0.get(start..).unwrap_or(&[]) {
             let lo = sh.pgoff * TCES_PER_PAGE;
+            if lo >= end {
+                break;
+            }
             let hi = lo + TCES_PER_PAGE;
             for idx in first.max(lo)..end.min(hi) {
                 sh.set(idx - lo, entry(idx));
@@ -71,8 +86,12 @@ impl Shadows {
     /// The page at `pgoff`, made and filled from `entry(idx)` (entries `0..entries` of the window) on first
     /// use; NULL when no page can be had. The page lives until the window does.
     pub(crate) fn page(&mut self, pgoff: u64, entries: u64, entry: impl Fn(u64) -> u64) -> *mut crate::ffi::Page {
-        if let Some(sh) = self.0.iter().find(|sh| sh.pgoff == pgoff) {
-            return sh.page.as_ptr();
+        let at = match self.find(pgoff) {
+            Ok(i) => return self.0.get(i).map_or(core::ptr::null_mut(), |sh| sh.page.as_ptr()),
+            Err(at) => at,
+        };
+        if self.0.reserve(1, GFP_KERNEL).is_err() {
+            return core::ptr::null_mut();
         }
         let first = pgoff.saturating_mul(TCES_PER_PAGE);
         // A page fault may sleep: allocating under the window mutex is allowed (never under a spinlock).
@@ -87,7 +106,9 @@ impl Shadows {
             }
         }
         let ptr = sh.page.as_ptr();
-        if self.0.push(sh, GFP_KERNEL).is_err() {
+        // INVARIANT: `at` is where `pgoff` keeps the order (`find`). Cannot fail: `at <= len` and one slot
+        // is reserved above.
+        if self.0.insert_within_capacity(at, sh).is_err() {
             return core::ptr::null_mut();
         }
         ptr

@@ -11,7 +11,8 @@
 //!
 //! # Lock order
 //! `kvm->lock` (held by KVM around `create_table`) → the registry (kmod/registry.rs) →
-//! [`KernelWindow::state`]. Table pages are allocated with no lock held; under `state` only the bookkeeping
+//! [`KernelWindow::list_buf`] (the guest's list is copied under it, which may fault: `mmap_lock` nests inside
+//! it, never the other way) → [`KernelWindow::state`]. Table pages are allocated with no lock held; under `state` only the bookkeeping
 //! of an already-allocated reserve and the mmap fault's shadow page (a mutex: sleeping is allowed). The last
 //! reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
 
@@ -61,6 +62,10 @@ pub(crate) struct KernelWindow {
     pub(crate) has_shadows: AtomicFlag,
     /// Pages charged to the VMM's locked memory (as Linux charges: the flat table's size).
     locked_pages: usize,
+    /// H_PUT_TCE_INDIRECT's copy of the guest's list (up to 512 words, allocated by the first INDIRECT and kept),
+    /// filled with no other lock held and kept across that call's core run.
+    #[pin]
+    pub(crate) list_buf: Mutex<KVec<u64>>,
     #[pin]
     pub(crate) state: Mutex<State>,
 }
@@ -106,6 +111,7 @@ impl KernelWindow {
                 stats: Stats::new(),
                 has_shadows: AtomicFlag::new(false),
                 locked_pages,
+                list_buf <- kernel::new_mutex!(KVec::new()),
                 state <- kernel::new_mutex!(state),
             }),
             GFP_KERNEL,
