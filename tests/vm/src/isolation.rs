@@ -13,6 +13,9 @@
 //!   and in a preregistered memslot deleted while the guest maps it: H_TOO_HARD (the call leaves the kernel),
 //!   nothing stored, hardware entries clear, and the system's page pins at their baseline afterwards.
 //! - `isolation-dev`: `/dev/pvtce` opened by uid 65534: EACCES.
+//! - `isolation-lookup`: two VMs with 48 windows each under the same LIOBN numbers (pvtce's lookup is one hash
+//!   table over every VM): each guest reads its own entry back from each window; with half of one VM's windows
+//!   closed, those LIOBNs leave the kernel and everything else reads back unchanged.
 
 use crate::rig::*;
 use pvtce_test_support::payload;
@@ -365,6 +368,91 @@ fn two_vms(mode: Mode) -> Result<String, String> {
 
 pub fn vms() -> Result<String, String> {
     both_paths("bench_ioctls=1", two_vms)
+}
+
+pub fn lookup() -> Result<String, String> {
+    both_paths("", many_windows)
+}
+
+/// Windows per VM in `isolation-lookup`: enough that the LOOKUP hash table's probes collide and it is rebuilt
+/// at several sizes (8 to 256 slots) as they come and go.
+const LOOKUP_WINDOWS: u64 = 48;
+
+/// The LIOBN of window `k` in `isolation-lookup`: the same numbers in both VMs.
+fn lookup_liobn(k: u64) -> u64 {
+    LIOBN + k * 0x101
+}
+
+/// The entry VM `vm`'s guest puts at bus page 3 of its window `k`: one page of its RAM per (VM, window).
+fn lookup_tce(vm: u64, k: u64) -> u64 {
+    (0x40_0000 + ((vm * LOOKUP_WINDOWS + k) << 12)) | TCE_R
+}
+
+/// Each VM's guest GETs bus page 3 of every window number; the r3/r4 pairs.
+fn lookup_gets(v: &BareVm) -> Result<Vec<(i64, u64)>, String> {
+    let calls: Vec<_> = (0..LOOKUP_WINDOWS).map(|k| call(H_GET_TCE, [lookup_liobn(k), 3 << 12, 0, 0])).collect();
+    Ok(v.run(&calls)?.iter().map(|r| (r.r3, r.r4)).collect())
+}
+
+/// What VM `vm` must read back: its own entry from every window it holds (`held(k)`), and a call that leaves
+/// the kernel for every other number.
+fn lookup_check(what: &str, got: &[(i64, u64)], vm: u64, held: impl Fn(u64) -> bool) -> Result<(), String> {
+    for (k, &(r3, r4)) in (0..LOOKUP_WINDOWS).zip(got) {
+        let ok = if held(k) { (r3, r4) == (H_SUCCESS, lookup_tce(vm, k)) } else { r3 == EXITED };
+        if !ok {
+            return Err(format!(
+                "{what}: VM {vm} window {k} (LIOBN {:#x}) answered r3={r3:#x} r4={r4:#x}",
+                lookup_liobn(k)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Two VMs, each with [`LOOKUP_WINDOWS`] windows under the same LIOBN numbers: every guest reads its own
+/// entries back from each of its windows; then VM 0 closes its even windows and reads its odd ones (the
+/// even numbers leave the kernel) while VM 1 still reads all of its own.
+fn many_windows(mode: Mode) -> Result<String, String> {
+    set_mode(mode)?;
+    let vms = [BareVm::new()?, BareVm::new()?];
+    let mut windows: Vec<Vec<Option<kvm::Window>>> = Vec::new();
+    for (n, v) in vms.iter().enumerate() {
+        let mut ws = Vec::new();
+        for k in 0..LOOKUP_WINDOWS {
+            let w = v.vm.create_window(lookup_liobn(k), 12, 0, 64).map_err(e("lookup: create window"))?;
+            if w.info().map_err(e("lookup: PVTCE_WINDOW_INFO"))?.is_some() != (mode == Mode::Pvtce) {
+                return Err(format!("lookup: VM {n} window {k} is not {mode:?}'s"));
+            }
+            ws.push(Some(w));
+        }
+        windows.push(ws);
+        let puts: Vec<_> = (0..LOOKUP_WINDOWS)
+            .map(|k| call(H_PUT_TCE, [lookup_liobn(k), 3 << 12, lookup_tce(n as u64, k), 0]))
+            .collect();
+        let r = v.run(&puts)?;
+        if let Some((k, bad)) = r.iter().enumerate().find(|(_, r)| r.r3 != H_SUCCESS) {
+            return Err(format!("lookup: VM {n} H_PUT_TCE on window {k} answered {:#x}", bad.r3));
+        }
+    }
+    for (n, v) in vms.iter().enumerate() {
+        lookup_check("all open", &lookup_gets(v)?, n as u64, |_| true)?;
+    }
+    for w in windows[0].iter_mut().step_by(2) {
+        drop(w.take());
+    }
+    lookup_check("even closed", &lookup_gets(&vms[0])?, 0, |k| k % 2 == 1)?;
+    lookup_check("other VM's closed", &lookup_gets(&vms[1])?, 1, |_| true)?;
+    let exits = u64::from(vms[0].exits.count.get());
+    if exits != LOOKUP_WINDOWS / 2 {
+        return Err(format!("lookup: VM 0 left the kernel {exits} times, expected {}", LOOKUP_WINDOWS / 2));
+    }
+    drop(windows);
+    Ok(format!(
+        "{mode:?}: 2 VMs x {LOOKUP_WINDOWS} windows, same LIOBNs, each guest read its own entry back from all \
+         {LOOKUP_WINDOWS}; with VM 0's even windows closed, its {} odd ones read back and {exits} calls left the \
+         kernel, VM 1 unchanged",
+        LOOKUP_WINDOWS / 2
+    ))
 }
 
 /// Loads pvtce with `params`, runs `case` on Linux's path and then on pvtce's, each followed by 0 windows

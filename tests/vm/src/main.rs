@@ -54,6 +54,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("conformance", conformance::conformance),
     ("batch-fault", batch::batch_fault),
     ("isolation-dev", isolation::dev),
+    ("isolation-lookup", isolation::lookup),
     ("isolation-memory", isolation::memory),
     ("isolation-vms", isolation::vms),
 ];
