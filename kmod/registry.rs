@@ -249,7 +249,8 @@ fn unregister(w: &Arc<KernelWindow>) {
     // A lockless H_GET_TCE that found `w` in an older snapshot runs in an RCU read section until it is done
     // with it (`retire` waits only when there was a snapshot to free).
     rcu::synchronize_rcu();
-    // Every other hypercall that found `w` in an older snapshot runs under kvm->srcu until it is done with it.
+    // Every other hypercall that found `w` in an older snapshot runs under kvm->srcu until it is done with it,
+    // except a clearing one (`window_ref`), which took a reference of its own inside that RCU section.
     w.vm.synchronize_srcu();
 }
 
