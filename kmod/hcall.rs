@@ -52,6 +52,27 @@ unsafe fn run(
     true
 }
 
+/// Executes H_PUT_TCE or H_STUFF_TCE `request`: through [`run_clearing`] when it writes only zeros, else (or
+/// when there is no snapshot) through [`run`].
+///
+/// # Safety
+/// As [`run`].
+unsafe fn run_request(kvm: *mut Vm, liobn: c_ulong, ret: *mut c_long, kind: Kind, request: &Request<'_>) -> bool {
+    let zeros = match request {
+        Request::Put { tce, .. } => tce.0 == 0,
+        Request::Stuff { value, .. } => value.0 == 0,
+        Request::Indirect { .. } => false,
+    };
+    if zeros {
+        // SAFETY: forwarded from the caller.
+        if let Some(handled) = unsafe { run_clearing(kvm, liobn, ret, kind, request) } {
+            return handled;
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { run(kvm, liobn, ret, |w, srcu| execute(w, Some(srcu), kind, request)) }
+}
+
 /// A call whose every entry is 0 (nothing to translate): the window is found and referenced under RCU alone,
 /// with no `kvm->srcu` (Linux's H_STUFF_TCE takes none either). `None` when there is no snapshot: the caller
 /// takes [`run`].
@@ -83,14 +104,8 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce(
     ret: *mut c_long,
 ) -> bool {
     let request = Request::Put { ioba: Ioba(ioba), tce: Tce(tce) };
-    if tce == 0 {
-        // SAFETY: forwarded from the caller.
-        if let Some(handled) = unsafe { run_clearing(kvm, liobn, ret, Kind::Put, &request) } {
-            return handled;
-        }
-    }
     // SAFETY: forwarded from the caller.
-    unsafe { run(kvm, liobn, ret, |w, srcu| execute(w, Some(srcu), Kind::Put, &request)) }
+    unsafe { run_request(kvm, liobn, ret, Kind::Put, &request) }
 }
 
 /// `h_stuff_tce` hook.
@@ -107,14 +122,8 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_stuff_tce(
     ret: *mut c_long,
 ) -> bool {
     let request = Request::Stuff { ioba: Ioba(ioba), value: Tce(value), npages };
-    if value == 0 {
-        // SAFETY: forwarded from the caller.
-        if let Some(handled) = unsafe { run_clearing(kvm, liobn, ret, Kind::Stuff, &request) } {
-            return handled;
-        }
-    }
     // SAFETY: forwarded from the caller.
-    unsafe { run(kvm, liobn, ret, |w, srcu| execute(w, Some(srcu), Kind::Stuff, &request)) }
+    unsafe { run_request(kvm, liobn, ret, Kind::Stuff, &request) }
 }
 
 /// `h_put_tce_indirect` hook.

@@ -63,8 +63,7 @@ impl Lookup {
     fn build(list: &KVec<Arc<KernelWindow>>) -> Result<KBox<Lookup>> {
         // At most half full (and at least 8 slots, so never full).
         let len = list.len().saturating_mul(2).max(8).checked_next_power_of_two().ok_or(ENOMEM)?;
-        let mut slots = KVec::with_capacity(len, GFP_KERNEL)?;
-        slots.resize(len, LookupEntry::EMPTY, GFP_KERNEL)?;
+        let mut slots = KVec::from_elem(LookupEntry::EMPTY, len, GFP_KERNEL)?;
         for w in list.iter() {
             let e = LookupEntry { vm: &*w.vm, liobn: w.liobn, window: Arc::as_ptr(w) };
             let mut i = home(e.vm, e.liobn, len);

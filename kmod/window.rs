@@ -12,9 +12,9 @@
 //! # Lock order
 //! `kvm->lock` (held by KVM around `create_table`) → the registry (kmod/registry.rs) →
 //! [`KernelWindow::list_buf`] (the guest's list is copied under it, which may fault: `mmap_lock` nests inside
-//! it, never the other way) → [`KernelWindow::state`]. Table pages are allocated with no lock held; under `state` only the bookkeeping
-//! of an already-allocated reserve and the mmap fault's shadow page (a mutex: sleeping is allowed). The last
-//! reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
+//! it, never the other way) → [`KernelWindow::state`]. Table pages are allocated with no lock held; under
+//! `state` only the bookkeeping of an already-allocated reserve and the mmap fault's shadow page (a mutex:
+//! sleeping is allowed). The last reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
 
 use crate::ffi::Vm;
 use crate::host::HostLink;
