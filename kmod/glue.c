@@ -31,6 +31,7 @@
 #include <linux/module.h>
 #include <linux/tracepoint.h>
 #include <linux/vfio.h>
+#include <asm/firmware.h>
 #include <asm/hvcall.h>
 #include <asm/iommu.h>
 #include <asm/kvm_ppc.h>
@@ -47,13 +48,14 @@ bool pvtce_rs_has_liobn(struct kvm *kvm, u64 liobn);
 long pvtce_rs_attach(struct kvm *kvm, void *window, struct iommu_group *grp);
 bool pvtce_rs_userspace_mode(void);
 void pvtce_rs_release_group(struct kvm *kvm, struct iommu_group *grp);
-bool pvtce_rs_h_put_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, unsigned long tce, long *ret);
+bool pvtce_rs_h_put_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, unsigned long tce, long *ret,
+			bool early);
 bool pvtce_rs_h_put_tce_indirect(struct kvm *kvm, unsigned long liobn, unsigned long ioba,
 				 unsigned long tce_list, unsigned long npages, long *ret);
 bool pvtce_rs_h_stuff_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, unsigned long tce_value,
 			  unsigned long npages, long *ret);
 bool pvtce_rs_h_get_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, long *ret,
-			unsigned long *r4);
+			unsigned long *r4, bool early);
 void pvtce_rs_window_release(void *window);
 struct page *pvtce_rs_window_page(void *window, unsigned long pgoff);
 long pvtce_rs_window_ioctl(void *window, unsigned int cmd, unsigned long arg);
@@ -111,7 +113,7 @@ static long pvtce_attach_group(struct kvm *kvm, int tablefd, struct iommu_group 
 static bool pvtce_h_put_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba,
 			    unsigned long tce, long *ret)
 {
-	return pvtce_rs_h_put_tce(vcpu->kvm, liobn, ioba, tce, ret);
+	return pvtce_rs_h_put_tce(vcpu->kvm, liobn, ioba, tce, ret, false);
 }
 
 static bool pvtce_h_put_tce_indirect(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba,
@@ -130,11 +132,39 @@ static bool pvtce_h_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned
 {
 	unsigned long r4 = 0;
 
-	if (!pvtce_rs_h_get_tce(vcpu->kvm, liobn, ioba, ret, &r4))
+	if (!pvtce_rs_h_get_tce(vcpu->kvm, liobn, ioba, ret, &r4, false))
 		return false;
 	if (*ret == H_SUCCESS)
 		kvmppc_set_gpr(vcpu, 4, r4);
 	return true;
+}
+
+/*
+ * The early path (patches/linux/0011): interrupts hard-disabled, preemption off, kvm->srcu held; Rust takes
+ * no sleeping lock but by trylock and allocates nothing, and declines (false, nothing changed) whatever it
+ * cannot finish so. H_GET_TCE and H_PUT_TCE only: INDIRECT copies the guest's list (may fault) and STUFF's
+ * cost is its batch, not the exit. A mapping H_PUT_TCE only on a pseries host, where the host table's levels
+ * are all present (tce_exchange_pseries, it_userspace flat): on powernv a missing level is allocated on the
+ * map path, which the early path must not do, so PUT keeps the normal path there.
+ */
+static bool pvtce_h_tce_early(struct kvm_vcpu *vcpu, unsigned long nr, long *ret)
+{
+	unsigned long r4 = 0;
+
+	switch (nr) {
+	case H_GET_TCE:
+		if (!pvtce_rs_h_get_tce(vcpu->kvm, kvmppc_get_gpr(vcpu, 4), kvmppc_get_gpr(vcpu, 5), ret, &r4, true))
+			return false;
+		if (*ret == H_SUCCESS)
+			kvmppc_set_gpr(vcpu, 4, r4);
+		return true;
+	case H_PUT_TCE:
+		if (!firmware_has_feature(FW_FEATURE_LPAR))
+			return false;
+		return pvtce_rs_h_put_tce(vcpu->kvm, kvmppc_get_gpr(vcpu, 4), kvmppc_get_gpr(vcpu, 5),
+					  kvmppc_get_gpr(vcpu, 6), ret, true);
+	}
+	return false;
 }
 
 static const struct kvmppc_tce_backend pvtce_backend = {
@@ -146,6 +176,7 @@ static const struct kvmppc_tce_backend pvtce_backend = {
 	.h_put_tce_indirect = pvtce_h_put_tce_indirect,
 	.h_stuff_tce = pvtce_h_stuff_tce,
 	.h_get_tce = pvtce_h_get_tce,
+	.h_tce_early = pvtce_h_tce_early,
 };
 
 int pvtce_glue_register(void)

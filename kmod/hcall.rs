@@ -13,13 +13,13 @@ use crate::host::{read_words, KernelHost};
 use crate::pvtce_core::error::HcallError;
 use crate::pvtce_core::table::NeedAlloc;
 use crate::pvtce_core::types::{Ioba, Tce};
-use crate::pvtce_core::window::{indirect_precheck, Outcome, Request, MAX_INDIRECT_TCES};
+use crate::pvtce_core::window::{indirect_precheck, Completion, Outcome, Request, MAX_INDIRECT_TCES};
 use crate::pvtce_core::table::PageId;
 use crate::registry::{window_ref, with_window, with_window_rcu};
 use crate::stats::{Kind, Stats};
 use crate::store::KernelStore;
 use crate::trace;
-use crate::window::KernelWindow;
+use crate::window::{KernelWindow, State};
 use core::ffi::{c_long, c_ulong};
 use kernel::prelude::*;
 use kernel::sync::atomic::Acquire;
@@ -91,10 +91,17 @@ unsafe fn run_clearing(kvm: *mut Vm, liobn: c_ulong, ret: *mut c_long, kind: Kin
     Some(true)
 }
 
-/// `h_put_tce` hook.
+/// `h_put_tce` hook, and with `early` the `h_tce_early` hook's H_PUT_TCE (KVM-HV's early path, kernel patch
+/// 0011): the call then runs as on the normal path but with the window lock taken by trylock and a host that
+/// allocates nothing ([`KernelHost::early`]), the window found under RCU (nothing sleeps). The early path
+/// declines (false, nothing changed) when it is off (module parameter), there is no lookup snapshot, the LIOBN
+/// is not pvtce's, the VMM mapped the table fd (its shadows may sleep), the lock is taken, the core needs
+/// table pages, or it refused with H_TOO_HARD before changing anything (e.g. a host-table level to
+/// allocate): the normal path then answers.
 ///
 /// # Safety
-/// `kvm` must be the live VM of the calling vCPU thread and `ret` valid for a write, for the call.
+/// `kvm` must be the live VM of the calling vCPU thread and `ret` valid for a write, for the call; with
+/// `early`, the caller holds `kvm->srcu` and may have interrupts disabled.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce(
     kvm: *mut Vm,
@@ -102,10 +109,26 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce(
     ioba: c_ulong,
     tce: c_ulong,
     ret: *mut c_long,
+    early: bool,
 ) -> bool {
     let request = Request::Put { ioba: Ioba(ioba), tce: Tce(tce) };
-    // SAFETY: forwarded from the caller.
-    unsafe { run_request(kvm, liobn, ret, Kind::Put, &request) }
+    if !early {
+        // SAFETY: forwarded from the caller.
+        return unsafe { run_request(kvm, liobn, ret, Kind::Put, &request) };
+    }
+    if !crate::module_parameters::early.value() {
+        return false;
+    }
+    // SAFETY: `kvm` is live for the call (the caller's guarantee).
+    let vm = unsafe { Vm::from_raw(kvm) };
+    let srcu = vm.srcu_read_lock();
+    // The snapshot under RCU only: with no snapshot (before the first window) the locked list would sleep.
+    let Some(Some(Some(code))) = with_window_rcu(vm, liobn, |w| execute_early(w, &srcu, &request)) else {
+        return false;
+    };
+    // SAFETY: `ret` is valid for a write (the caller's guarantee).
+    unsafe { *ret = code as c_long };
+    true
 }
 
 /// `h_stuff_tce` hook.
@@ -143,7 +166,9 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce_indirect(
     unsafe { run(kvm, liobn, ret, |w, srcu| indirect(w, srcu, Ioba(ioba), list, npages)) }
 }
 
-/// `h_get_tce` hook: the entry goes to `*r4` on H_SUCCESS (glue.c sets the vCPU's r4 from it).
+/// `h_get_tce` hook: the entry goes to `*r4` on H_SUCCESS (glue.c sets the vCPU's r4 from it). With `early`
+/// (the `h_tce_early` hook's H_GET_TCE, kernel patch 0011) the lockless step alone: false (nothing done) when
+/// the early path is off, the LIOBN is not pvtce's, or the lockless read cannot answer.
 ///
 /// # Safety
 /// As [`pvtce_rs_h_put_tce`], and `r4` valid for a write.
@@ -154,24 +179,29 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
     ioba: c_ulong,
     ret: *mut c_long,
     r4: *mut c_ulong,
+    early: bool,
 ) -> bool {
-    let mut value = 0u64;
     // SAFETY: `kvm` is live for the call (the caller's guarantee).
     let vm = unsafe { Vm::from_raw(kvm) };
-    // First without `kvm->srcu` or the window lock (GET translates no guest address).
-    match with_window_rcu(vm, liobn, |w| get_lockless(w, Ioba(ioba), &mut value)) {
-        Some(None) => return false,
-        Some(Some(Some(code))) => {
-            // SAFETY: `ret` and `r4` are valid for a write (the caller's guarantee).
-            unsafe {
-                *ret = code as c_long;
-                *r4 = value as c_ulong;
-            }
-            return true;
+    if early {
+        if !crate::module_parameters::early.value() {
+            return false;
         }
-        // No snapshot, or a mapped table fd: the locked path.
-        None | Some(Some(None)) => {}
+        return match get_rcu(vm, liobn, Ioba(ioba), true) {
+            // SAFETY: `ret` and `r4` are valid for a write (the caller's guarantee).
+            Some(Some(a)) => unsafe { answer_get_to(ret, r4, a) },
+            _ => false,
+        };
     }
+    // First without `kvm->srcu` or the window lock (GET translates no guest address).
+    match get_rcu(vm, liobn, Ioba(ioba), false) {
+        Some(None) => return false,
+        // SAFETY: `ret` and `r4` are valid for a write (the caller's guarantee).
+        Some(Some(a)) => return unsafe { answer_get_to(ret, r4, a) },
+        None => {}
+    }
+    // No snapshot, or a mapped table fd: the locked path.
+    let mut value = 0u64;
     // SAFETY: forwarded from the caller.
     let handled = unsafe { run(kvm, liobn, ret, |w, _| get(w, Ioba(ioba), &mut value)) };
     // SAFETY: `r4` is valid for a write (the caller's guarantee).
@@ -267,18 +297,7 @@ fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Re
             Stats::add(&w.stats.host_kills, host.counts.kills);
             host_updates += host.counts.updates;
             match outcome {
-                Outcome::Done(c) => {
-                    let result = c.result.map(|_| ());
-                    w.stats.call(kind, result);
-                    Stats::add(&w.stats.tces_changed, c.applied);
-                    if c.applied > 0 {
-                        // `applied > 0` means the ioba passed the window check.
-                        s.refresh_shadows(w.entry_of(ioba), c.applied);
-                    }
-                    let code = result.map_or_else(|e| e.as_i64(), |()| H_SUCCESS);
-                    trace::hcall(kind.nr(), w.liobn, ioba.0, npages, code, c.applied, host_updates);
-                    return code;
-                }
+                Outcome::Done(c) => return finish(w, s, kind, ioba, npages, &c, host_updates),
                 Outcome::NeedAlloc(NeedAlloc { pages }) => pages,
             }
         };
@@ -293,4 +312,76 @@ fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Re
     w.stats.call(kind, Err(HcallError::TooHard));
     trace::hcall(kind.nr(), w.liobn, ioba.0, npages, HcallError::TooHard.as_i64(), 0, host_updates);
     HcallError::TooHard.as_i64()
+}
+
+/// Counts, traces and answers a call the core finished (`Outcome::Done`), under the window lock (`s`).
+fn finish(w: &KernelWindow, s: &State, kind: Kind, ioba: Ioba, npages: u64, c: &Completion, host_updates: u64) -> i64 {
+    let result = c.result.map(|_| ());
+    w.stats.call(kind, result);
+    Stats::add(&w.stats.tces_changed, c.applied);
+    if c.applied > 0 {
+        // `applied > 0` means the ioba passed the window check.
+        s.refresh_shadows(w.entry_of(ioba), c.applied);
+    }
+    let code = result.map_or_else(|e| e.as_i64(), |()| H_SUCCESS);
+    trace::hcall(kind.nr(), w.liobn, ioba.0, npages, code, c.applied, host_updates);
+    code
+}
+
+/// H_GET_TCE's lockless step (RCU, no lock, nothing that sleeps): `Some(Some((code, entry)))` when it answered
+/// (counted as `early` if so marked), `Some(None)` when the LIOBN is not a pvtce window, `None` when it cannot
+/// answer (no snapshot, or a mapped table fd) and the locked path must.
+fn get_rcu(vm: &Vm, liobn: c_ulong, ioba: Ioba, early: bool) -> Option<Option<(i64, u64)>> {
+    let mut value = 0u64;
+    let lockless = |w: &KernelWindow| {
+        let r = get_lockless(w, ioba, &mut value);
+        if early && r.is_some() {
+            Stats::add(&w.stats.early, 1);
+        }
+        r
+    };
+    let code = match with_window_rcu(vm, liobn, lockless)? {
+        None => return Some(None),
+        Some(code) => code?,
+    };
+    Some(Some((code, value)))
+}
+
+/// Writes H_GET_TCE's answer; returns true (handled).
+///
+/// # Safety
+/// `ret` and `r4` must be valid for a write.
+unsafe fn answer_get_to(ret: *mut c_long, r4: *mut c_ulong, (code, value): (i64, u64)) -> bool {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        *ret = code as c_long;
+        *r4 = value as c_ulong;
+    }
+    true
+}
+
+/// [`execute`]'s one round for the early path: `None` to decline, with nothing changed.
+fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, request: &Request<'_>) -> Option<i64> {
+    if w.has_shadows.load(Acquire) {
+        return None;
+    }
+    let Request::Put { ioba, .. } = *request else {
+        return None;
+    };
+    let mut guard = w.state.try_lock()?;
+    let s = &mut *guard;
+    let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf).early();
+    let outcome = s.window.execute(&mut s.store, &mut host, request);
+    let (updates, kills) = (host.counts.updates, host.counts.kills);
+    let Outcome::Done(c) = outcome else {
+        // NeedAlloc: nothing changed; the normal path allocates.
+        return None;
+    };
+    if matches!(c.result, Err(HcallError::TooHard)) && c.applied == 0 && updates == 0 && kills == 0 {
+        return None;
+    }
+    Stats::add(&w.stats.host_updates, updates);
+    Stats::add(&w.stats.host_kills, kills);
+    Stats::add(&w.stats.early, 1);
+    Some(finish(w, s, Kind::Put, ioba, 1, &c, updates))
 }

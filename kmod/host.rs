@@ -58,6 +58,9 @@ pub(crate) struct KernelHost<'a> {
     /// The window's run buffer ([`RUN_BUF`] words, under the window lock); empty for a host that only links
     /// or exchanges entry by entry.
     buf: &'a mut [u64],
+    /// In KVM's early path (interrupts off): allocate nothing. [`Host::table_ready`] then refuses an entry
+    /// whose `it_userspace` level is missing instead of allocating it, and the caller declines the call.
+    early: bool,
 }
 
 fn perm_to_dir(p: Perm) -> c_int {
@@ -80,19 +83,24 @@ fn dir_to_bits(d: c_int) -> u64 {
 
 impl<'a> KernelHost<'a> {
     pub(crate) fn new(srcu: &'a VmSrcu<'a>, links: &'a [HostLink]) -> Self {
-        KernelHost { vm: srcu.vm(), srcu: Some(srcu), links, counts: HostCounts::default(), buf: &mut [] }
+        KernelHost { vm: srcu.vm(), srcu: Some(srcu), links, counts: HostCounts::default(), buf: &mut [], early: false }
     }
 
     /// A host whose [`Host::table_run`] writes batches through the window's run buffer `buf`.
     pub(crate) fn with_buf(srcu: &'a VmSrcu<'a>, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
-        KernelHost { vm: srcu.vm(), srcu: Some(srcu), links, counts: HostCounts::default(), buf }
+        KernelHost { vm: srcu.vm(), srcu: Some(srcu), links, counts: HostCounts::default(), buf, early: false }
     }
 
     /// [`KernelHost::with_buf`] for a call whose every entry clears (H_STUFF_TCE or H_PUT_TCE of 0), with no
     /// `kvm->srcu`: the core translates no guest address for it, and an old entry's region is found in the
     /// VM's mm, which the window's VM reference keeps.
     pub(crate) fn clearing(vm: &'a Vm, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
-        KernelHost { vm, srcu: None, links, counts: HostCounts::default(), buf }
+        KernelHost { vm, srcu: None, links, counts: HostCounts::default(), buf, early: false }
+    }
+
+    /// The host for KVM's early path (see `early`).
+    pub(crate) fn early(self) -> Self {
+        KernelHost { early: true, ..self }
     }
 
     fn mm(&self) -> &'a Mm {
@@ -199,7 +207,8 @@ impl Host for KernelHost<'_> {
             return false;
         };
         // Linux allocates the it_userspace level on the map path and answers H_TOO_HARD if it cannot.
-        (0..count).all(|i| first.checked_add(i).is_some_and(|e| l.table.useraddr(e, true).is_some()))
+        // In the early path nothing is allocated: a missing level refuses and the call is declined.
+        (0..count).all(|i| first.checked_add(i).is_some_and(|e| l.table.useraddr(e, !self.early).is_some()))
     }
 
     fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce, ua: u64) -> HostTce {

@@ -91,6 +91,10 @@ module! {
             default: true,
             description: "Register pvtce as KVM's sPAPR TCE backend (benchmark only: 0 loads the control device alone, so Linux's C code answers every TCE hypercall exactly as without the module)",
         },
+        early: bool {
+            default: true,
+            description: "Answer H_GET_TCE and H_PUT_TCE in KVM-HV's early path (kernel patch 0011: right after the guest's exit, interrupts off, nothing that may sleep); 0: the normal hypercall path only",
+        },
         inject_run_failure: u64 {
             default: 0,
             description: "Test only: a batched host-table update of at least this many entries that maps something fails half-way, as a refusing parent would (0: never)",

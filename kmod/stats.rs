@@ -41,6 +41,8 @@ pub(crate) struct Stats {
     pub(crate) tces_changed: Atomic<u64>,
     pub(crate) host_updates: Atomic<u64>,
     pub(crate) host_kills: Atomic<u64>,
+    /// Calls answered in KVM-HV's early path (kernel patch 0011), also counted by kind above.
+    pub(crate) early: Atomic<u64>,
 }
 
 impl Stats {
@@ -55,6 +57,7 @@ impl Stats {
             tces_changed: Atomic::new(0),
             host_updates: Atomic::new(0),
             host_kills: Atomic::new(0),
+            early: Atomic::new(0),
         }
     }
 

@@ -148,6 +148,7 @@ impl KernelWindow {
             tces_changed: self.stats.tces_changed.load(Relaxed),
             host_updates: self.stats.host_updates.load(Relaxed),
             host_kills: self.stats.host_kills.load(Relaxed),
+            early: self.stats.early.load(Relaxed),
         }
     }
 }

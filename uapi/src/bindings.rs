@@ -39,10 +39,11 @@ pub struct pvtce_window_info {
     pub tces_changed: __u64,
     pub host_updates: __u64,
     pub host_kills: __u64,
+    pub early: __u64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of pvtce_window_info"][::core::mem::size_of::<pvtce_window_info>() - 120usize];
+    ["Size of pvtce_window_info"][::core::mem::size_of::<pvtce_window_info>() - 128usize];
     ["Alignment of pvtce_window_info"][::core::mem::align_of::<pvtce_window_info>() - 8usize];
     ["Offset of field: pvtce_window_info::argsz"][::core::mem::offset_of!(pvtce_window_info, argsz) - 0usize];
     ["Offset of field: pvtce_window_info::flags"][::core::mem::offset_of!(pvtce_window_info, flags) - 4usize];
@@ -68,6 +69,7 @@ const _: () = {
         [::core::mem::offset_of!(pvtce_window_info, host_updates) - 104usize];
     ["Offset of field: pvtce_window_info::host_kills"]
         [::core::mem::offset_of!(pvtce_window_info, host_kills) - 112usize];
+    ["Offset of field: pvtce_window_info::early"][::core::mem::offset_of!(pvtce_window_info, early) - 120usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

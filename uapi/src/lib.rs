@@ -45,7 +45,7 @@ pub mod nr {
 // The structs never shrink and keep their layout on every architecture (fixed-width fields, explicit
 // padding): bindgen's layout asserts check offsets, these check the sizes the ioctl numbers carry.
 const _: () = {
-    assert!(core::mem::size_of::<pvtce_window_info>() == 120);
+    assert!(core::mem::size_of::<pvtce_window_info>() == 128);
     assert!(core::mem::size_of::<pvtce_mode>() == 16);
     assert!(core::mem::size_of::<pvtce_host_read>() == 40);
     assert!(core::mem::size_of::<pvtce_windows>() == 24);

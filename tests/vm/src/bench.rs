@@ -115,10 +115,13 @@ fn emit(which: Which, win: &str, work: &str, rep: u32, try_: u64, units: u64, ca
 
 /// pvtce.ko is loaded for the pvtce path only: the Linux path is Linux's C code with no module in the
 /// kernel at all, as in the `ddw-*` tests (the userspace path makes no kernel window, so either is fine).
-/// `bench_ioctls=1` offers the floor's `PVTCE_WINDOW_EXCHANGE`, which a default load refuses.
+/// `bench_ioctls=1` offers the floor's `PVTCE_WINDOW_EXCHANGE`, which a default load refuses. With
+/// `pvtce_probe=early=0` the pvtce path runs without KVM-HV's early path (module parameter `early=0`), for an
+/// A/B run of it.
 fn load_for(which: Which) -> Result<(), String> {
     let loaded = std::fs::metadata("/sys/module/pvtce").is_ok();
     match (which, loaded) {
+        (Which::Pvtce, false) if opt("early") == Some(0) => sh("modprobe pvtce bench_ioctls=1 early=0").map(drop),
         (Which::Pvtce, false) => sh("modprobe pvtce bench_ioctls=1").map(drop),
         (Which::Linux, true) => sh("rmmod pvtce").map(drop),
         _ => Ok(()),

@@ -41,6 +41,7 @@ struct pvtce_window_info {
 	__u64 tces_changed;       /* guest-visible entries written */
 	__u64 host_updates;       /* hardware entries exchanged */
 	__u64 host_kills;         /* invalidations issued */
+	__u64 early;              /* of the hypercalls above, answered in KVM-HV's early path (kernel patch 0011) */
 };
 
 #define PVTCE_WINDOW_INFO _IOWR(PVTCE_IOCTL_TYPE, 0x00, struct pvtce_window_info)

@@ -70,6 +70,7 @@ struct Row {
     host_updates: u64,
     host_kills: u64,
     table_bytes: u64,
+    early: u64,
 }
 
 impl From<&pvtce_window_info> for Row {
@@ -90,6 +91,7 @@ impl From<&pvtce_window_info> for Row {
             host_updates: w.host_updates,
             host_kills: w.host_kills,
             table_bytes: w.table_bytes,
+            early: w.early,
         }
     }
 }
@@ -303,6 +305,7 @@ mod tests {
             host_updates: put + 10,
             host_kills: 4,
             table_bytes: 8192,
+            early: 7,
         }
     }
 
@@ -343,6 +346,7 @@ mod tests {
             "host_updates",
             "host_kills",
             "table_bytes",
+            "early",
         ];
         want.sort_unstable();
         assert_eq!(sorted, want);
