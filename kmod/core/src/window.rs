@@ -422,14 +422,34 @@ impl Window {
         for (n, link) in links.iter().enumerate() {
             let diff = shift.get() - link.page_shift.get();
             let subpages = 1u64 << diff;
+            // This entry's sub-pages in the plan (`plan_layout` made room for all of them).
+            let mut slots = match &mut plan {
+                Some((p, bases, i)) => p.get_mut(bases[n] + ((*i as usize) << diff)..),
+                None => None,
+            };
             for j in 0..subpages {
-                let ok = ua.checked_add(j << link.page_shift.get()).and_then(|ua_j| match &mut plan {
-                    None => ua_to_hpa(host, ua_j, link.page_shift).ok().map(|_| ()),
-                    Some((p, bases, i)) => host.take_region(ua_j, link.page_shift).ok().map(|(hpa, region)| {
-                        p[bases[n] + ((*i as usize) << diff) + j as usize] = Planned { hpa, ua: ua_j, region };
-                    }),
-                });
-                if ok.is_none() {
+                let ua_j = ua.checked_add(j << link.page_shift.get());
+                let ok = match (&mut slots, ua_j) {
+                    (_, None) => false,
+                    (None, Some(ua_j)) => ua_to_hpa(host, ua_j, link.page_shift).is_ok(),
+                    (Some(slots), Some(ua_j)) => {
+                        match (host.take_region(ua_j, link.page_shift), slots.get_mut(j as usize)) {
+                            (Ok((hpa, region)), Some(slot)) => {
+                                *slot = Planned { hpa, ua: ua_j, region };
+                                true
+                            }
+                            (Ok((_, region)), None) => {
+                                // Cannot happen (`plan_layout` made room); never keep a hold nothing records.
+                                if region != Region::NONE {
+                                    host.put_region(region);
+                                }
+                                false
+                            }
+                            (Err(_), _) => false,
+                        }
+                    }
+                };
+                if !ok {
                     self.release_entry(host, &plan, n, j);
                     return Err(HcallError::TooHard);
                 }
