@@ -262,7 +262,7 @@ fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Re
                 Some(srcu) => KernelHost::with_buf(srcu, &s.links, &mut s.run_buf),
                 None => KernelHost::clearing(&w.vm, &s.links, &mut s.run_buf),
             };
-            let outcome = s.window.execute(&mut s.store, &mut host, request);
+            let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut s.plan_buf);
             Stats::add(&w.stats.host_updates, host.counts.updates);
             Stats::add(&w.stats.host_kills, host.counts.kills);
             host_updates += host.counts.updates;
