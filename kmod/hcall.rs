@@ -292,7 +292,7 @@ fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Re
                 Some(srcu) => KernelHost::with_buf(srcu, &s.links, &mut s.run_buf),
                 None => KernelHost::clearing(&w.vm, &s.links, &mut s.run_buf),
             };
-            let outcome = s.window.execute(&mut s.store, &mut host, request);
+            let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut s.plan_buf);
             Stats::add(&w.stats.host_updates, host.counts.updates);
             Stats::add(&w.stats.host_kills, host.counts.kills);
             host_updates += host.counts.updates;
@@ -371,7 +371,7 @@ fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, request: &Request<'_>) -> 
     let mut guard = w.state.try_lock()?;
     let s = &mut *guard;
     let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf).early();
-    let outcome = s.window.execute(&mut s.store, &mut host, request);
+    let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut s.plan_buf);
     let (updates, kills) = (host.counts.updates, host.counts.kills);
     let Outcome::Done(c) = outcome else {
         // NeedAlloc: nothing changed; the normal path allocates.

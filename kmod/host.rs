@@ -6,11 +6,15 @@
 //! sPAPR v2 code reads when it clears the table.
 //!
 //! A region is looked up and used inside one RCU read section ([`iommu::Prereg`]); an entry keeps its region
-//! by its mapped count ([`iommu::MappedUse`]).
+//! by its mapped count ([`iommu::MappedUse`]). For a batch the core validates with a plan, the count is taken
+//! at validation ([`Host::take_region`], in the same RCU section as the lookup and the `ua -> hpa` read) and
+//! carried to the apply step as an opaque [`Region`] token, so the region is looked up once per new entry.
 
 use crate::ffi::{Vm, VmSrcu};
 use crate::iommu::{self, IommuTable, TableGeometry, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
-use crate::pvtce_core::host::{run_each, Backing, Host, HostGeometry, HostTableId, HostTce, RunFailed};
+use crate::pvtce_core::host::{
+    run_each, Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, Region, RunFailed, XlateError,
+};
 use crate::pvtce_core::types::{PageShift, Perm};
 use core::ffi::{c_int, c_long};
 use kernel::error::code::EIO;
@@ -44,8 +48,9 @@ pub(crate) struct HostCounts {
 /// Most entries one batched update writes: one parent H_PUT_TCE_INDIRECT's list (4 KiB).
 pub(crate) const RUN_CHUNK: usize = 512;
 
-/// The length of a window's run buffer: a chunk's entries, then their user addresses.
-pub(crate) const RUN_BUF: usize = 2 * RUN_CHUNK;
+/// The length of a window's run buffer: a chunk's entries, their user addresses, then the region holds the
+/// core handed over with them (0 where the run took its own, [`KernelHost::take_use`]).
+pub(crate) const RUN_BUF: usize = 3 * RUN_CHUNK;
 
 /// The host of one call into the core: it needs the VM's `kvm->srcu` held (the token) for the memslots, except
 /// for a call that only clears ([`KernelHost::clearing`]), which translates no guest address.
@@ -161,6 +166,17 @@ impl<'a> KernelHost<'a> {
         true
     }
 
+    /// Gives back the holds the core handed over with run entries `range` (`entry` as in [`Host::table_run`]),
+    /// which will not be written.
+    fn give_back(&self, entry: &dyn Fn(&Self, u64) -> HostEntry, range: core::ops::Range<u64>) {
+        for k in range {
+            let e = entry(self, k);
+            if e.region != Region::NONE {
+                self.put_region(e.region);
+            }
+        }
+    }
+
     /// Gives back a use [`KernelHost::take_use`] took for `ua`, for an entry that never reached the table.
     fn drop_use(&self, ua: u64, page_shift: u32) {
         let rcu = rcu::read_lock();
@@ -195,6 +211,26 @@ impl Host for KernelHost<'_> {
             Some(hpa) => Some(Backing { page_hpa: hpa & !((1u64 << page_shift) - 1), page_shift }),
             None => Some(Backing { page_hpa: 0, page_shift: 12.min(shift.saturating_sub(1)) }),
         }
+    }
+
+    /// Lookup, `ua -> hpa` and `mm_iommu_mapped_inc` in one RCU section (as [`KernelHost::take_use`]); the
+    /// count is the returned token. A region whose count already dropped to zero (the VMM is unregistering
+    /// it) counts as not preregistered.
+    fn take_region(&self, ua: u64, shift: PageShift) -> Result<(u64, Region), XlateError> {
+        let page_shift = shift.get();
+        let rcu = rcu::read_lock();
+        let mem = iommu::prereg_lookup(&rcu, self.mm(), ua, shift.size()).ok_or(XlateError::NotPreregistered)?;
+        // Linux's mm_iommu_ua_to_hpa: an IOMMU page larger than the region's pages is refused.
+        let hpa = mem.ua_to_hpa(ua, page_shift).ok_or(XlateError::PageTooSmall)?;
+        let used = mem.mapped_inc().ok_or(XlateError::NotPreregistered)?;
+        drop(rcu);
+        Ok((hpa & !shift.offset_mask(), Region(used.into_token())))
+    }
+
+    fn put_region(&self, region: Region) {
+        // SAFETY: the core hands back only tokens `take_region` made, each once (pvtce-core's plan contract:
+        // a hold goes either to `table_run` or back here).
+        drop(unsafe { iommu::MappedUse::from_token(region.0) });
     }
 
     fn table_geometry(&self, id: HostTableId) -> Option<HostGeometry> {
@@ -264,27 +300,32 @@ impl Host for KernelHost<'_> {
 
     /// One `iommu_tce_set_multi_no_kill` per [`RUN_CHUNK`] entries (patches/linux/0008: one parent
     /// H_PUT_TCE_INDIRECT, or H_STUFF_TCE for a chunk that only clears, on a pseries host; the per-entry
-    /// exchange loop elsewhere). Each new mapping's region use is taken before its chunk is written; the old
-    /// entries' uses (from `it_userspace`) are dropped after. If a chunk fails, the whole range is cleared and
-    /// every use its entries held is dropped.
+    /// exchange loop elsewhere). Each new mapping's region use is the one the core took at validation, or is
+    /// taken here before its chunk is written when the core has none; the old entries' uses (from
+    /// `it_userspace`) are dropped after. If a chunk fails, the whole range is cleared and every use its
+    /// entries held is dropped, with the uses the core handed over for entries never written.
     fn table_run(
         &mut self,
         id: HostTableId,
         first: u64,
         count: u64,
-        entry: &dyn Fn(&Self, u64) -> (HostTce, u64),
+        entry: &dyn Fn(&Self, u64) -> HostEntry,
     ) -> Result<(), RunFailed> {
         if self.buf.len() < RUN_BUF {
             run_each(self, id, first, count, entry);
             return Ok(());
         }
         let Some(l) = self.link(id) else {
+            // Not linked here (the core runs only its links, which are these): nothing is written, so give back
+            // what the core handed over.
+            self.give_back(entry, 0..count);
             return Ok(());
         };
         let shift = l.geometry.page_shift;
         // Moved out while `entry` borrows `self`; put back before returning.
         let buf = core::mem::take(&mut self.buf);
-        let (tces, uas) = buf.split_at_mut(RUN_CHUNK);
+        let (tces, rest) = buf.split_at_mut(RUN_CHUNK);
+        let (uas, regions) = rest.split_at_mut(RUN_CHUNK);
         let mut ok = true;
         let mut done = 0u64;
         while ok && done < count {
@@ -292,11 +333,19 @@ impl Host for KernelHost<'_> {
             let mut filled = 0;
             let mut maps = false;
             for k in 0..n {
-                let (new, ua) = entry(self, done + k as u64);
-                if new.perm() == Perm::None {
-                    (tces[k], uas[k]) = (0, 0);
-                } else if self.take_use(ua, new, shift) {
-                    (tces[k], uas[k], maps) = (new.0, ua, true);
+                let e = entry(self, done + k as u64);
+                if e.tce.perm() == Perm::None {
+                    if e.region != Region::NONE {
+                        // The core plans no hold for an empty entry; never keep one.
+                        self.put_region(e.region);
+                    }
+                    (tces[k], uas[k], regions[k]) = (0, 0, 0);
+                } else if e.region != Region::NONE {
+                    // Counted at validation, under the lock held since: the region and its page are the
+                    // validated ones.
+                    (tces[k], uas[k], regions[k], maps) = (e.tce.0, e.ua, e.region.0, true);
+                } else if self.take_use(e.ua, e.tce, shift) {
+                    (tces[k], uas[k], regions[k], maps) = (e.tce.0, e.ua, 0, true);
                 } else {
                     ok = false;
                     break;
@@ -317,8 +366,13 @@ impl Host for KernelHost<'_> {
             self.counts.runs += 1;
             if written.is_err() {
                 for k in (0..filled).filter(|&k| tces[k] != 0) {
-                    self.drop_use(uas[k], shift);
+                    match regions[k] {
+                        0 => self.drop_use(uas[k], shift),
+                        token => self.put_region(Region(token)),
+                    }
                 }
+                // The entries never written: give back the holds the core handed over for them.
+                self.give_back(entry, done + filled as u64..count);
                 ok = false;
                 break;
             }
@@ -326,7 +380,8 @@ impl Host for KernelHost<'_> {
                 let index = first + done + k as u64;
                 self.release_old(l, index, shift, true);
                 if tces[k] != 0 {
-                    // The entry holds the use `take_use` kept (released by `release_old` or VFIO's clear).
+                    // The entry holds the use validation or `take_use` took (released by `release_old` or VFIO's
+                    // clear).
                     if let Some(slot) = l.table.useraddr(index, true) {
                         slot.set(uas[k]);
                     }

@@ -6,7 +6,7 @@
 //!   command the file does not have, unless the module was loaded with `bench_ioctls=1`.
 
 use crate::host::KernelHost;
-use crate::pvtce_core::host::{ua_to_hpa, Host, HostTce};
+use crate::pvtce_core::host::{ua_to_hpa, Host, HostEntry, HostTce, Region};
 use crate::pvtce_core::types::Perm;
 use crate::uapi::{
     pvtce_exchange, pvtce_window_info, PVTCE_EXCHANGE_BATCHED, PVTCE_EXCHANGE_MAX, PVTCE_WINDOW_EXCHANGE,
@@ -113,7 +113,10 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
         return Err(ENOMEM);
     }
     let entry = |_: &KernelHost<'_>, k: u64| {
-        usize::try_from(k).ok().and_then(|k| plan.get(k)).map_or((HostTce::EMPTY, 0), |&(_, t, ua)| (t, ua))
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| plan.get(k))
+            .map_or(HostEntry::EMPTY, |&(_, tce, ua)| HostEntry { tce, ua, region: Region::NONE })
     };
     let t0 = ffi::timebase();
     // A refused batch has emptied the range already.
@@ -128,7 +131,7 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
     host.table_kill(id, base, req.count);
     let t1 = ffi::timebase();
     if batched {
-        refused |= host.table_run(id, base, req.count, &|_, _| (HostTce::EMPTY, 0)).is_err();
+        refused |= host.table_run(id, base, req.count, &|_, _| HostEntry::EMPTY).is_err();
     } else {
         for (idx, _, _) in plan.iter() {
             host.table_exchange(id, *idx, HostTce::EMPTY, 0);

@@ -18,9 +18,10 @@
 
 use crate::ffi::Vm;
 use crate::host::HostLink;
+use crate::pvtce_core::host::Planned;
 use crate::pvtce_core::table::GuestTable;
 use crate::pvtce_core::types::{Ioba, Liobn, WindowGeometry};
-use crate::pvtce_core::window::Window;
+use crate::pvtce_core::window::{Window, PLAN_SLOTS};
 use crate::shadow::Shadows;
 use crate::stats::Stats;
 use crate::store::{KernelStore, Slots};
@@ -41,9 +42,12 @@ pub(crate) struct State {
     pub(crate) links: KVec<HostLink>,
     pub(crate) next_link_id: u32,
     pub(crate) shadows: Shadows,
-    /// The batched host-table update's list and user addresses ([`crate::host::RUN_BUF`] words), allocated
-    /// with the window.
+    /// The batched host-table update's list, user addresses and region holds ([`crate::host::RUN_BUF`]
+    /// words), allocated with the window.
     pub(crate) run_buf: KVec<u64>,
+    /// The plan pvtce-core carries from validation to apply ([`PLAN_SLOTS`] host entries), allocated with the
+    /// window.
+    pub(crate) plan_buf: KVec<Planned>,
 }
 
 /// One guest DMA window.
@@ -89,6 +93,7 @@ impl KernelWindow {
     pub(crate) fn new(vm: &Vm, liobn: u64, geometry: WindowGeometry) -> Result<Arc<KernelWindow>> {
         let mut run_buf = KVec::new();
         run_buf.resize(crate::host::RUN_BUF, 0, GFP_KERNEL)?;
+        let plan_buf = KVec::from_elem(Planned::default(), PLAN_SLOTS, GFP_KERNEL)?;
         let locked_pages = locked_pages_for(geometry.size());
         vm.account_locked(locked_pages, true)?;
         let (store, slots) = KernelStore::new(geometry.size())?;
@@ -99,6 +104,7 @@ impl KernelWindow {
             next_link_id: 0,
             shadows: Shadows::default(),
             run_buf,
+            plan_buf,
         };
         // From here on, dropping the window uncharges (see `Drop`).
         Arc::pin_init(

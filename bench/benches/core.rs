@@ -4,6 +4,8 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pvtce_bench::{Bench, LIOBN, LIST_GPA};
 use pvtce_core::hcall::{hcall_with_buf, Dispatch, H_GET_TCE, H_PUT_TCE, H_PUT_TCE_INDIRECT, H_STUFF_TCE};
+use pvtce_core::host::Planned;
+use pvtce_core::window::PLAN_SLOTS;
 
 const RW: u64 = 3;
 
@@ -53,18 +55,26 @@ fn baselines(c: &mut Criterion) {
 fn hcalls(c: &mut Criterion) {
     let mut m = Bench::new();
     let mut buf = [0u64; 512];
+    let mut plan = vec![Planned::default(); PLAN_SLOTS];
     let mut i = 0u64;
     c.bench_function("put_tce_1", |b| {
         b.iter(|| {
             i = (i + 1) & 0xFFFF;
-            let d = hcall_with_buf(&mut m, H_PUT_TCE, black_box([LIOBN, i << 12, (i << 12) | RW, 0]), &mut buf);
+            let d =
+                hcall_with_buf(&mut m, H_PUT_TCE, black_box([LIOBN, i << 12, (i << 12) | RW, 0]), &mut buf, &mut plan);
             expect_ok(black_box(d));
         })
     });
     c.bench_function("get_tce_1", |b| {
         b.iter(|| {
             i = (i + 1) & 0xFFFF;
-            expect_ok(black_box(hcall_with_buf(&mut m, H_GET_TCE, black_box([LIOBN, i << 12, 0, 0]), &mut buf)));
+            expect_ok(black_box(hcall_with_buf(
+                &mut m,
+                H_GET_TCE,
+                black_box([LIOBN, i << 12, 0, 0]),
+                &mut buf,
+                &mut plan,
+            )));
         })
     });
     for n in [1u64, 512, 65536] {
@@ -75,6 +85,7 @@ fn hcalls(c: &mut Criterion) {
                     H_STUFF_TCE,
                     black_box([LIOBN, 0x100_0000, 0, n]),
                     &mut buf,
+                    &mut plan,
                 )))
             })
         });
@@ -86,7 +97,7 @@ fn hcalls(c: &mut Criterion) {
         b.iter(|| {
             base = (base + 512) & 0x3FFFF;
             let args = [LIOBN, base << 12, LIST_GPA, 512];
-            expect_ok(black_box(hcall_with_buf(&mut m, H_PUT_TCE_INDIRECT, black_box(args), &mut buf)));
+            expect_ok(black_box(hcall_with_buf(&mut m, H_PUT_TCE_INDIRECT, black_box(args), &mut buf, &mut plan)));
         })
     });
 }

@@ -13,10 +13,10 @@ use crate::kvm::Reply;
 use crate::mem::GuestMem;
 use crate::vfio::Container;
 use pvtce_core::hcall::{hcall_with_buf, Dispatch, Machine};
-use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};
+use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce, Planned};
 use pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
 use pvtce_core::types::{Liobn, Perm, WindowGeometry};
-use pvtce_core::window::{Window, MAX_INDIRECT_TCES};
+use pvtce_core::window::{Window, MAX_INDIRECT_TCES, PLAN_SLOTS};
 use std::collections::BTreeMap;
 
 /// What the fallback needs from VFIO: the two calls that write host table entries. The container is the
@@ -293,9 +293,10 @@ impl<'a, D: DmaMap> Fallback<'a, D> {
     /// `None`: not a TCE hypercall.
     pub fn handle(&mut self, nr: u64, args: &[u64; 9]) -> Option<Reply> {
         let mut buf = [0u64; MAX_INDIRECT_TCES as usize];
+        let mut plan = [Planned::default(); PLAN_SLOTS];
         let a = [args[0], args[1], args[2], args[3]];
         loop {
-            match hcall_with_buf(self, nr, a, &mut buf) {
+            match hcall_with_buf(self, nr, a, &mut buf, &mut plan) {
                 Dispatch::Return { ret, r4, .. } => {
                     let kind = match nr {
                         pvtce_core::hcall::H_PUT_TCE => 0,

@@ -1,10 +1,10 @@
 //! The dispatcher: routes the four TCE hypercalls by number, for the module and for fuzzing.
 
 use super::error::{hresult_code, HcallError, H_SUCCESS};
-use super::host::Host;
+use super::host::{Host, Planned};
 use super::table::{NeedAlloc, PageStore};
 use super::types::{Ioba, Liobn, Tce};
-use super::window::{Completion, Outcome, Request, Window, MAX_INDIRECT_TCES};
+use super::window::{Completion, Outcome, Request, Window, MAX_INDIRECT_TCES, PLAN_SLOTS};
 
 /// H_GET_TCE.
 pub const H_GET_TCE: u64 = 0x1C;
@@ -61,9 +61,15 @@ impl Dispatch {
 }
 
 /// Handles hypercall `nr` with arguments `args` (r4..r7: liobn, ioba, tce / value / list, npages).
-/// `buf` holds the copied H_PUT_TCE_INDIRECT list (the module passes a per-vCPU buffer to keep 4 KiB
-/// off the kernel stack).
-pub fn hcall_with_buf<M: Machine>(m: &mut M, nr: u64, args: [u64; 4], buf: &mut [u64; 512]) -> Dispatch {
+/// `buf` holds the copied H_PUT_TCE_INDIRECT list and `plan` the batch's plan ([`Window::execute_planned`],
+/// [`PLAN_SLOTS`] long; shorter runs batches without one), so that a caller can keep both off the stack.
+pub fn hcall_with_buf<M: Machine>(
+    m: &mut M,
+    nr: u64,
+    args: [u64; 4],
+    buf: &mut [u64; 512],
+    plan: &mut [Planned],
+) -> Dispatch {
     let [liobn, ioba, arg, npages] = args;
     if !matches!(nr, H_GET_TCE | H_PUT_TCE | H_STUFF_TCE | H_PUT_TCE_INDIRECT) {
         return Dispatch::NotOurs;
@@ -77,10 +83,15 @@ pub fn hcall_with_buf<M: Machine>(m: &mut M, nr: u64, args: [u64; 4], buf: &mut 
             Ok(v) => Dispatch::Return { ret: H_SUCCESS, r4: v, applied: 0 },
             Err(e) => Dispatch::err(e),
         },
-        H_PUT_TCE => Dispatch::from_outcome(window.execute(store, host, &Request::Put { ioba, tce: Tce(arg) })),
-        H_STUFF_TCE => {
-            Dispatch::from_outcome(window.execute(store, host, &Request::Stuff { ioba, value: Tce(arg), npages }))
+        H_PUT_TCE => {
+            Dispatch::from_outcome(window.execute_planned(store, host, &Request::Put { ioba, tce: Tce(arg) }, plan))
         }
+        H_STUFF_TCE => Dispatch::from_outcome(window.execute_planned(
+            store,
+            host,
+            &Request::Stuff { ioba, value: Tce(arg), npages },
+            plan,
+        )),
         _ => {
             if let Err(e) = window.indirect_precheck(ioba, arg, npages) {
                 return Dispatch::err(e);
@@ -96,13 +107,14 @@ pub fn hcall_with_buf<M: Machine>(m: &mut M, nr: u64, args: [u64; 4], buf: &mut 
             if !host.read_tce_list(ua, list) {
                 return Dispatch::err(HcallError::TooHard);
             }
-            Dispatch::from_outcome(window.execute(store, host, &Request::Indirect { ioba, list }))
+            Dispatch::from_outcome(window.execute_planned(store, host, &Request::Indirect { ioba, list }, plan))
         }
     }
 }
 
-/// [`hcall_with_buf`] with a list buffer on the stack (tests, fuzzing, userspace).
+/// [`hcall_with_buf`] with a list buffer and a plan on the stack (tests, fuzzing, userspace).
 pub fn hcall<M: Machine>(m: &mut M, nr: u64, args: [u64; 4]) -> Dispatch {
     let mut buf = [0u64; MAX_INDIRECT_TCES as usize];
-    hcall_with_buf(m, nr, args, &mut buf)
+    let mut plan = [Planned::default(); PLAN_SLOTS];
+    hcall_with_buf(m, nr, args, &mut buf, &mut plan)
 }

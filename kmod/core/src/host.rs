@@ -56,6 +56,48 @@ pub struct Backing {
     pub page_shift: u32,
 }
 
+/// A hold a [`Host`] keeps on a preregistered region for one validated mapping (Linux: one
+/// `mm_iommu_mapped_inc` on its `mm_iommu_table_group_mem_t`), as an opaque token the core only carries:
+/// taken by [`Host::take_region`] during validation, then either handed to the host table with the entry
+/// ([`HostEntry::region`]) or given back with [`Host::put_region`]. [`Region::NONE`] holds nothing (a host
+/// that counts no use, or an entry that maps nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Region(pub u64);
+
+impl Region {
+    /// No hold.
+    pub const NONE: Region = Region(0);
+}
+
+/// One host sub-entry of a validated batch: what validation found for it, kept until the batch is applied or
+/// refused (the plan the core carries from validation to apply, one per host entry a mapping writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Planned {
+    /// The host physical address it maps.
+    pub hpa: u64,
+    /// The user address it maps.
+    pub ua: u64,
+    /// The hold taken on its region ([`Region::NONE`] for an entry that maps nothing).
+    pub region: Region,
+}
+
+/// One host entry a run writes (see [`Host::table_run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostEntry {
+    /// The new entry.
+    pub tce: HostTce,
+    /// The user address it maps (0 for an empty entry).
+    pub ua: u64,
+    /// The hold on its region taken at validation, which the run takes over; [`Region::NONE`] when none was
+    /// taken (the host then counts its own use, as before plans).
+    pub region: Region,
+}
+
+impl HostEntry {
+    /// The empty entry.
+    pub const EMPTY: HostEntry = HostEntry { tce: HostTce::EMPTY, ua: 0, region: Region::NONE };
+}
+
 /// Why a user address could not be turned into a host physical address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XlateError {
@@ -78,6 +120,19 @@ pub trait Host {
     /// `mm_iommu_lookup` + the region's page table). `None` when not preregistered.
     fn prereg_lookup(&self, ua: u64, len: u64) -> Option<Backing>;
 
+    /// [`ua_to_hpa`] for a mapping the core has validated and will apply under the same lock, with a hold on
+    /// the region that keeps it registered until the entry is written or the hold given back
+    /// ([`Host::put_region`]). The default takes no hold ([`Region::NONE`]).
+    fn take_region(&self, ua: u64, shift: PageShift) -> Result<(u64, Region), XlateError> {
+        ua_to_hpa(self, ua, shift).map(|hpa| (hpa, Region::NONE))
+    }
+
+    /// Gives back a hold [`Host::take_region`] took, for a mapping that will not be written (the batch was
+    /// refused). Never called with [`Region::NONE`]. The default does nothing.
+    fn put_region(&self, region: Region) {
+        let _ = region;
+    }
+
     /// Geometry of host table `id`; `None` if it is gone.
     fn table_geometry(&self, id: HostTableId) -> Option<HostGeometry>;
 
@@ -95,18 +150,21 @@ pub trait Host {
 
     /// Writes entries `first..first + count` of table `id` without invalidation, entry `first + k` getting
     /// `entry(self, k)`: the new entry and the user address it maps (0 for an empty entry), as
-    /// [`Host::table_exchange`] takes them. Called under the same rules as `table_exchange`.
+    /// [`Host::table_exchange`] takes them, and the region hold validation took for it. Called under the
+    /// same rules as `table_exchange`. The run owns every entry's hold from the call on: the entry keeps it, or
+    /// the run gives it back ([`Host::put_region`]), also for entries of a failed run it never wrote.
     ///
-    /// The default exchanges the entries one by one and cannot fail. A host with a batched update (the
-    /// kernel's `iommu_tce_set_multi_no_kill`: one parent `H_PUT_TCE_INDIRECT` per 512 entries on a pseries
-    /// host) may fail as a whole when its parent refuses part of the run: it then leaves the range empty,
-    /// with every reference its old and new entries held released, and returns [`RunFailed`].
+    /// The default exchanges the entries one by one and cannot fail (each exchange counts its own use; the
+    /// hold is given back after it). A host with a batched update (the kernel's `iommu_tce_set_multi_no_kill`:
+    /// one parent `H_PUT_TCE_INDIRECT` per 512 entries on a pseries host) may fail as a whole when its parent
+    /// refuses part of the run: it then leaves the range empty, with every reference its old and new entries
+    /// held released, and returns [`RunFailed`].
     fn table_run(
         &mut self,
         id: HostTableId,
         first: u64,
         count: u64,
-        entry: &dyn Fn(&Self, u64) -> (HostTce, u64),
+        entry: &dyn Fn(&Self, u64) -> HostEntry,
     ) -> Result<(), RunFailed> {
         run_each(self, id, first, count, entry);
         Ok(())
@@ -127,11 +185,14 @@ pub fn run_each<H: Host + ?Sized>(
     id: HostTableId,
     first: u64,
     count: u64,
-    entry: &dyn Fn(&H, u64) -> (HostTce, u64),
+    entry: &dyn Fn(&H, u64) -> HostEntry,
 ) {
     for k in 0..count {
-        let (new, ua) = entry(host, k);
-        host.table_exchange(id, first + k, new, ua);
+        let e = entry(host, k);
+        host.table_exchange(id, first + k, e.tce, e.ua);
+        if e.region != Region::NONE {
+            host.put_region(e.region);
+        }
     }
 }
 

@@ -5,7 +5,10 @@
 //! follow Linux 7.3 `arch/powerpc/kvm/book3s_64_vio.c`; where pvtce differs it says so.
 
 use super::error::{HResult, HcallError};
-use super::host::{check_link, ua_to_hpa, Host, HostTableId, HostTce, Link, LinkError, RunFailed, MAX_LINKS};
+use super::host::{
+    check_link, ua_to_hpa, Host, HostEntry, HostTableId, HostTce, Link, LinkError, Planned, Region, RunFailed,
+    MAX_LINKS,
+};
 use super::table::{GuestTable, NeedAlloc, PageStore};
 use super::types::{Ioba, Liobn, Tce, WindowGeometry};
 use core::cell::Cell;
@@ -14,6 +17,10 @@ use core::cell::Cell;
 pub const MAX_INDIRECT_TCES: u64 = 512;
 /// Required alignment of the H_PUT_TCE_INDIRECT list address.
 pub const TCE_LIST_ALIGN: u64 = 4096;
+/// Host entries a caller's plan buffer holds for [`Window::execute_planned`]: an H_PUT_TCE_INDIRECT of 512
+/// entries into one linked table of the window's page size. A batch that writes more host entries (over all
+/// linked tables, sub-pages included) runs without a plan.
+pub const PLAN_SLOTS: usize = 512;
 
 /// [`Window::indirect_precheck`] on the window's geometry alone, which never changes: a caller that keeps the
 /// geometry beside the window needs no lock for it.
@@ -160,6 +167,17 @@ impl Window {
         self.links.iter().flatten()
     }
 
+    /// The linked host tables in [`Window::links`] order, packed: the hot loops walk these, not the slots.
+    fn packed_links(&self) -> ([Link; MAX_LINKS], usize) {
+        let mut packed = [Link { id: HostTableId(0), page_shift: self.geometry.page_shift(), refs: 0 }; MAX_LINKS];
+        let mut n = 0;
+        for (slot, link) in packed.iter_mut().zip(self.links()) {
+            *slot = *link;
+            n += 1;
+        }
+        (packed, n)
+    }
+
     /// Links host table `id` (Linux `kvm_spapr_tce_attach_iommu_group`): the table must pass
     /// [`check_link`]; linking it again only counts a reference. Existing entries are not replayed
     /// into the table (the VMM owns that, as with upstream KVM).
@@ -246,11 +264,30 @@ impl Window {
     /// written (Linux `kvmppc_h_put_tce_indirect` validates the whole list first). On a validation failure
     /// nothing is applied and the error comes back with `applied == 0`; after `H_TOO_HARD` the VMM redoes the
     /// whole call, since the stock uAPI cannot tell it how far a batch got.
+    ///
+    /// This is [`Window::execute_planned`] without a plan buffer: the apply step translates every entry
+    /// again.
     pub fn execute<S: PageStore, H: Host + ?Sized>(
         &mut self,
         store: &mut S,
         host: &mut H,
         request: &Request<'_>,
+    ) -> Outcome {
+        self.execute_planned(store, host, request, &mut [])
+    }
+
+    /// [`Window::execute`] carrying one plan per host entry from validation to apply in `plan` (the caller's
+    /// reusable buffer, [`PLAN_SLOTS`] long; its contents on entry do not matter): validation translates each
+    /// entry once and takes its region hold ([`Host::take_region`]), apply writes what validation found, and
+    /// every hold is given back ([`Host::put_region`]) when the batch is refused (a later entry fails, the
+    /// store needs pages, or a host run fails). A batch with more host entries than `plan` holds runs without
+    /// one, as [`Window::execute`]. The answer is the same either way.
+    pub fn execute_planned<S: PageStore, H: Host + ?Sized>(
+        &mut self,
+        store: &mut S,
+        host: &mut H,
+        request: &Request<'_>,
+        plan: &mut [Planned],
     ) -> Outcome {
         let npages = request.npages();
         if let Request::Indirect { .. } = request {
@@ -268,14 +305,26 @@ impl Window {
             }
         }
 
-        // Validate every entry before touching anything (STUFF's value was checked above).
+        // Validate every entry before touching anything (STUFF's value was checked above; it maps nothing, so
+        // it needs no plan).
+        let (packed, nlinks) = self.packed_links();
+        let links = &packed[..nlinks];
+        let mut plan = match request {
+            Request::Stuff { .. } => None,
+            _ => self.plan_layout(npages, plan),
+        };
         if !matches!(request, Request::Stuff { .. }) {
             for i in 0..npages {
-                if let Err(e) = self.validate_entry(host, first + i, request.entry(i)) {
+                let slots = plan.as_mut().map(|(p, bases)| (&mut **p, &*bases, i));
+                if let Err(e) = self.validate_entry(host, links, first + i, request.entry(i), slots) {
+                    if let Some((p, bases)) = &plan {
+                        self.release_plan(host, request, p, bases, 0, i);
+                    }
                     return Outcome::err(e, 0);
                 }
             }
         }
+        let plan = plan.as_ref().map(|(p, bases)| (&**p, bases));
 
         let rel = first - self.geometry.offset();
         let needed = match request {
@@ -284,11 +333,15 @@ impl Window {
             _ => self.table.pages_needed(store, rel, npages, |j| request.entry(j).0 != 0),
         };
         if needed > store.available() {
+            // Refused for now: nothing may stay held until the retry, which validates again.
+            if let Some((p, bases)) = plan {
+                self.release_plan(host, request, p, bases, 0, npages);
+            }
             return Outcome::NeedAlloc(NeedAlloc { pages: needed - store.available() });
         }
 
         if npages > 0 {
-            if self.apply_host(host, request, first, npages).is_err() {
+            if self.apply_host(host, request, first, npages, plan).is_err() {
                 // The host's parent refused part of a batch (Linux's kvmppc_tce_iommu_map failing: it clears
                 // the entry and answers H_TOO_HARD). Every linked table's range is empty now; so is the
                 // guest's, which clearing never allocates for.
@@ -304,9 +357,56 @@ impl Window {
         Outcome::Done(Completion { result: Ok(0), applied: npages })
     }
 
+    /// Where each linked table's host entries start in a plan of `npages` window entries (in the order of
+    /// [`Window::links`]; entry `i`'s sub-page `j` of a table is at its start `+ (i << diff) + j`), with the
+    /// plan cut to the batch; `None` when they do not all fit in `plan`.
+    fn plan_layout<'p>(&self, npages: u64, plan: &'p mut [Planned]) -> Option<(&'p mut [Planned], [usize; MAX_LINKS])> {
+        let shift = self.geometry.page_shift().get();
+        let mut bases = [0usize; MAX_LINKS];
+        let mut total = 0usize;
+        for (base, link) in bases.iter_mut().zip(self.links()) {
+            *base = total;
+            let n = npages
+                .checked_shl(shift - link.page_shift.get())
+                .filter(|n| n >> (shift - link.page_shift.get()) == npages)?;
+            total = total.checked_add(usize::try_from(n).ok()?)?;
+        }
+        plan.get_mut(..total).map(|p| (p, bases))
+    }
+
+    /// Gives back the holds of window entries `0..entries` (those that map) of the plan, in every linked
+    /// table from the `from`-th (in [`Window::links`] order) on.
+    fn release_plan<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        request: &Request<'_>,
+        plan: &[Planned],
+        bases: &[usize; MAX_LINKS],
+        from: usize,
+        entries: u64,
+    ) {
+        let shift = self.geometry.page_shift().get();
+        for (base, link) in bases.iter().zip(self.links()).skip(from) {
+            let diff = shift - link.page_shift.get();
+            for i in (0..entries).filter(|&i| !request.entry(i).is_clear()) {
+                let start = base + ((i as usize) << diff);
+                release(host, &plan[start..start + (1usize << diff)]);
+            }
+        }
+    }
+
     /// Linux `kvmppc_tce_validate` for one entry at absolute page `page`, extended to every sub-page
-    /// and to the host table's readiness, so that applying cannot fail half-way.
-    fn validate_entry<H: Host + ?Sized>(&self, host: &H, page: u64, tce: Tce) -> HResult<()> {
+    /// and to the host table's readiness, so that applying cannot fail half-way. With a plan (`Some((plan,
+    /// bases, i))`: this is the batch's entry `i`), each sub-page's translation and region hold go into it; on
+    /// an error every hold this entry took is given back.
+    fn validate_entry<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        links: &[Link],
+        page: u64,
+        tce: Tce,
+        mut plan: Option<(&mut [Planned], &[usize; MAX_LINKS], u64)>,
+    ) -> HResult<()> {
         // Clear entries unmap; Linux lets any other bits through ("poison").
         if tce.is_clear() {
             return Ok(());
@@ -319,41 +419,93 @@ impl Window {
         // kvmppc_tce_to_ua failing in kvmppc_tce_validate gives H_TOO_HARD; the later H_PARAMETER in
         // kvmppc_h_put_tce is unreachable because validate ran first.
         let ua = host.gpa_to_ua(tce.gpa()).ok_or(HcallError::TooHard)?;
-        for link in self.links() {
+        for (n, link) in links.iter().enumerate() {
             let diff = shift.get() - link.page_shift.get();
             let subpages = 1u64 << diff;
+            // This entry's sub-pages in the plan (`plan_layout` made room for all of them).
+            let mut slots = match &mut plan {
+                Some((p, bases, i)) => p.get_mut(bases[n] + ((*i as usize) << diff)..),
+                None => None,
+            };
             for j in 0..subpages {
-                let ua_j = ua.checked_add(j << link.page_shift.get()).ok_or(HcallError::TooHard)?;
-                ua_to_hpa(host, ua_j, link.page_shift).map_err(|_| HcallError::TooHard)?;
+                let ua_j = ua.checked_add(j << link.page_shift.get());
+                let ok = match (&mut slots, ua_j) {
+                    (_, None) => false,
+                    (None, Some(ua_j)) => ua_to_hpa(host, ua_j, link.page_shift).is_ok(),
+                    (Some(slots), Some(ua_j)) => {
+                        match (host.take_region(ua_j, link.page_shift), slots.get_mut(j as usize)) {
+                            (Ok((hpa, region)), Some(slot)) => {
+                                *slot = Planned { hpa, ua: ua_j, region };
+                                true
+                            }
+                            (Ok((_, region)), None) => {
+                                // Cannot happen (`plan_layout` made room); never keep a hold nothing records.
+                                if region != Region::NONE {
+                                    host.put_region(region);
+                                }
+                                false
+                            }
+                            (Err(_), _) => false,
+                        }
+                    }
+                };
+                if !ok {
+                    self.release_entry(host, &plan, n, j);
+                    return Err(HcallError::TooHard);
+                }
             }
             if !host.table_ready(link.id, page << diff, subpages) {
+                self.release_entry(host, &plan, n, subpages);
                 return Err(HcallError::TooHard);
             }
         }
         Ok(())
     }
 
+    /// Gives back the holds one entry's validation took: every sub-page of the linked tables before the
+    /// `link`-th, and its first `subpages` in that one.
+    fn release_entry<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        plan: &Option<(&mut [Planned], &[usize; MAX_LINKS], u64)>,
+        link: usize,
+        subpages: u64,
+    ) {
+        let Some((p, bases, i)) = plan else {
+            return;
+        };
+        let shift = self.geometry.page_shift().get();
+        for (n, l) in self.links().enumerate().take(link + 1) {
+            let diff = shift - l.page_shift.get();
+            let start = bases[n] + ((*i as usize) << diff);
+            let len = if n == link { subpages as usize } else { 1usize << diff };
+            release(host, &p[start..start + len]);
+        }
+    }
+
     /// Writes the `npages` (validated) entries into every linked host table, one run and one invalidation per
-    /// table. If a host refuses a run, every linked table's range is cleared (and invalidated) and the call
-    /// fails as a whole.
+    /// table, from the plan when validation made one. If a host refuses a run, every linked table's range is
+    /// cleared (and invalidated), the holds of the tables not yet run are given back, and the call fails as a
+    /// whole.
     fn apply_host<H: Host + ?Sized>(
         &self,
         host: &mut H,
         request: &Request<'_>,
         first: u64,
         npages: u64,
+        plan: Option<(&[Planned], &[usize; MAX_LINKS])>,
     ) -> Result<(), RunFailed> {
         let shift = self.geometry.page_shift();
-        for link in self.links() {
+        for (n, link) in self.links().enumerate() {
             let hs = link.page_shift;
             let diff = shift.get() - hs.get();
             // The user address of the last window entry translated: its sub-pages follow one another.
             let last = Cell::new((u64::MAX, None));
-            let entry = |h: &H, k: u64| {
+            let translate = |h: &H, k: u64| {
                 let (i, j) = (k >> diff, k & ((1u64 << diff) - 1));
                 let tce = request.entry(i);
                 if tce.is_clear() {
-                    return (HostTce::EMPTY, 0);
+                    return HostEntry::EMPTY;
                 }
                 let ua = match last.get() {
                     (at, ua) if at == i => ua,
@@ -364,10 +516,34 @@ impl Window {
                     }
                 };
                 ua.and_then(|ua| ua.checked_add(j << hs.get()))
-                    .and_then(|ua_j| ua_to_hpa(h, ua_j, hs).ok().map(|hpa| (HostTce::new(hpa, tce.perm()), ua_j)))
-                    .unwrap_or((HostTce::EMPTY, 0))
+                    .and_then(|ua_j| {
+                        ua_to_hpa(h, ua_j, hs).ok().map(|hpa| HostEntry {
+                            tce: HostTce::new(hpa, tce.perm()),
+                            ua: ua_j,
+                            region: Region::NONE,
+                        })
+                    })
+                    .unwrap_or(HostEntry::EMPTY)
             };
-            if host.table_run(link.id, first << diff, npages << diff, &entry).is_err() {
+            let result = match plan {
+                Some((p, bases)) => {
+                    let planned = &p[bases[n]..];
+                    let entry = |_: &H, k: u64| {
+                        let tce = request.entry(k >> diff);
+                        if tce.is_clear() {
+                            return HostEntry::EMPTY;
+                        }
+                        let s = planned[k as usize];
+                        HostEntry { tce: HostTce::new(s.hpa, tce.perm()), ua: s.ua, region: s.region }
+                    };
+                    host.table_run(link.id, first << diff, npages << diff, &entry)
+                }
+                None => host.table_run(link.id, first << diff, npages << diff, &translate),
+            };
+            if result.is_err() {
+                if let Some((p, bases)) = plan {
+                    self.release_plan(host, request, p, bases, n + 1, npages);
+                }
                 self.clear_host(host, first, npages);
                 return Err(RunFailed);
             }
@@ -381,8 +557,15 @@ impl Window {
         for link in self.links() {
             let diff = self.geometry.page_shift().get() - link.page_shift.get();
             // A clear refused too leaves nothing more to do: the host has emptied what it could.
-            let _ = host.table_run(link.id, first << diff, npages << diff, &|_: &H, _| (HostTce::EMPTY, 0));
+            let _ = host.table_run(link.id, first << diff, npages << diff, &|_: &H, _| HostEntry::EMPTY);
             host.table_kill(link.id, first << diff, npages << diff);
         }
+    }
+}
+
+/// Gives back every hold in `slots`.
+fn release<H: Host + ?Sized>(host: &H, slots: &[Planned]) {
+    for s in slots.iter().filter(|s| s.region != Region::NONE) {
+        host.put_region(s.region);
     }
 }

@@ -3,7 +3,7 @@
 //! guest's, as Linux clears the entry its map failed on.
 
 use pvtce_core::error::HcallError;
-use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce, RunFailed};
+use pvtce_core::host::{Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, RunFailed};
 use pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
 use pvtce_core::types::{Ioba, Liobn, PageShift, Tce, WindowGeometry};
 use pvtce_core::window::{Completion, Outcome, Window};
@@ -39,13 +39,12 @@ impl Host for TwoTables {
         id: HostTableId,
         first: u64,
         count: u64,
-        entry: &dyn Fn(&Self, u64) -> (HostTce, u64),
+        entry: &dyn Fn(&Self, u64) -> HostEntry,
     ) -> Result<(), RunFailed> {
-        let fails = self.fail == Some(id) && (0..count).any(|k| entry(self, k).0 != HostTce::EMPTY);
+        let fails = self.fail == Some(id) && (0..count).any(|k| entry(self, k).tce != HostTce::EMPTY);
         let n = if fails { count / 2 } else { count };
         for k in 0..n {
-            let (new, _) = entry(self, k);
-            self.tables[id.0 as usize][(first + k) as usize] = new.0;
+            self.tables[id.0 as usize][(first + k) as usize] = entry(self, k).tce.0;
         }
         if fails {
             for k in 0..count {

@@ -8,9 +8,9 @@ use common::sim::{SimHost, SimMachine, VecStore};
 use pvtce_core::ddw::{Pe, PeConfig};
 use pvtce_core::error::{H_PARAMETER, H_SUCCESS, H_TOO_HARD};
 use pvtce_core::hcall::{hcall, hcall_with_buf, Dispatch, H_GET_TCE, H_PUT_TCE, H_PUT_TCE_INDIRECT, H_STUFF_TCE};
-use pvtce_core::host::{HostTableId, LinkError};
+use pvtce_core::host::{HostTableId, LinkError, Planned};
 use pvtce_core::types::{GeometryError, Liobn, PageShift, WindowGeometry};
-use pvtce_core::window::Window;
+use pvtce_core::window::{Window, PLAN_SLOTS};
 
 const L: u64 = 0x10;
 const RW: u64 = 3;
@@ -33,8 +33,9 @@ fn machine(links: &[u32]) -> SimMachine {
 /// Runs a hypercall, providing pages when asked. Returns (ret, r4, applied).
 fn call(m: &mut SimMachine, nr: u64, args: [u64; 4]) -> (i64, u64, u64) {
     let mut buf = [0u64; 512];
+    let mut plan = [Planned::default(); PLAN_SLOTS];
     for _ in 0..2 {
-        match hcall_with_buf(m, nr, args, &mut buf) {
+        match hcall_with_buf(m, nr, args, &mut buf, &mut plan) {
             Dispatch::Return { ret, r4, applied } => return (ret, r4, applied),
             Dispatch::NeedAlloc(n) => m.windows.get_mut(&args[0]).unwrap().1.add(n.pages),
             Dispatch::NotOurs => panic!("not ours"),
@@ -198,7 +199,7 @@ fn e15_put_tce_top_address() {
 fn e16_put_needs_table_page() {
     let mut m = machine(&[]);
     let mut buf = [0u64; 512];
-    let d = hcall_with_buf(&mut m, H_PUT_TCE, [L, 0, 0x1000 | RW, 0], &mut buf);
+    let d = hcall_with_buf(&mut m, H_PUT_TCE, [L, 0, 0x1000 | RW, 0], &mut buf, &mut [Planned::default()]);
     assert_eq!(d, Dispatch::NeedAlloc(pvtce_core::table::NeedAlloc { pages: 2 })); // E16
     assert_eq!(get(&mut m, 0), 0, "nothing changed");
     // Clearing never needs a page.

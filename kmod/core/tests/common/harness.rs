@@ -5,9 +5,9 @@
 
 use pvtce_core::ddw::{Pe, PeConfig};
 use pvtce_core::hcall::{hcall_with_buf, Dispatch};
-use pvtce_core::host::HostTableId;
+use pvtce_core::host::{HostTableId, Planned};
 use pvtce_core::types::Liobn;
-use pvtce_core::window::{LinkOutcome, Window};
+use pvtce_core::window::{LinkOutcome, Window, PLAN_SLOTS};
 
 use super::model::Model;
 use super::sim::{SimMachine, VecStore};
@@ -98,9 +98,10 @@ impl World {
 
     fn hcall(&mut self, nr: u64, args: [u64; 4]) -> Result<(), String> {
         let mut buf = [0u64; 512];
+        let mut plan = [Planned::default(); PLAN_SLOTS];
         let mut tries = 0;
         let got = loop {
-            match hcall_with_buf(&mut self.sim, nr, args, &mut buf) {
+            match hcall_with_buf(&mut self.sim, nr, args, &mut buf, &mut plan) {
                 Dispatch::NeedAlloc(n) => {
                     tries += 1;
                     self.stats.need_alloc += 1;
@@ -113,6 +114,10 @@ impl World {
                 d => break d,
             }
         };
+        // Every region hold validation took is in an entry or given back once the call has answered.
+        if let Some(h) = self.sim.host.holds.borrow().iter().next() {
+            return Err(format!("hcall {nr:#x} {args:x?}: region hold {h} still held after the call"));
+        }
         let midway = self.model.refused_midway;
         let want = self.model.hcall(nr, args);
         self.stats.refused_midway += self.model.refused_midway - midway;

@@ -2,12 +2,13 @@
 // benchmarks. Included by #[path] from the fuzz and bench crates; expects `pvtce_core` in scope.
 #![allow(dead_code)]
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use pvtce_core::hcall::Machine;
-use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};
+use pvtce_core::host::{ua_to_hpa, Backing, Host, HostGeometry, HostTableId, HostTce, Region, XlateError};
 use pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
 use pvtce_core::types::{Liobn, PageShift};
 use pvtce_core::window::Window;
@@ -80,6 +81,11 @@ pub struct SimHost {
     pub track: bool,
     /// (table, index) of every exchange since the harness last looked.
     pub log: Vec<(u32, u64)>,
+    /// Region holds taken by `take_region` and not given back (the default `table_run` gives each back after
+    /// its exchange): empty between calls.
+    pub holds: RefCell<HashSet<u64>>,
+    /// The last hold's token.
+    pub last_hold: Cell<u64>,
 }
 
 impl SimHost {
@@ -107,6 +113,8 @@ impl SimHost {
             mem: HashMap::default(),
             track: true,
             log: Vec::new(),
+            holds: RefCell::default(),
+            last_hold: Cell::new(0),
         }
     }
 
@@ -134,6 +142,16 @@ impl Host for SimHost {
             self.regions.iter().find(|r| r.ua <= ua && ua.checked_add(len).is_some_and(|end| end <= r.ua + r.size))?;
         let page = ((ua - r.ua) >> r.page_shift) as usize;
         Some(Backing { page_hpa: r.hpas[page], page_shift: r.page_shift })
+    }
+    fn take_region(&self, ua: u64, shift: PageShift) -> Result<(u64, Region), XlateError> {
+        let hpa = ua_to_hpa(self, ua, shift)?;
+        let token = self.last_hold.get() + 1;
+        self.last_hold.set(token);
+        self.holds.borrow_mut().insert(token);
+        Ok((hpa, Region(token)))
+    }
+    fn put_region(&self, region: Region) {
+        assert!(self.holds.borrow_mut().remove(&region.0), "hold {region:?} given back twice or never taken");
     }
     fn table_geometry(&self, id: HostTableId) -> Option<HostGeometry> {
         let t = self.tables.get(&id.0)?;
