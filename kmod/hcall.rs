@@ -291,11 +291,14 @@ fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Re
             let mut host = match srcu {
                 Some(srcu) => KernelHost::with_buf(srcu, &s.links, &mut s.run_buf),
                 None => KernelHost::clearing(&w.vm, &s.links, &mut s.run_buf),
-            };
+            }
+            .with_holds(&mut s.holds);
             let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut s.plan_buf);
             Stats::add(&w.stats.host_updates, host.counts.updates);
             Stats::add(&w.stats.host_kills, host.counts.kills);
             host_updates += host.counts.updates;
+            // The host borrows the state (and gives back any hold left when dropped) until here.
+            drop(host);
             match outcome {
                 Outcome::Done(c) => return finish(w, s, kind, ioba, npages, &c, host_updates),
                 Outcome::NeedAlloc(NeedAlloc { pages }) => pages,
@@ -370,9 +373,10 @@ fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, request: &Request<'_>) -> 
     };
     let mut guard = w.state.try_lock()?;
     let s = &mut *guard;
-    let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf).early();
+    let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf).with_holds(&mut s.holds).early();
     let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut s.plan_buf);
     let (updates, kills) = (host.counts.updates, host.counts.kills);
+    drop(host);
     let Outcome::Done(c) = outcome else {
         // NeedAlloc: nothing changed; the normal path allocates.
         return None;

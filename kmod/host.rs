@@ -7,15 +7,18 @@
 //!
 //! A region is looked up and used inside one RCU read section ([`iommu::Prereg`]); an entry keeps its region
 //! by its mapped count ([`iommu::MappedUse`]). For a batch the core validates with a plan, the count is taken
-//! at validation ([`Host::take_region`], in the same RCU section as the lookup and the `ua -> hpa` read) and
-//! carried to the apply step as an opaque [`Region`] token, so the region is looked up once per new entry.
+//! at validation ([`Host::take_region`], in the same RCU section as the lookup and the `ua -> hpa` read) into a
+//! slot of the window's `holds`, and the core carries the slot's number ([`Region`]) to the apply step, so the
+//! region is looked up once per new entry. The core never holds the count itself: a token it hands back can
+//! name only a slot, and a slot gives its count up once (no `unsafe` rests on the core keeping its contract).
 
 use crate::ffi::{Vm, VmSrcu};
-use crate::iommu::{self, IommuTable, TableGeometry, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
+use crate::iommu::{self, IommuTable, MappedUse, TableGeometry, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
 use crate::pvtce_core::host::{
     run_each, Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, Region, RunFailed, XlateError,
 };
 use crate::pvtce_core::types::{PageShift, Perm};
+use core::cell::{Cell, RefCell};
 use core::ffi::{c_int, c_long};
 use kernel::error::code::EIO;
 use kernel::mm::Mm;
@@ -66,6 +69,21 @@ pub(crate) struct KernelHost<'a> {
     /// In KVM's early path (interrupts off): allocate nothing. [`Host::table_ready`] then refuses an entry
     /// whose `it_userspace` level is missing instead of allocating it, and the caller declines the call.
     early: bool,
+    /// The window's hold slots ([`crate::window::State::holds`]; empty: validation takes no hold) and the next
+    /// free one: a [`Region`] token is a slot number + 1.
+    holds: RefCell<&'a mut [Option<MappedUse>]>,
+    next_hold: Cell<usize>,
+}
+
+impl Drop for KernelHost<'_> {
+    fn drop(&mut self) {
+        // Every hold is given back or handed to an entry by the end of the call (pvtce-core's plan contract);
+        // should one be left, its count is released here rather than kept for a slot reused by the next call.
+        let n = self.next_hold.get();
+        for slot in self.holds.get_mut().iter_mut().take(n) {
+            drop(slot.take());
+        }
+    }
 }
 
 fn perm_to_dir(p: Perm) -> c_int {
@@ -88,24 +106,52 @@ fn dir_to_bits(d: c_int) -> u64 {
 
 impl<'a> KernelHost<'a> {
     pub(crate) fn new(srcu: &'a VmSrcu<'a>, links: &'a [HostLink]) -> Self {
-        KernelHost { vm: srcu.vm(), srcu: Some(srcu), links, counts: HostCounts::default(), buf: &mut [], early: false }
+        KernelHost::make(srcu.vm(), Some(srcu), links, &mut [])
     }
 
     /// A host whose [`Host::table_run`] writes batches through the window's run buffer `buf`.
     pub(crate) fn with_buf(srcu: &'a VmSrcu<'a>, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
-        KernelHost { vm: srcu.vm(), srcu: Some(srcu), links, counts: HostCounts::default(), buf, early: false }
+        KernelHost::make(srcu.vm(), Some(srcu), links, buf)
     }
 
     /// [`KernelHost::with_buf`] for a call whose every entry clears (H_STUFF_TCE or H_PUT_TCE of 0), with no
     /// `kvm->srcu`: the core translates no guest address for it, and an old entry's region is found in the
     /// VM's mm, which the window's VM reference keeps.
     pub(crate) fn clearing(vm: &'a Vm, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
-        KernelHost { vm, srcu: None, links, counts: HostCounts::default(), buf, early: false }
+        KernelHost::make(vm, None, links, buf)
+    }
+
+    fn make(vm: &'a Vm, srcu: Option<&'a VmSrcu<'a>>, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
+        let (holds, next_hold) = (RefCell::new(&mut [][..]), Cell::new(0));
+        KernelHost { vm, srcu, links, counts: HostCounts::default(), buf, early: false, holds, next_hold }
     }
 
     /// The host for KVM's early path (see `early`).
-    pub(crate) fn early(self) -> Self {
-        KernelHost { early: true, ..self }
+    pub(crate) fn early(mut self) -> Self {
+        self.early = true;
+        self
+    }
+
+    /// A host whose validation takes each new entry's region count into one of the window's `holds` slots
+    /// ([`Host::take_region`]).
+    pub(crate) fn with_holds(mut self, holds: &'a mut [Option<MappedUse>]) -> Self {
+        self.holds = RefCell::new(holds);
+        self
+    }
+
+    /// Takes the count in the slot `region` names out of it; `None` for [`Region::NONE`], a number that names
+    /// no slot, or an empty one.
+    fn hold(&self, region: Region) -> Option<MappedUse> {
+        let i = usize::try_from(region.0.checked_sub(1)?).ok()?;
+        self.holds.borrow_mut().get_mut(i)?.take()
+    }
+
+    /// Whether `region` names a slot that holds a count.
+    fn holds_count(&self, region: Region) -> bool {
+        let Some(i) = region.0.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
+            return false;
+        };
+        self.holds.borrow().get(i).is_some_and(Option::is_some)
     }
 
     fn mm(&self) -> &'a Mm {
@@ -214,23 +260,29 @@ impl Host for KernelHost<'_> {
     }
 
     /// Lookup, `ua -> hpa` and `mm_iommu_mapped_inc` in one RCU section (as [`KernelHost::take_use`]); the
-    /// count is the returned token. A region whose count already dropped to zero (the VMM is unregistering
-    /// it) counts as not preregistered.
+    /// count goes into the next hold slot and the token names that slot. A region whose count already dropped
+    /// to zero (the VMM is unregistering it) counts as not preregistered. With no slot left (or none given)
+    /// no count is taken: the run takes its own ([`KernelHost::take_use`]).
     fn take_region(&self, ua: u64, shift: PageShift) -> Result<(u64, Region), XlateError> {
         let page_shift = shift.get();
         let rcu = rcu::read_lock();
         let mem = iommu::prereg_lookup(&rcu, self.mm(), ua, shift.size()).ok_or(XlateError::NotPreregistered)?;
         // Linux's mm_iommu_ua_to_hpa: an IOMMU page larger than the region's pages is refused.
-        let hpa = mem.ua_to_hpa(ua, page_shift).ok_or(XlateError::PageTooSmall)?;
-        let used = mem.mapped_inc().ok_or(XlateError::NotPreregistered)?;
+        let hpa = mem.ua_to_hpa(ua, page_shift).ok_or(XlateError::PageTooSmall)? & !shift.offset_mask();
+        let i = self.next_hold.get();
+        let mut holds = self.holds.borrow_mut();
+        let Some(slot) = holds.get_mut(i) else {
+            return Ok((hpa, Region::NONE));
+        };
+        *slot = Some(mem.mapped_inc().ok_or(XlateError::NotPreregistered)?);
         drop(rcu);
-        Ok((hpa & !shift.offset_mask(), Region(used.into_token())))
+        self.next_hold.set(i + 1);
+        Ok((hpa, Region(i as u64 + 1)))
     }
 
     fn put_region(&self, region: Region) {
-        // SAFETY: the core hands back only tokens `take_region` made, each once (pvtce-core's plan contract:
-        // a hold goes either to `table_run` or back here).
-        drop(unsafe { iommu::MappedUse::from_token(region.0) });
+        // The slot's count, if any, drops here.
+        drop(self.hold(region));
     }
 
     fn table_geometry(&self, id: HostTableId) -> Option<HostGeometry> {
@@ -340,9 +392,9 @@ impl Host for KernelHost<'_> {
                         self.put_region(e.region);
                     }
                     (tces[k], uas[k], regions[k]) = (0, 0, 0);
-                } else if e.region != Region::NONE {
+                } else if self.holds_count(e.region) {
                     // Counted at validation, under the lock held since: the region and its page are the
-                    // validated ones.
+                    // validated ones. The slot keeps the count until the chunk is written or refused.
                     (tces[k], uas[k], regions[k], maps) = (e.tce.0, e.ua, e.region.0, true);
                 } else if self.take_use(e.ua, e.tce, shift) {
                     (tces[k], uas[k], regions[k], maps) = (e.tce.0, e.ua, 0, true);
@@ -382,6 +434,9 @@ impl Host for KernelHost<'_> {
                 if tces[k] != 0 {
                     // The entry holds the use validation or `take_use` took (released by `release_old` or VFIO's
                     // clear).
+                    if let Some(used) = self.hold(Region(regions[k])) {
+                        used.keep();
+                    }
                     if let Some(slot) = l.table.useraddr(index, true) {
                         slot.set(uas[k]);
                     }

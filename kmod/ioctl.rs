@@ -139,6 +139,7 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
     }
     host.table_kill(id, base, req.count);
     let t2 = ffi::timebase();
+    drop(host);
     drop(guard);
     if refused {
         return Err(EIO);

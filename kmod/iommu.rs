@@ -299,23 +299,11 @@ impl MappedUse {
         core::mem::forget(self);
     }
 
-    /// The count as an opaque token (the region's address, never 0), for pvtce-core to carry from validation
-    /// to apply; [`MappedUse::from_token`] takes it back.
-    pub(crate) fn into_token(self) -> u64 {
-        let mem = self.mem;
-        core::mem::forget(self);
-        mem as u64
-    }
-
-    /// The count [`MappedUse::into_token`] turned into `token`.
-    ///
-    /// # Safety
-    /// `token` must come from [`MappedUse::into_token`], and each token is taken back at most once.
-    pub(crate) unsafe fn from_token(token: u64) -> MappedUse {
-        // INVARIANT: the token's count was owned by the `MappedUse` it came from and passes to this one.
-        MappedUse { mem: token as usize as *mut MmIommuMem }
-    }
 }
+
+// SAFETY: the count may be given up from any thread (`mm_iommu_mapped_dec` is an atomic decrement on a region
+// the count keeps alive), so a `MappedUse` may move between threads with the window state that keeps it.
+unsafe impl Send for MappedUse {}
 
 impl Drop for MappedUse {
     fn drop(&mut self) {

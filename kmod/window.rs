@@ -48,6 +48,10 @@ pub(crate) struct State {
     /// The plan pvtce-core carries from validation to apply ([`PLAN_SLOTS`] host entries), allocated with the
     /// window.
     pub(crate) plan_buf: KVec<Planned>,
+    /// The region counts validation took for the plan ([`crate::host::KernelHost::with_holds`]), by slot: the
+    /// core carries a slot's number (its `Region` token), never the count itself, so a token it hands back can
+    /// only name a slot of this window, and a slot is given up once. Empty between calls.
+    pub(crate) holds: KVec<Option<crate::iommu::MappedUse>>,
 }
 
 /// One guest DMA window.
@@ -94,6 +98,10 @@ impl KernelWindow {
         let mut run_buf = KVec::new();
         run_buf.resize(crate::host::RUN_BUF, 0, GFP_KERNEL)?;
         let plan_buf = KVec::from_elem(Planned::default(), PLAN_SLOTS, GFP_KERNEL)?;
+        let mut holds = KVec::with_capacity(PLAN_SLOTS, GFP_KERNEL)?;
+        for _ in 0..PLAN_SLOTS {
+            holds.push(None, GFP_KERNEL)?;
+        }
         let locked_pages = locked_pages_for(geometry.size());
         vm.account_locked(locked_pages, true)?;
         let (store, slots) = KernelStore::new(geometry.size())?;
@@ -105,6 +113,7 @@ impl KernelWindow {
             shadows: Shadows::default(),
             run_buf,
             plan_buf,
+            holds,
         };
         // From here on, dropping the window uncharges (see `Drop`).
         Arc::pin_init(
