@@ -128,15 +128,21 @@ static bool pvtce_h_stuff_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsign
 	return pvtce_rs_h_stuff_tce(vcpu->kvm, liobn, ioba, tce_value, npages, ret);
 }
 
-static bool pvtce_h_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba, long *ret)
+/* H_GET_TCE on either path (early: the lockless read alone); on H_SUCCESS the entry goes to GPR4. */
+static bool pvtce_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba, long *ret, bool early)
 {
 	unsigned long r4 = 0;
 
-	if (!pvtce_rs_h_get_tce(vcpu->kvm, liobn, ioba, ret, &r4, false))
+	if (!pvtce_rs_h_get_tce(vcpu->kvm, liobn, ioba, ret, &r4, early))
 		return false;
 	if (*ret == H_SUCCESS)
 		kvmppc_set_gpr(vcpu, 4, r4);
 	return true;
+}
+
+static bool pvtce_h_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba, long *ret)
+{
+	return pvtce_get_tce(vcpu, liobn, ioba, ret, false);
 }
 
 /*
@@ -149,15 +155,9 @@ static bool pvtce_h_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned
  */
 static bool pvtce_h_tce_early(struct kvm_vcpu *vcpu, unsigned long nr, long *ret)
 {
-	unsigned long r4 = 0;
-
 	switch (nr) {
 	case H_GET_TCE:
-		if (!pvtce_rs_h_get_tce(vcpu->kvm, kvmppc_get_gpr(vcpu, 4), kvmppc_get_gpr(vcpu, 5), ret, &r4, true))
-			return false;
-		if (*ret == H_SUCCESS)
-			kvmppc_set_gpr(vcpu, 4, r4);
-		return true;
+		return pvtce_get_tce(vcpu, kvmppc_get_gpr(vcpu, 4), kvmppc_get_gpr(vcpu, 5), ret, true);
 	case H_PUT_TCE:
 		if (!firmware_has_feature(FW_FEATURE_LPAR))
 			return false;

@@ -139,19 +139,20 @@ impl<'a> KernelHost<'a> {
         self
     }
 
+    /// The slot `region` names (token - 1); `None` for [`Region::NONE`].
+    fn slot_of(region: Region) -> Option<usize> {
+        usize::try_from(region.0.checked_sub(1)?).ok()
+    }
+
     /// Takes the count in the slot `region` names out of it; `None` for [`Region::NONE`], a number that names
     /// no slot, or an empty one.
     fn hold(&self, region: Region) -> Option<MappedUse> {
-        let i = usize::try_from(region.0.checked_sub(1)?).ok()?;
-        self.holds.borrow_mut().get_mut(i)?.take()
+        self.holds.borrow_mut().get_mut(Self::slot_of(region)?)?.take()
     }
 
     /// Whether `region` names a slot that holds a count.
     fn holds_count(&self, region: Region) -> bool {
-        let Some(i) = region.0.checked_sub(1).and_then(|i| usize::try_from(i).ok()) else {
-            return false;
-        };
-        self.holds.borrow().get(i).is_some_and(Option::is_some)
+        Self::slot_of(region).is_some_and(|i| self.holds.borrow().get(i).is_some_and(Option::is_some))
     }
 
     fn mm(&self) -> &'a Mm {
