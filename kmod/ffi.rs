@@ -11,7 +11,7 @@ use core::ptr::NonNull;
 use kernel::mm::Mm;
 use kernel::prelude::*;
 use kernel::sync::aref::{ARef, AlwaysRefCounted};
-use kernel::sync::{srcu, Srcu};
+use kernel::sync::{rcu, srcu, Srcu};
 
 /// `struct kvm`, only ever handled by reference (bindgen does not see `kvm_host.h`).
 ///
@@ -102,7 +102,16 @@ impl Vm {
 
     /// Enters a `kvm->srcu` read section: the token the memslot accessors and the window lookup require.
     pub(crate) fn srcu_read_lock(&self) -> VmSrcu<'_> {
-        VmSrcu { vm: self, _guard: self.srcu().read_lock() }
+        VmSrcu { vm: self, _guard: Some(self.srcu().read_lock()) }
+    }
+
+    /// The token for a `kvm->srcu` read section the caller already holds (KVM-HV's early path holds it around
+    /// the hook, kernel patch 0011): no second `srcu_read_lock` and no call into C.
+    ///
+    /// # Safety
+    /// The calling thread must hold a read section of this VM's `kvm->srcu` for all of `'a`.
+    pub(crate) unsafe fn srcu_assume_held<'a>(&'a self) -> VmSrcu<'a> {
+        VmSrcu { vm: self, _guard: None }
     }
 
     /// Waits until every reader of `kvm->srcu` that was in flight (every hypercall of this VM) is done.
@@ -121,10 +130,48 @@ impl Vm {
     }
 }
 
-/// Proof that `kvm->srcu` of [`VmSrcu::vm`] is read-locked on this thread (a [`srcu::Guard`] on it).
+/// Proof that `kvm->srcu` of [`VmSrcu::vm`] is read-locked on this thread: a [`srcu::Guard`] on it, or
+/// (`None`) the caller's own section ([`Vm::srcu_assume_held`]).
 pub(crate) struct VmSrcu<'a> {
     vm: &'a Vm,
-    _guard: srcu::Guard<'a>,
+    _guard: Option<srcu::Guard<'a>>,
+}
+
+/// Proof that interrupts are hard-disabled on this CPU, with RCU watching, for `'a`: a region that is an RCU
+/// read-side critical section (since the RCU flavours were consolidated in 4.20, `synchronize_rcu()` waits for
+/// every region with interrupts or preemption disabled; Documentation/RCU/whatisRCU.rst), so what RCU protects
+/// may be read in it without `rcu_read_lock()`. KVM-HV's early path (kernel patch 0011) runs the hook so. Not
+/// the kernel crate's `LocalInterruptDisabled`, which promises nothing on a kernel without preemption.
+pub(crate) struct IrqsOff(kernel::types::NotThreadSafe);
+
+impl IrqsOff {
+    /// # Safety
+    /// Interrupts must stay hard-disabled on this CPU for all of `'a`, outside any extended quiescent state
+    /// (not between `guest_state_enter_irqoff` and `guest_state_exit_irqoff`).
+    pub(crate) unsafe fn assume<'a>() -> &'a IrqsOff {
+        const OFF: &IrqsOff = &IrqsOff(kernel::types::NotThreadSafe);
+        OFF
+    }
+}
+
+/// Proof of an RCU read-side critical section: an [`rcu::Guard`], interrupts hard-disabled ([`IrqsOff`]), or
+/// either ([`RcuSection`]).
+pub(crate) trait RcuReader {}
+impl RcuReader for rcu::Guard {}
+impl RcuReader for IrqsOff {}
+impl RcuReader for RcuSection<'_> {}
+
+/// An RCU read section entered only where one is not already held: in the early path interrupts are off
+/// (no `rcu_read_lock()`, which from a module is a call into C), elsewhere an [`rcu::Guard`].
+pub(crate) enum RcuSection<'a> {
+    Locked(#[allow(dead_code)] rcu::Guard),
+    IrqsOff(#[allow(dead_code)] &'a IrqsOff),
+}
+
+impl<'a> RcuSection<'a> {
+    pub(crate) fn enter(irqs: Option<&'a IrqsOff>) -> Self {
+        irqs.map_or_else(|| RcuSection::Locked(rcu::read_lock()), RcuSection::IrqsOff)
+    }
 }
 
 impl<'a> VmSrcu<'a> {

@@ -8,23 +8,30 @@
 //!
 //! The hypercalls run in the vCPU thread: `current`'s mm is the VMM's, which the TCE list is copied from.
 
-use crate::ffi::{Vm, VmSrcu};
+use crate::ffi::{IrqsOff, RcuReader, Vm, VmSrcu};
 use crate::host::{read_words, KernelHost};
 use crate::pvtce_core::error::HcallError;
 use crate::pvtce_core::table::NeedAlloc;
 use crate::pvtce_core::types::{Ioba, Tce};
 use crate::pvtce_core::window::{indirect_precheck, Completion, Outcome, Request, MAX_INDIRECT_TCES};
 use crate::pvtce_core::table::PageId;
-use crate::registry::{window_ref, with_window, with_window_rcu};
+use crate::once::read_once;
+use crate::registry::{window_ref, with_window, with_window_in};
 use crate::stats::{Kind, Stats};
 use crate::store::KernelStore;
 use crate::trace;
 use crate::window::{KernelWindow, State};
 use core::ffi::{c_long, c_ulong};
 use kernel::prelude::*;
-use kernel::sync::atomic::Acquire;
+use kernel::sync::atomic::Atomic;
+use kernel::sync::rcu;
 
 const H_SUCCESS: i64 = 0;
+
+/// The `early` module parameter, copied by the module's init before the backend is registered (a parameter
+/// is set once, at load): the kernel crate's `value()` is an acquire load through a C helper, which the early
+/// path would pay on every call.
+pub(crate) static EARLY: Atomic<bool> = Atomic::new(false);
 
 /// Most `NeedAlloc` rounds one hypercall may take (each adds what the core asked for, so one is enough
 /// unless another vCPU took the pages in between).
@@ -101,7 +108,7 @@ unsafe fn run_clearing(kvm: *mut Vm, liobn: c_ulong, ret: *mut c_long, kind: Kin
 ///
 /// # Safety
 /// `kvm` must be the live VM of the calling vCPU thread and `ret` valid for a write, for the call; with
-/// `early`, the caller holds `kvm->srcu` and may have interrupts disabled.
+/// `early`, the caller holds `kvm->srcu` and has interrupts hard-disabled, with RCU watching, for the call.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce(
     kvm: *mut Vm,
@@ -116,14 +123,18 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce(
         // SAFETY: forwarded from the caller.
         return unsafe { run_request(kvm, liobn, ret, Kind::Put, &request) };
     }
-    if !crate::module_parameters::early.value() {
+    if !read_once(&EARLY) {
         return false;
     }
     // SAFETY: `kvm` is live for the call (the caller's guarantee).
     let vm = unsafe { Vm::from_raw(kvm) };
-    let srcu = vm.srcu_read_lock();
-    // The snapshot under RCU only: with no snapshot (before the first window) the locked list would sleep.
-    let Some(Some(Some(code))) = with_window_rcu(vm, liobn, |w| execute_early(w, &srcu, &request)) else {
+    // SAFETY: with `early` the caller holds `kvm->srcu` for the call (patch 0011 holds it around the hook).
+    let srcu = unsafe { vm.srcu_assume_held() };
+    // SAFETY: with `early` interrupts are hard-disabled for the call, with RCU watching (the caller's
+    // guarantee: patch 0011 calls the hook after `guest_state_exit_irqoff`).
+    let irqs = unsafe { IrqsOff::assume() };
+    // The snapshot only: with no snapshot (before the first window) the locked list would sleep.
+    let Some(Some(Some(code))) = with_window_in(irqs, vm, liobn, |w| execute_early(w, &srcu, irqs, &request)) else {
         return false;
     };
     // SAFETY: `ret` is valid for a write (the caller's guarantee).
@@ -184,17 +195,20 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
     // SAFETY: `kvm` is live for the call (the caller's guarantee).
     let vm = unsafe { Vm::from_raw(kvm) };
     if early {
-        if !crate::module_parameters::early.value() {
+        if !read_once(&EARLY) {
             return false;
         }
-        return match get_rcu(vm, liobn, Ioba(ioba), true) {
+        // SAFETY: with `early` interrupts are hard-disabled for the call, with RCU watching (the caller's
+        // guarantee).
+        let irqs = unsafe { IrqsOff::assume() };
+        return match get_rcu(irqs, vm, liobn, Ioba(ioba), true) {
             // SAFETY: `ret` and `r4` are valid for a write (the caller's guarantee).
             Some(Some(a)) => unsafe { answer_get_to(ret, r4, a) },
             _ => false,
         };
     }
     // First without `kvm->srcu` or the window lock (GET translates no guest address).
-    match get_rcu(vm, liobn, Ioba(ioba), false) {
+    match get_rcu(&rcu::read_lock(), vm, liobn, Ioba(ioba), false) {
         Some(None) => return false,
         // SAFETY: `ret` and `r4` are valid for a write (the caller's guarantee).
         Some(Some(a)) => return unsafe { answer_get_to(ret, r4, a) },
@@ -214,7 +228,9 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
 /// pvtce-core's `GuestTable::set` takes the root before any other page, and ids are reused only after the
 /// window's release). `None` when the VMM mapped the table fd: the locked [`get`] answers then.
 fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> Option<i64> {
-    if w.has_shadows.load(Acquire) {
+    // READ_ONCE: set under the lock before the first shadow page exists; a GET that misses a concurrent set
+    // answers from the table, which is what the shadow holds until the VMM writes it.
+    if read_once(&w.has_shadows) {
         return None;
     }
     let r = w
@@ -334,7 +350,7 @@ fn finish(w: &KernelWindow, s: &State, kind: Kind, ioba: Ioba, npages: u64, c: &
 /// H_GET_TCE's lockless step (RCU, no lock, nothing that sleeps): `Some(Some((code, entry)))` when it answered
 /// (counted as `early` if so marked), `Some(None)` when the LIOBN is not a pvtce window, `None` when it cannot
 /// answer (no snapshot, or a mapped table fd) and the locked path must.
-fn get_rcu(vm: &Vm, liobn: c_ulong, ioba: Ioba, early: bool) -> Option<Option<(i64, u64)>> {
+fn get_rcu(rcu: &impl RcuReader, vm: &Vm, liobn: c_ulong, ioba: Ioba, early: bool) -> Option<Option<(i64, u64)>> {
     let mut value = 0u64;
     let lockless = |w: &KernelWindow| {
         let r = get_lockless(w, ioba, &mut value);
@@ -343,7 +359,7 @@ fn get_rcu(vm: &Vm, liobn: c_ulong, ioba: Ioba, early: bool) -> Option<Option<(i
         }
         r
     };
-    let code = match with_window_rcu(vm, liobn, lockless)? {
+    let code = match with_window_in(rcu, vm, liobn, lockless)? {
         None => return Some(None),
         Some(code) => code?,
     };
@@ -364,16 +380,20 @@ unsafe fn answer_get_to(ret: *mut c_long, r4: *mut c_ulong, (code, value): (i64,
 }
 
 /// [`execute`]'s one round for the early path: `None` to decline, with nothing changed.
-fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, request: &Request<'_>) -> Option<i64> {
-    if w.has_shadows.load(Acquire) {
+fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, irqs: &IrqsOff, request: &Request<'_>) -> Option<i64> {
+    if read_once(&w.has_shadows) {
         return None;
     }
     let Request::Put { ioba, .. } = *request else {
         return None;
     };
     let mut guard = w.state.try_lock()?;
+    // Again under the lock, which the flag is set under: the load above may have missed a set.
+    if read_once(&w.has_shadows) {
+        return None;
+    }
     let s = &mut *guard;
-    let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf).with_holds(&mut s.holds).early();
+    let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf).with_holds(&mut s.holds).early(irqs);
     let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut s.plan_buf);
     let (updates, kills) = (host.counts.updates, host.counts.kills);
     drop(host);

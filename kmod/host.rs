@@ -12,7 +12,7 @@
 //! region is looked up once per new entry. The core never holds the count itself: a token it hands back can
 //! name only a slot, and a slot gives its count up once (no `unsafe` rests on the core keeping its contract).
 
-use crate::ffi::{Vm, VmSrcu};
+use crate::ffi::{IrqsOff, RcuSection, Vm, VmSrcu};
 use crate::iommu::{self, IommuTable, MappedUse, TableGeometry, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
 use crate::pvtce_core::host::{
     run_each, Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, Region, RunFailed, XlateError,
@@ -23,7 +23,8 @@ use core::ffi::{c_int, c_long};
 use kernel::error::code::EIO;
 use kernel::mm::Mm;
 use kernel::sync::aref::ARef;
-use kernel::sync::rcu;
+use crate::once::read_once;
+use kernel::sync::atomic::Atomic;
 use kernel::uaccess::{UserPtr, UserSlice};
 
 /// One hardware table linked to a window.
@@ -66,9 +67,10 @@ pub(crate) struct KernelHost<'a> {
     /// The window's run buffer ([`RUN_BUF`] words, under the window lock); empty for a host that only links
     /// or exchanges entry by entry.
     buf: &'a mut [u64],
-    /// In KVM's early path (interrupts off): allocate nothing. [`Host::table_ready`] then refuses an entry
-    /// whose `it_userspace` level is missing instead of allocating it, and the caller declines the call.
-    early: bool,
+    /// In KVM's early path (interrupts off, the proof): allocate nothing. [`Host::table_ready`] then refuses an
+    /// entry whose `it_userspace` level is missing instead of allocating it, and the caller declines the call.
+    /// The region lookups' RCU sections are then the interrupts-off region itself ([`RcuSection`]).
+    early: Option<&'a IrqsOff>,
     /// The window's hold slots ([`crate::window::State::holds`]; empty: validation takes no hold) and the next
     /// free one: a [`Region`] token is a slot number + 1.
     holds: RefCell<&'a mut [Option<MappedUse>]>,
@@ -123,13 +125,18 @@ impl<'a> KernelHost<'a> {
 
     fn make(vm: &'a Vm, srcu: Option<&'a VmSrcu<'a>>, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
         let (holds, next_hold) = (RefCell::new(&mut [][..]), Cell::new(0));
-        KernelHost { vm, srcu, links, counts: HostCounts::default(), buf, early: false, holds, next_hold }
+        KernelHost { vm, srcu, links, counts: HostCounts::default(), buf, early: None, holds, next_hold }
     }
 
-    /// The host for KVM's early path (see `early`).
-    pub(crate) fn early(mut self) -> Self {
-        self.early = true;
+    /// The host for KVM's early path, which `irqs` proves (see `early`).
+    pub(crate) fn early(mut self, irqs: &'a IrqsOff) -> Self {
+        self.early = Some(irqs);
         self
+    }
+
+    /// An RCU read section for a region lookup (none entered in the early path: see `early`).
+    fn rcu(&self) -> RcuSection<'a> {
+        RcuSection::enter(self.early)
     }
 
     /// A host whose validation takes each new entry's region count into one of the window's `holds` slots
@@ -176,7 +183,7 @@ impl<'a> KernelHost<'a> {
         if ua == 0 {
             return;
         }
-        let rcu = rcu::read_lock();
+        let rcu = self.rcu();
         // The old entry's count keeps its region registered, and regions do not overlap: this finds it.
         if let Some(mem) = iommu::prereg_lookup(&rcu, self.mm(), ua, 1u64 << page_shift) {
             if dirty {
@@ -199,7 +206,7 @@ impl<'a> KernelHost<'a> {
     fn take_use(&self, ua: u64, new: HostTce, page_shift: u32) -> bool {
         let page_size = 1u64 << page_shift;
         // Lookup and count in one RCU section, as in `table_exchange`.
-        let rcu = rcu::read_lock();
+        let rcu = self.rcu();
         let Some(u) = iommu::prereg_lookup(&rcu, self.mm(), ua, page_size).and_then(|m| m.mapped_inc()) else {
             return false;
         };
@@ -226,7 +233,7 @@ impl<'a> KernelHost<'a> {
 
     /// Gives back a use [`KernelHost::take_use`] took for `ua`, for an entry that never reached the table.
     fn drop_use(&self, ua: u64, page_shift: u32) {
-        let rcu = rcu::read_lock();
+        let rcu = self.rcu();
         // The count taken keeps the region registered: this finds it.
         if let Some(mem) = iommu::prereg_lookup(&rcu, self.mm(), ua, 1u64 << page_shift) {
             // SAFETY: `take_use` kept one count on this region for `ua`, and nothing holds it since.
@@ -235,10 +242,14 @@ impl<'a> KernelHost<'a> {
     }
 }
 
+/// The `inject_run_failure` module parameter, copied by the module's init (as [`crate::hcall::EARLY`]: the
+/// kernel crate's `value()` is a C helper call, here once per mapping batch).
+pub(crate) static INJECT_RUN_FAILURE: Atomic<u64> = Atomic::new(0);
+
 /// `inject_run_failure` (test only): whether a batched update of `count` entries that maps something fails
 /// half-way, as a refusing parent would.
 fn inject_failure(count: u64) -> bool {
-    let at = crate::module_parameters::inject_run_failure.value();
+    let at = read_once(&INJECT_RUN_FAILURE);
     at != 0 && count >= at
 }
 
@@ -248,7 +259,7 @@ impl Host for KernelHost<'_> {
     }
 
     fn prereg_lookup(&self, ua: u64, len: u64) -> Option<Backing> {
-        let rcu = rcu::read_lock();
+        let rcu = self.rcu();
         let mem = iommu::prereg_lookup(&rcu, self.mm(), ua, len)?;
         let shift = len.trailing_zeros();
         // Linux's region keeps one host address per PAGE_SIZE page and refuses an IOMMU page larger than
@@ -266,7 +277,7 @@ impl Host for KernelHost<'_> {
     /// no count is taken: the run takes its own ([`KernelHost::take_use`]).
     fn take_region(&self, ua: u64, shift: PageShift) -> Result<(u64, Region), XlateError> {
         let page_shift = shift.get();
-        let rcu = rcu::read_lock();
+        let rcu = self.rcu();
         let mem = iommu::prereg_lookup(&rcu, self.mm(), ua, shift.size()).ok_or(XlateError::NotPreregistered)?;
         // Linux's mm_iommu_ua_to_hpa: an IOMMU page larger than the region's pages is refused.
         let hpa = mem.ua_to_hpa(ua, page_shift).ok_or(XlateError::PageTooSmall)? & !shift.offset_mask();
@@ -297,7 +308,7 @@ impl Host for KernelHost<'_> {
         };
         // Linux allocates the it_userspace level on the map path and answers H_TOO_HARD if it cannot.
         // In the early path nothing is allocated: a missing level refuses and the call is declined.
-        (0..count).all(|i| first.checked_add(i).is_some_and(|e| l.table.useraddr(e, !self.early).is_some()))
+        (0..count).all(|i| first.checked_add(i).is_some_and(|e| l.table.useraddr(e, self.early.is_none()).is_some()))
     }
 
     fn table_exchange(&mut self, id: HostTableId, index: u64, new: HostTce, ua: u64) -> HostTce {
@@ -311,7 +322,7 @@ impl Host for KernelHost<'_> {
         if dir != DMA_NONE {
             // Lookup and count in one RCU section: an unregistered region is freed only after it ends, and
             // once counted it cannot be unregistered.
-            let rcu = rcu::read_lock();
+            let rcu = self.rcu();
             let Some(u) = iommu::prereg_lookup(&rcu, self.mm(), ua, page_size).and_then(|m| m.mapped_inc()) else {
                 // Validated by the core before any change: the VMM unregistered the memory in between. Leave
                 // the entry as it is.

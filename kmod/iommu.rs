@@ -11,7 +11,7 @@ use core::marker::{PhantomData, PhantomPinned};
 use core::ptr::NonNull;
 use kernel::mm::Mm;
 use kernel::sync::aref::{ARef, AlwaysRefCounted};
-use kernel::sync::rcu;
+use crate::ffi::RcuReader;
 
 macro_rules! opaque {
     ($($(#[$m:meta])* $name:ident;)*) => {$(
@@ -216,11 +216,11 @@ impl UserAddrSlot<'_> {
 #[derive(Clone, Copy)]
 pub(crate) struct Prereg<'rcu> {
     mem: *mut MmIommuMem,
-    _rcu: PhantomData<&'rcu rcu::Guard>,
+    _rcu: PhantomData<&'rcu ()>,
 }
 
-/// The preregistered region of `mm` covering `[ua, ua + size)`, valid while `rcu` is held.
-pub(crate) fn prereg_lookup<'rcu>(_rcu: &'rcu rcu::Guard, mm: &Mm, ua: u64, size: u64) -> Option<Prereg<'rcu>> {
+/// The preregistered region of `mm` covering `[ua, ua + size)`, valid while the read section `rcu` lasts.
+pub(crate) fn prereg_lookup<'rcu>(_rcu: &'rcu impl RcuReader, mm: &Mm, ua: u64, size: u64) -> Option<Prereg<'rcu>> {
     // SAFETY: `mm` is borrowed, so alive; the lookup walks the mm's region list under RCU.
     let mem = unsafe { mm_iommu_lookup(mm.as_raw().cast(), ua as c_ulong, size as c_ulong) };
     // INVARIANT: found with `_rcu` held.

@@ -8,9 +8,11 @@
 //! Linux's built-in ones. `pvtce-core` decides; this module executes.
 //!
 //! Files by object; each imports only those listed before it (no cycle):
-//! - [`trace`]: the trace events (kmod/pvtce_trace.h), used by the files below.
+//! - [`trace`]: the trace events (kmod/pvtce_trace.h), used by the files below. [`once`]: `READ_ONCE` on
+//!   the kernel crate's atomics (no C helper call on the hypercall path).
 //! - [`ffi`]: the KVM side of the C edge: the VM ([`ffi::Vm`], `ARef`-counted), its `kvm->srcu` token, its
-//!   mm; the backend registration and the window file of kmod/glue.c.
+//!   mm, the interrupts-off token of the early path; the backend registration and the window file of
+//!   kmod/glue.c.
 //! - [`iommu`]: the powerpc IOMMU side: hardware tables, `it_userspace`, preregistered memory under RCU.
 //! - [`store`]: the guest-visible table's pages. [`stats`]: a window's counters. [`shadow`]: the pages
 //!   behind the table fd's mmap.
@@ -23,6 +25,7 @@
 
 use kernel::miscdevice::{MiscDeviceOptions, MiscDeviceRegistration};
 use kernel::prelude::*;
+use kernel::sync::atomic::Relaxed;
 
 mod control;
 mod ffi;
@@ -32,6 +35,7 @@ mod ioctl;
 mod iommu;
 mod link;
 mod mmap;
+mod once;
 #[allow(dead_code, unreachable_pub)]
 mod pvtce_core;
 mod registry;
@@ -113,6 +117,9 @@ impl kernel::InPlaceModule for Pvtce {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             _backend: {
+                // Before the backend is registered: the early hook reads it from then on.
+                hcall::EARLY.store(module_parameters::early.value(), Relaxed);
+                host::INJECT_RUN_FAILURE.store(module_parameters::inject_run_failure.value(), Relaxed);
                 // SAFETY: the module's init runs once.
                 let b = unsafe { control::Backend::register() }?;
                 pr_info!(

@@ -8,16 +8,18 @@
 //! `kvm->lock` (held by KVM around `create_table`) → [`WINDOWS`] → `KernelWindow::state`. The hypercall path
 //! does not take `WINDOWS`: it finds the window in [`LOOKUP`] (a hash table, O(1)) under RCU, and holds no
 //! reference on it, which is sound because it runs under the VM's `kvm->srcu` ([`VmSrcu`]), or (the lockless
-//! H_GET_TCE) inside the RCU read section, and [`unregister`] waits for both before the window can go; a
-//! clearing call ([`window_ref`]) takes a reference inside the RCU section instead.
+//! H_GET_TCE) inside an RCU read section (or the early path's interrupts-off region, also an RCU reader), and
+//! [`unregister`] waits for both before the window can go; a clearing call ([`window_ref`]) takes a reference
+//! inside the RCU section instead.
 
-use crate::ffi::{self, Vm, VmSrcu};
+use crate::ffi::{self, RcuReader, Vm, VmSrcu};
+use crate::once::read_once;
 use crate::pvtce_core::types::{PageShift, WindowGeometry};
 use crate::trace;
 use crate::window::{create_declined, KernelWindow};
 use core::ffi::{c_long, c_void};
 use kernel::prelude::*;
-use kernel::sync::atomic::{Acquire, Atomic, Full};
+use kernel::sync::atomic::{Atomic, Full};
 use kernel::sync::{rcu, Arc, ArcBorrow};
 use kernel::types::ForeignOwnable;
 
@@ -142,8 +144,10 @@ fn find(vm: &Vm, liobn: u64) -> Option<Arc<KernelWindow>> {
 /// The VM's window `liobn` in [`LOOKUP`], read inside the caller's RCU read section `_rcu`: `None` when there
 /// is no snapshot, `Some(None)` when the VM has no pvtce window `liobn`. The pointer is valid only as long as
 /// the caller can show the window is not yet released (each caller says why).
-fn lookup(_rcu: &rcu::Guard, vm: *const Vm, liobn: u64) -> Option<Option<*const KernelWindow>> {
-    let snap = LOOKUP.load(Acquire);
+fn lookup(_rcu: &impl RcuReader, vm: *const Vm, liobn: u64) -> Option<Option<*const KernelWindow>> {
+    // `rcu_dereference`: the snapshot's reads depend on this load, and `publish` stored it with full order
+    // after building it.
+    let snap = read_once(&LOOKUP);
     if snap.is_null() {
         return None;
     }
@@ -166,12 +170,17 @@ pub(crate) fn with_window<R>(srcu: &VmSrcu<'_>, liobn: u64, f: impl FnOnce(&Kern
     }
 }
 
-/// Runs `f` on the VM's window `liobn` inside an RCU read section, with no `kvm->srcu` and no reference:
-/// `f` must not sleep. `None` when there is no snapshot (the caller takes the srcu path, [`with_window`]);
-/// `Some(None)` when the VM has no pvtce window `liobn`.
-pub(crate) fn with_window_rcu<R>(vm: &Vm, liobn: u64, f: impl FnOnce(&KernelWindow) -> R) -> Option<Option<R>> {
-    let rcu = rcu::read_lock();
-    let w = lookup(&rcu, vm, liobn)?;
+/// Runs `f` on the VM's window `liobn` inside the caller's RCU read section `rcu` (an [`rcu::Guard`], or the
+/// early path's [`crate::ffi::IrqsOff`]), with no `kvm->srcu` and no reference: `f` must not sleep. `None`
+/// when there is no snapshot (the caller takes the srcu path, [`with_window`]); `Some(None)` when the VM has
+/// no pvtce window `liobn`.
+pub(crate) fn with_window_in<R>(
+    rcu: &impl RcuReader,
+    vm: &Vm,
+    liobn: u64,
+    f: impl FnOnce(&KernelWindow) -> R,
+) -> Option<Option<R>> {
+    let w = lookup(rcu, vm, liobn)?;
     // SAFETY: `w` was registered when the snapshot was made; `unregister` takes it out of `LOOKUP` and waits
     // for an RCU grace period before the caller may release its table or drop its reference, and this read
     // section (held until `f` returns) began before that wait ended: the window and its table blocks outlive

@@ -9,12 +9,18 @@
 //!
 //! Lockless reads: the block of each page id sits in [`Slots`], an array sized at window creation for every
 //! page the window's table can use, so it never moves; every slot of a block is an atomic, written with
-//! release order under the window lock and read with acquire order by anyone. A block is freed only at the
-//! window's release (after the registry's RCU grace period, kmod/registry.rs) or with the window.
+//! release order under the window lock and read with [`read_once`] by anyone. That is enough for the walk
+//! (the `rcu_dereference` pattern): a block is published (its slot stored with release) after it was zeroed,
+//! and an inner entry naming a page id is stored with release after that page's slot, so a reader that loads
+//! an id, then the slot at that id, then an entry of that block, has each load depend on the one before and
+//! sees what was stored before it. The lock holder reads with [`read_once`] too (it is the only writer). A
+//! block is freed only at the window's release (after the registry's RCU grace period, kmod/registry.rs) or
+//! with the window.
 
+use crate::once::read_once;
 use crate::pvtce_core::table::{GuestTable, PageId, PageStore, ENTRIES_PER_PAGE};
 use kernel::prelude::*;
-use kernel::sync::atomic::{Acquire, Atomic, Relaxed, Release};
+use kernel::sync::atomic::{Atomic, Relaxed, Release};
 use kernel::sync::Arc;
 
 type Block = [Atomic<u64>; ENTRIES_PER_PAGE as usize];
@@ -45,15 +51,16 @@ impl Slots {
         let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.0.get(i)) else {
             return 0;
         };
-        let b = slot.load(Acquire);
+        let b = read_once(slot);
         if b.is_null() {
             return 0;
         }
         // SAFETY: a non-null slot points at a block from `KBox::into_raw` (`take`), freed only after it was
         // nulled, at the window's release or drop, when no reader can still run (the module doc); the block's
-        // slots are atomics, so reading while the lock holder writes is allowed.
+        // slots are atomics, so reading while the lock holder writes is allowed, and the load above orders
+        // the block's reads (address dependency, the module doc).
         let block = unsafe { &*b };
-        block.get(index).map_or(0, |e| e.load(Acquire))
+        block.get(index).map_or(0, read_once)
     }
 }
 
@@ -112,7 +119,7 @@ impl KernelStore {
     }
 
     fn block(&self, page: PageId) -> Option<&Block> {
-        let b = self.slots.0.get(usize::try_from(page.0).ok()?)?.load(Relaxed);
+        let b = read_once(self.slots.0.get(usize::try_from(page.0).ok()?)?);
         // SAFETY: a non-null slot owns its block (type invariant), which only `free` or `drop` (both `&mut
         // self`) release, so it lives for this borrow.
         (!b.is_null()).then(|| unsafe { &*b })
@@ -142,7 +149,7 @@ impl PageStore for KernelStore {
     }
 
     fn read(&self, page: PageId, index: usize) -> u64 {
-        self.block(page).and_then(|b| b.get(index)).map_or(0, |e| e.load(Relaxed))
+        self.block(page).and_then(|b| b.get(index)).map_or(0, read_once)
     }
 
     fn write(&mut self, page: PageId, index: usize, value: u64) {

@@ -5,8 +5,9 @@
 //!
 //! The 7.3 kernel crate's `declare_trace!` only reaches tracepoints that `kernel::bindings` declares (in-tree
 //! headers), so the statics and `rust_do_trace_*` functions that kmod/glue.c defines are declared here, and
-//! each event is tested with the same static-key branch `declare_trace!` uses: a disabled event costs that
-//! test and nothing else.
+//! each event is tested with the same static-key branch `declare_trace!` uses (or, on a kernel without jump
+//! labels, C's inline load of the key's count rather than a helper call): a disabled event costs that test
+//! and nothing else.
 
 use kernel::bindings;
 
@@ -25,7 +26,13 @@ macro_rules! events {
             pub(crate) fn $name($($arg: $ty),*) {
                 // SAFETY: `$tp` is a tracepoint defined by kmod/glue.c (CREATE_TRACE_POINTS), live for as long
                 // as the module; reading its static key is always allowed.
+                #[cfg(CONFIG_JUMP_LABEL)]
                 let on = unsafe { kernel::jump_label::static_branch_unlikely!($tp, bindings::tracepoint, key) };
+                // Without jump labels the kernel crate's macro calls the C helper `static_key_count`; C's
+                // `static_key_false` is an inline `atomic_read` of the key's count, as this is (READ_ONCE).
+                // SAFETY: as above; the count is an aligned `int` that the tracepoint code changes atomically.
+                #[cfg(not(CONFIG_JUMP_LABEL))]
+                let on = unsafe { core::ptr::addr_of!($tp.key.key.enabled.counter).read_volatile() } > 0;
                 if on {
                     // SAFETY: the event's C body takes plain integers by value and may be called from any
                     // context a tracepoint may fire in (no sleeping; it takes the trace buffer's own locks).

@@ -28,7 +28,7 @@ use crate::store::{KernelStore, Slots};
 use crate::uapi::{pvtce_window_info, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE};
 use kernel::prelude::*;
 use kernel::sync::aref::ARef;
-use kernel::sync::atomic::{Atomic, AtomicFlag, Relaxed};
+use kernel::sync::atomic::{Atomic, Relaxed};
 use kernel::sync::{Arc, Mutex};
 
 /// Which implementation creates new windows (`PVTCE_SET_MODE`, a `PVTCE_MODE_*`); existing windows keep
@@ -67,7 +67,7 @@ pub(crate) struct KernelWindow {
     pub(crate) stats: Stats,
     /// Set (under `state`) before the table fd's mmap makes its first shadow page: from then on H_GET_TCE
     /// takes the lock, to answer what the VMM wrote there (kmod/shadow.rs).
-    pub(crate) has_shadows: AtomicFlag,
+    pub(crate) has_shadows: Atomic<bool>,
     /// Pages charged to the VMM's locked memory (as Linux charges: the flat table's size).
     locked_pages: usize,
     /// H_PUT_TCE_INDIRECT's copy of the guest's list (up to 512 words, allocated by the first INDIRECT and kept),
@@ -124,7 +124,7 @@ impl KernelWindow {
                 shape: GuestTable::new(geometry.size()),
                 slots,
                 stats: Stats::new(),
-                has_shadows: AtomicFlag::new(false),
+                has_shadows: Atomic::new(false),
                 locked_pages,
                 list_buf <- kernel::new_mutex!(KVec::new()),
                 state <- kernel::new_mutex!(state),
