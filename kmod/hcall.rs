@@ -310,11 +310,11 @@ fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Re
             }
             .with_holds(&mut s.holds);
             let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut s.plan_buf);
-            Stats::add(&w.stats.host_updates, host.counts.updates);
-            Stats::add(&w.stats.host_kills, host.counts.kills);
-            host_updates += host.counts.updates;
+            let (updates, kills) = (host.counts.updates, host.counts.kills);
+            host_updates += updates;
             // The host borrows the state (and gives back any hold left when dropped) until here.
             drop(host);
+            s.changes.add(0, updates, kills);
             match outcome {
                 Outcome::Done(c) => return finish(w, s, kind, ioba, npages, &c, host_updates),
                 Outcome::NeedAlloc(NeedAlloc { pages }) => pages,
@@ -334,10 +334,18 @@ fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Re
 }
 
 /// Counts, traces and answers a call the core finished (`Outcome::Done`), under the window lock (`s`).
-fn finish(w: &KernelWindow, s: &State, kind: Kind, ioba: Ioba, npages: u64, c: &Completion, host_updates: u64) -> i64 {
+fn finish(
+    w: &KernelWindow,
+    s: &mut State,
+    kind: Kind,
+    ioba: Ioba,
+    npages: u64,
+    c: &Completion,
+    host_updates: u64,
+) -> i64 {
     let result = c.result.map(|_| ());
     w.stats.call(kind, result);
-    Stats::add(&w.stats.tces_changed, c.applied);
+    s.changes.add(c.applied, 0, 0);
     if c.applied > 0 {
         // `applied > 0` means the ioba passed the window check.
         s.refresh_shadows(w.entry_of(ioba), c.applied);
@@ -404,8 +412,7 @@ fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, irqs: &IrqsOff, request: &
     if matches!(c.result, Err(HcallError::TooHard)) && c.applied == 0 && updates == 0 && kills == 0 {
         return None;
     }
-    Stats::add(&w.stats.host_updates, updates);
-    Stats::add(&w.stats.host_kills, kills);
+    s.changes.add(0, updates, kills);
     Stats::add(&w.stats.early, 1);
     Some(finish(w, s, Kind::Put, ioba, 1, &c, updates))
 }

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! A window's counters (`PVTCE_WINDOW_INFO`, `PVTCE_LIST_WINDOWS`): relaxed atomics, as binder keeps its
-//! statistics, so the lockless H_GET_TCE counts without the window lock. Each counter is exact; a reader sees
-//! them one at a time (not a snapshot of all of them at once).
+//! statistics, so the lockless H_GET_TCE counts without the window lock ([`Stats`]); the counters only the
+//! window lock's holder changes are plain integers under that lock ([`Changes`]: on powerpc each atomic add
+//! of the kernel crate is a call to a C helper). Each counter is exact; a reader sees the atomics one at a
+//! time (not a snapshot of all of them at once).
 
 use crate::pvtce_core::error::HcallError;
 use kernel::sync::atomic::{Atomic, Relaxed};
@@ -38,9 +40,6 @@ pub(crate) struct Stats {
     pub(crate) declined: Atomic<u64>,
     /// Calls answered with another error.
     pub(crate) rejected: Atomic<u64>,
-    pub(crate) tces_changed: Atomic<u64>,
-    pub(crate) host_updates: Atomic<u64>,
-    pub(crate) host_kills: Atomic<u64>,
     /// Calls answered in KVM-HV's early path (kernel patch 0011), also counted by kind above.
     pub(crate) early: Atomic<u64>,
 }
@@ -54,9 +53,6 @@ impl Stats {
             get: Atomic::new(0),
             declined: Atomic::new(0),
             rejected: Atomic::new(0),
-            tces_changed: Atomic::new(0),
-            host_updates: Atomic::new(0),
-            host_kills: Atomic::new(0),
             early: Atomic::new(0),
         }
     }
@@ -82,5 +78,26 @@ impl Stats {
         if n != 0 {
             c.add(n, Relaxed);
         }
+    }
+}
+
+/// The counters of what a window's calls changed, kept in its state (`crate::window::State::changes`) and so
+/// changed and read only under the window lock.
+#[derive(Default)]
+pub(crate) struct Changes {
+    /// Guest table entries written.
+    pub(crate) tces_changed: u64,
+    /// Host table entries written.
+    pub(crate) host_updates: u64,
+    /// Host table invalidations.
+    pub(crate) host_kills: u64,
+}
+
+impl Changes {
+    /// Counts `tces` guest entries, `updates` host entries and `kills` invalidations more.
+    pub(crate) fn add(&mut self, tces: u64, updates: u64, kills: u64) {
+        self.tces_changed = self.tces_changed.saturating_add(tces);
+        self.host_updates = self.host_updates.saturating_add(updates);
+        self.host_kills = self.host_kills.saturating_add(kills);
     }
 }

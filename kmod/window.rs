@@ -23,7 +23,7 @@ use crate::pvtce_core::table::GuestTable;
 use crate::pvtce_core::types::{Ioba, Liobn, WindowGeometry};
 use crate::pvtce_core::window::{Window, PLAN_SLOTS};
 use crate::shadow::Shadows;
-use crate::stats::Stats;
+use crate::stats::{Changes, Stats};
 use crate::store::{KernelStore, Slots};
 use crate::uapi::{pvtce_window_info, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE};
 use kernel::prelude::*;
@@ -52,6 +52,8 @@ pub(crate) struct State {
     /// core carries a slot's number (its `Region` token), never the count itself, so a token it hands back can
     /// only name a slot of this window, and a slot is given up once. Empty between calls.
     pub(crate) holds: KVec<Option<crate::iommu::MappedUse>>,
+    /// The window's counters of what its calls changed (the others are [`KernelWindow::stats`]).
+    pub(crate) changes: Changes,
 }
 
 /// One guest DMA window.
@@ -114,6 +116,7 @@ impl KernelWindow {
             run_buf,
             plan_buf,
             holds,
+            changes: Changes::default(),
         };
         // From here on, dropping the window uncharges (see `Drop`).
         Arc::pin_init(
@@ -160,9 +163,9 @@ impl KernelWindow {
             h_get_tce: self.stats.get.load(Relaxed),
             declined: self.stats.declined.load(Relaxed),
             rejected: self.stats.rejected.load(Relaxed),
-            tces_changed: self.stats.tces_changed.load(Relaxed),
-            host_updates: self.stats.host_updates.load(Relaxed),
-            host_kills: self.stats.host_kills.load(Relaxed),
+            tces_changed: s.changes.tces_changed,
+            host_updates: s.changes.host_updates,
+            host_kills: s.changes.host_kills,
             early: self.stats.early.load(Relaxed),
         }
     }
