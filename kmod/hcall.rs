@@ -10,6 +10,8 @@
 
 use crate::ffi::{IrqsOff, RcuReader, Vm, VmSrcu};
 use crate::host::{read_words, KernelHost};
+use crate::iommu::MappedUse;
+use crate::pvtce_core::host::Planned;
 use crate::pvtce_core::error::HcallError;
 use crate::pvtce_core::table::NeedAlloc;
 use crate::pvtce_core::types::{Ioba, Tce};
@@ -32,6 +34,9 @@ const H_SUCCESS: i64 = 0;
 /// is set once, at load): the kernel crate's `value()` is an acquire load through a C helper, which the early
 /// path would pay on every call.
 pub(crate) static EARLY: Atomic<bool> = Atomic::new(false);
+
+/// Plan slots the early H_PUT_TCE keeps on the stack ([`execute_early`]).
+const PUT_PLAN: usize = 8;
 
 /// Most `NeedAlloc` rounds one hypercall may take (each adds what the core asked for, so one is enough
 /// unless another vCPU took the pages in between).
@@ -401,8 +406,13 @@ fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, irqs: &IrqsOff, request: &
         return None;
     }
     let s = &mut *guard;
-    let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf).with_holds(&mut s.holds).early(irqs);
-    let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut s.plan_buf);
+    // One H_PUT_TCE's plan and holds on the stack (one host entry per link unless its TCE is larger than the
+    // host pages: a fan-out past PUT_PLAN then runs without a plan, with the same answer); the window's
+    // PLAN_SLOTS buffers would be two more pages to touch on the exit's cold path.
+    let mut plan = [Planned::default(); PUT_PLAN];
+    let mut holds: [Option<MappedUse>; PUT_PLAN] = [const { None }; PUT_PLAN];
+    let mut host = KernelHost::with_buf(srcu, &s.links, &mut s.run_buf).with_holds(&mut holds).early(irqs);
+    let outcome = s.window.execute_planned(&mut s.store, &mut host, request, &mut plan);
     let (updates, kills) = (host.counts.updates, host.counts.kills);
     drop(host);
     let Outcome::Done(c) = outcome else {

@@ -56,6 +56,11 @@ pub(crate) const RUN_CHUNK: usize = 512;
 /// core handed over with them (0 where the run took its own, [`KernelHost::take_use`]).
 pub(crate) const RUN_BUF: usize = 3 * RUN_CHUNK;
 
+/// Runs of at most this many entries (an H_PUT_TCE's, one per link) use a buffer on the stack, not the
+/// window's run buffer, whose three arrays lie in three pages: on an exit's cold path each page touched is
+/// one more TLB fill (docs/bench/analysis.md).
+const SMALL_RUN: usize = 16;
+
 /// The host of one call into the core: it needs the VM's `kvm->srcu` held (the token) for the memslots, except
 /// for a call that only clears ([`KernelHost::clearing`]), which translates no guest address.
 pub(crate) struct KernelHost<'a> {
@@ -386,14 +391,20 @@ impl Host for KernelHost<'_> {
             return Ok(());
         };
         let shift = l.geometry.page_shift;
-        // Moved out while `entry` borrows `self`; put back before returning.
-        let buf = core::mem::take(&mut self.buf);
-        let (tces, rest) = buf.split_at_mut(RUN_CHUNK);
-        let (uas, regions) = rest.split_at_mut(RUN_CHUNK);
+        let mut small = [0u64; 3 * SMALL_RUN];
+        // The window's buffer is moved out while `entry` borrows `self`; put back before returning.
+        let mut taken = (count > SMALL_RUN as u64).then(|| core::mem::take(&mut self.buf));
+        let buf: &mut [u64] = match taken.as_deref_mut() {
+            Some(b) => b,
+            None => &mut small,
+        };
+        let chunk = buf.len() / 3;
+        let (tces, rest) = buf.split_at_mut(chunk);
+        let (uas, regions) = rest.split_at_mut(chunk);
         let mut ok = true;
         let mut done = 0u64;
         while ok && done < count {
-            let n = (count - done).min(RUN_CHUNK as u64) as usize;
+            let n = (count - done).min(chunk as u64) as usize;
             let mut filled = 0;
             let mut maps = false;
             for k in 0..n {
@@ -457,7 +468,9 @@ impl Host for KernelHost<'_> {
             self.counts.updates += n as u64;
             done += n as u64;
         }
-        self.buf = buf;
+        if let Some(b) = taken {
+            self.buf = b;
+        }
         if ok {
             return Ok(());
         }
