@@ -394,14 +394,11 @@ unsafe fn answer_get_to(ret: *mut c_long, r4: *mut c_ulong, (code, value): (i64,
 
 /// [`execute`]'s one round for the early path: `None` to decline, with nothing changed.
 fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, irqs: &IrqsOff, request: &Request<'_>) -> Option<i64> {
-    if read_once(&w.has_shadows) {
-        return None;
-    }
     let Request::Put { ioba, .. } = *request else {
         return None;
     };
     let mut guard = w.state.try_lock()?;
-    // Again under the lock, which the flag is set under: the load above may have missed a set.
+    // Under the lock, which the flag is set under: a load before it could miss a concurrent set.
     if read_once(&w.has_shadows) {
         return None;
     }
