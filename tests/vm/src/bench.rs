@@ -87,28 +87,38 @@ fn timed(rig: &Rig, hp: &mut HostPe<'_>, calls: &[Call]) -> Result<(u64, u32), S
     Ok((tb, exits))
 }
 
-/// `(ticks, exits, pvtce's host updates and kills during the table)`.
-type Timed = (u64, u32, Option<(u64, u64)>);
+/// `(ticks, exits, pvtce's host updates, kills and early-path answers during the table)`.
+type Timed = (u64, u32, Option<(u64, u64, u64)>);
 
-/// [`timed`] plus, on a pvtce window, how many host-table updates and invalidations the table caused.
+/// [`timed`] plus, on a pvtce window, how many host-table updates and invalidations the table caused and how
+/// many of its calls KVM-HV's early path answered.
 fn timed_stats(rig: &Rig, hp: &mut HostPe<'_>, liobn: u64, calls: &[Call]) -> Result<Timed, String> {
-    let info = |hp: &HostPe<'_>| -> Result<Option<(u64, u64)>, String> {
+    let info = |hp: &HostPe<'_>| -> Result<Option<(u64, u64, u64)>, String> {
         match hp.window(pvtce_core::types::Liobn(liobn)).and_then(|w| w.kernel.as_ref()) {
-            Some(t) => Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| (i.host_updates, i.host_kills))),
+            Some(t) => Ok(t.info().map_err(e("PVTCE_WINDOW_INFO"))?.map(|i| (i.host_updates, i.host_kills, i.early))),
             None => Ok(None),
         }
     };
     let before = info(hp)?;
     let (t, x) = timed(rig, hp, calls)?;
     let after = info(hp)?;
-    Ok((t, x, before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1))))
+    Ok((t, x, before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1, a.2 - b.2))))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn emit(which: Which, win: &str, work: &str, rep: u32, try_: u64, units: u64, calls: u64, (ticks, exits, host): Timed) {
-    let host = host.map_or(String::new(), |(u, k)| format!(" host_updates={u} host_kills={k}"));
+/// Where a timed table ran: the path, its repetition, the rig of the repetition and the try of the rig.
+#[derive(Clone, Copy)]
+struct At {
+    which: Which,
+    rep: u32,
+    rig: u32,
+    try_: u64,
+}
+
+fn emit(at: At, win: &str, work: &str, units: u64, calls: u64, (ticks, exits, host): Timed) {
+    let host = host.map_or(String::new(), |(u, k, x)| format!(" host_updates={u} host_kills={k} early={x}"));
+    let At { which, rep, rig, try_ } = at;
     println!(
-        "PVTCE-BENCH kind=hcall path={} win={win} work={work} rep={rep} try={try_} units={units} calls={calls} ticks={ticks} exits={exits}{host}",
+        "PVTCE-BENCH kind=hcall path={} win={win} work={work} rep={rep} rig={rig} try={try_} units={units} calls={calls} ticks={ticks} exits={exits}{host}",
         which.name()
     );
 }
@@ -128,8 +138,9 @@ fn load_for(which: Which) -> Result<(), String> {
     }
 }
 
-/// One path, one repetition: a fresh rig, both windows, every workload.
-fn one_path(which: Which, rep: u32) -> Result<(), String> {
+/// One path, one repetition's rig `rig`: a fresh rig, both windows, every workload; the probes after the timed
+/// tables (L1 side, parent counts, floors) run in a repetition's first rig only.
+fn one_path(which: Which, rep: u32, rig_no: u32) -> Result<(), String> {
     let path = if which == Which::Userspace { Path::Fallback } else { Path::Kernel };
     let rig = &Rig::new(Windows::Pe { add_group: path == Path::Kernel })?;
     let hp = &mut rig.host_pe(path)?;
@@ -161,8 +172,9 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
         }
     }
     // With `tries=N` each table runs N times in a row (the sequence leaves the windows as it found them) and
-    // the host takes the fastest try of a repetition. Default 1.
-    let tries = opt("tries").unwrap_or(1);
+    // the host takes the rig's fastest try. Default 3: a disturbance (an interrupt in L1, the emulating
+    // host's own scheduling) lands on one try of a table and makes it up to 2x slower, on every path alike.
+    let tries = opt("tries").unwrap_or(3);
     for (win, liobn, base, shift) in [("4k", L0, 0u64, 12u32), ("64k", L1, BUS64, 16)] {
         let ioba = |i: u64| base + (i << shift);
         let list: Vec<u8> = (0..INDIRECT).flat_map(|i| tce(i, shift).to_be_bytes()).collect();
@@ -171,7 +183,7 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
         for t in 0..tries {
             let mut measure = |work: &str, units: u64, calls: &[Call]| -> Result<(), String> {
                 let tx = timed_stats(rig, hp, liobn, calls)?;
-                emit(which, win, work, rep, t, units, calls.len() as u64, tx);
+                emit(At { which, rep, rig: rig_no, try_: t }, win, work, units, calls.len() as u64, tx);
                 Ok(())
             };
             // H_PUT_TCE map + unmap pairs.
@@ -197,6 +209,9 @@ fn one_path(which: Which, rep: u32) -> Result<(), String> {
                 .collect();
             measure("indirect1_stuff1", BATCHES, &calls)?;
         }
+    }
+    if rig_no != 0 {
+        return Ok(());
     }
     // The probes below need pvtce.ko (bench_ioctls=1). The Linux and userspace paths load it without its
     // backend (backend=0: no hook runs on a hypercall, exactly as without the module) and unload it after.
@@ -612,7 +627,7 @@ pub fn child(args: &[String]) -> Result<(), String> {
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let n = |i: usize| a(i).parse::<u64>().map_err(|_| format!("bad number {:?}", a(i)));
     match a(0) {
-        "path" => one_path(which(a(1))?, n(2)? as u32),
+        "path" => one_path(which(a(1))?, n(2)? as u32, if a(3).is_empty() { 0 } else { n(3)? as u32 }),
         "memory" => memory(which(a(1))?, n(2)?),
         "scaling" => scaling(which(a(1))?, n(2)? as usize, n(3)? as u32, n(4)? as u32),
         other => Err(format!("unknown bench child {other:?}")),
@@ -621,19 +636,26 @@ pub fn child(args: &[String]) -> Result<(), String> {
 
 pub fn bench() -> Result<String, String> {
     let reps = opt("reps").unwrap_or(5) as u32;
+    // Rigs per path in one repetition (`rigs=N`), the paths rotating between rigs as between repetitions: a
+    // rig's placement (its VM's and windows' structures, pvtce.ko's load address) moves its times as a whole
+    // (docs/bench/README.md, "Noise"), so a repetition's figure per path is taken over its rigs.
+    let rigs = opt("rigs").unwrap_or(3).max(1) as u32;
     let r = (|| -> Result<String, String> {
         let order = [Which::Userspace, Which::Linux, Which::Pvtce];
         let mut dropped = 0u32;
         for rep in 0..reps {
-            for k in 0..3 {
-                let w = order[(k + rep as usize) % 3];
-                load_for(w)?;
-                // A piece void every attempt is dropped (its repetition then has no ratio for that path),
-                // not the whole run: the artefact comes and goes with the emulating host's load.
-                if let Err(x) = in_child(&["path".into(), w.name().into(), rep.to_string()]) {
-                    println!("PVTCE-BENCH kind=dropped path={} rep={rep}", w.name());
-                    eprintln!("bench: {} rep {rep} dropped: {x}", w.name());
-                    dropped += 1;
+            for rig in 0..rigs {
+                for k in 0..3 {
+                    let w = order[(k + (rep * rigs + rig) as usize) % 3];
+                    load_for(w)?;
+                    // A piece void every attempt is dropped (its repetition then has no ratio for that path),
+                    // not the whole run: the artefact comes and goes with the emulating host's load.
+                    let piece = ["path".into(), w.name().into(), rep.to_string(), rig.to_string()];
+                    if let Err(x) = in_child(&piece) {
+                        println!("PVTCE-BENCH kind=dropped path={} rep={rep} rig={rig}", w.name());
+                        eprintln!("bench: {} rep {rep} rig {rig} dropped: {x}", w.name());
+                        dropped += 1;
+                    }
                 }
             }
         }
@@ -658,11 +680,11 @@ pub fn bench() -> Result<String, String> {
                 }
             }
         }
-        if dropped == 3 * reps {
+        if dropped == 3 * reps * rigs {
             return Err("every repetition of every path was void".into());
         }
         Ok(format!(
-            "{reps} repetitions of 3 paths x 2 windows ({dropped} path runs dropped as void); L1 has {cpus} CPUs"
+            "{reps} repetitions of 3 paths x {rigs} rig(s) x 2 windows ({dropped} path runs dropped as void); L1 has {cpus} CPUs"
         ))
     })();
     let unload = load_for(Which::Linux);
