@@ -55,7 +55,7 @@ bool pvtce_rs_h_put_tce_indirect(struct kvm *kvm, unsigned long liobn, unsigned 
 bool pvtce_rs_h_stuff_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, unsigned long tce_value,
 			  unsigned long npages, long *ret);
 bool pvtce_rs_h_get_tce(struct kvm *kvm, unsigned long liobn, unsigned long ioba, long *ret,
-			unsigned long *r4, bool early);
+			unsigned long *r4, bool early, unsigned int cpu);
 void pvtce_rs_window_release(void *window);
 struct page *pvtce_rs_window_page(void *window, unsigned long pgoff);
 long pvtce_rs_window_ioctl(void *window, unsigned int cmd, unsigned long arg);
@@ -133,7 +133,8 @@ static bool pvtce_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned l
 {
 	unsigned long r4 = 0;
 
-	if (!pvtce_rs_h_get_tce(vcpu->kvm, liobn, ioba, ret, &r4, early))
+	/* The CPU, for the early path's per-CPU count (interrupts are off there: it cannot change). */
+	if (!pvtce_rs_h_get_tce(vcpu->kvm, liobn, ioba, ret, &r4, early, early ? raw_smp_processor_id() : 0))
 		return false;
 	if (*ret == H_SUCCESS)
 		kvmppc_set_gpr(vcpu, 4, r4);

@@ -19,11 +19,11 @@ use crate::pvtce_core::window::{indirect_precheck, Completion, Outcome, Request,
 use crate::pvtce_core::table::PageId;
 use crate::once::read_once;
 use crate::registry::{window_ref, with_window, with_window_in};
-use crate::stats::{Kind, Stats};
+use crate::stats::{Kind, Stats, ThisCpu};
 use crate::store::KernelStore;
 use crate::trace;
 use crate::window::{KernelWindow, State};
-use core::ffi::{c_long, c_ulong};
+use core::ffi::{c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 use kernel::sync::atomic::Atomic;
 use kernel::sync::rcu;
@@ -184,10 +184,11 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce_indirect(
 
 /// `h_get_tce` hook: the entry goes to `*r4` on H_SUCCESS (glue.c sets the vCPU's r4 from it). With `early`
 /// (the `h_tce_early` hook's H_GET_TCE, kernel patch 0011) the lockless step alone: false (nothing done) when
-/// the early path is off, the LIOBN is not pvtce's, or the lockless read cannot answer.
+/// the early path is off, the LIOBN is not pvtce's, or the lockless read cannot answer; an answered call is
+/// then counted in CPU `cpu`'s slot ([`crate::stats::EarlyGets`]).
 ///
 /// # Safety
-/// As [`pvtce_rs_h_put_tce`], and `r4` valid for a write.
+/// As [`pvtce_rs_h_put_tce`], and `r4` valid for a write; with `early`, `cpu` is the CPU the caller runs on.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
     kvm: *mut Vm,
@@ -196,6 +197,7 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
     ret: *mut c_long,
     r4: *mut c_ulong,
     early: bool,
+    cpu: c_uint,
 ) -> bool {
     // SAFETY: `kvm` is live for the call (the caller's guarantee).
     let vm = unsafe { Vm::from_raw(kvm) };
@@ -206,14 +208,16 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
         // SAFETY: with `early` interrupts are hard-disabled for the call, with RCU watching (the caller's
         // guarantee).
         let irqs = unsafe { IrqsOff::assume() };
-        return match get_rcu(irqs, vm, liobn, Ioba(ioba), true) {
+        // SAFETY: with `early` the caller runs on CPU `cpu`, where interrupts stay off for the call (`irqs`).
+        let at = unsafe { ThisCpu::new(cpu, irqs) };
+        return match get_rcu(irqs, vm, liobn, Ioba(ioba), Some(&at)) {
             // SAFETY: `ret` and `r4` are valid for a write (the caller's guarantee).
             Some(Some(a)) => unsafe { answer_get_to(ret, r4, a) },
             _ => false,
         };
     }
     // First without `kvm->srcu` or the window lock (GET translates no guest address).
-    match get_rcu(&rcu::read_lock(), vm, liobn, Ioba(ioba), false) {
+    match get_rcu(&rcu::read_lock(), vm, liobn, Ioba(ioba), None) {
         Some(None) => return false,
         // SAFETY: `ret` and `r4` are valid for a write (the caller's guarantee).
         Some(Some(a)) => return unsafe { answer_get_to(ret, r4, a) },
@@ -232,7 +236,7 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
 /// the table's blocks through [`crate::store::Slots`], whose root is the first page the table takes (id 0:
 /// pvtce-core's `GuestTable::set` takes the root before any other page, and ids are reused only after the
 /// window's release). `None` when the VMM mapped the table fd: the locked [`get`] answers then.
-fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> Option<i64> {
+fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64, early: Option<&ThisCpu<'_>>) -> Option<i64> {
     // READ_ONCE: set under the lock before the first shadow page exists; a GET that misses a concurrent set
     // answers from the table, which is what the shadow holds until the VMM writes it.
     if read_once(&w.has_shadows) {
@@ -243,12 +247,27 @@ fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> Option<i64> {
         .check_ioba(ioba, 1)
         .and_then(|page| w.shape.get_via(PageId(0), page - w.geometry.offset(), |p, i| w.slots.read(p, i)))
         .ok_or(HcallError::Parameter);
-    Some(answer_get(w, ioba, r, value))
+    Some(answer_get(w, ioba, r, value, early))
 }
 
-/// Counts and traces an H_GET_TCE answer `r`, and gives its entry to `*value`.
-fn answer_get(w: &KernelWindow, ioba: Ioba, r: Result<u64, HcallError>, value: &mut u64) -> i64 {
-    w.stats.call(Kind::Get, r.map(|_| ()));
+/// Counts and traces an H_GET_TCE answer `r`, and gives its entry to `*value`; `early`: answered in KVM-HV's
+/// early path, on that CPU.
+fn answer_get(
+    w: &KernelWindow,
+    ioba: Ioba,
+    r: Result<u64, HcallError>,
+    value: &mut u64,
+    early: Option<&ThisCpu<'_>>,
+) -> i64 {
+    match (early, &r) {
+        // The common case, with no atomic (kmod/stats.rs).
+        (Some(at), Ok(_)) => w.early_gets.count(at),
+        (Some(_), Err(_)) => {
+            w.stats.call(Kind::Get, r.map(|_| ()));
+            Stats::add(&w.stats.early, 1);
+        }
+        (None, _) => w.stats.call(Kind::Get, r.map(|_| ())),
+    }
     let code = r.map_or_else(|e| e.as_i64(), |v| {
         *value = v;
         H_SUCCESS
@@ -261,7 +280,7 @@ fn get(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> i64 {
     let s = w.state.lock();
     // A range the VMM mapped answers what the VMM wrote there (Linux's mapped table is the table).
     let r = s.window.get_tce(&s.store, ioba).map(|v| s.shadows.get(w.entry_of(ioba)).unwrap_or(v));
-    answer_get(w, ioba, r, value)
+    answer_get(w, ioba, r, value, None)
 }
 
 /// Counts a call that ended before the core ran (an H_PUT_TCE_INDIRECT precheck or list copy).
@@ -349,7 +368,7 @@ fn finish(
     host_updates: u64,
 ) -> i64 {
     let result = c.result.map(|_| ());
-    w.stats.call(kind, result);
+    s.changes.call(kind, result);
     s.changes.add(c.applied, 0, 0);
     if c.applied > 0 {
         // `applied > 0` means the ioba passed the window check.
@@ -361,17 +380,17 @@ fn finish(
 }
 
 /// H_GET_TCE's lockless step (RCU, no lock, nothing that sleeps): `Some(Some((code, entry)))` when it answered
-/// (counted as `early` if so marked), `Some(None)` when the LIOBN is not a pvtce window, `None` when it cannot
-/// answer (no snapshot, or a mapped table fd) and the locked path must.
-fn get_rcu(rcu: &impl RcuReader, vm: &Vm, liobn: c_ulong, ioba: Ioba, early: bool) -> Option<Option<(i64, u64)>> {
+/// (counted as `early` on that CPU if so marked), `Some(None)` when the LIOBN is not a pvtce window, `None`
+/// when it cannot answer (no snapshot, or a mapped table fd) and the locked path must.
+fn get_rcu(
+    rcu: &impl RcuReader,
+    vm: &Vm,
+    liobn: c_ulong,
+    ioba: Ioba,
+    early: Option<&ThisCpu<'_>>,
+) -> Option<Option<(i64, u64)>> {
     let mut value = 0u64;
-    let lockless = |w: &KernelWindow| {
-        let r = get_lockless(w, ioba, &mut value);
-        if early && r.is_some() {
-            Stats::add(&w.stats.early, 1);
-        }
-        r
-    };
+    let lockless = |w: &KernelWindow| get_lockless(w, ioba, &mut value, early);
     let code = match with_window_in(rcu, vm, liobn, lockless)? {
         None => return Some(None),
         Some(code) => code?,
@@ -420,6 +439,6 @@ fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, irqs: &IrqsOff, request: &
         return None;
     }
     s.changes.add(0, updates, kills);
-    Stats::add(&w.stats.early, 1);
+    s.changes.early = s.changes.early.saturating_add(1);
     Some(finish(w, s, Kind::Put, ioba, 1, &c, updates))
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `READ_ONCE` on the kernel crate's atomics, for the hypercall path's reads that need no ordering of their
-//! own.
+//! `READ_ONCE` and `WRITE_ONCE` on the kernel crate's atomics, for the hypercall path's accesses that need no
+//! ordering of their own.
 //!
 //! Why not `Atomic::load`: on powerpc every operation of the 7.3 kernel crate's `Atomic` is a call to a C
 //! helper in vmlinux (`rust_helper_atomic64_read_acquire` and the like; `RUST_INLINE_HELPERS` is ARM64 and
@@ -21,4 +21,14 @@ pub(crate) fn read_once<T: AtomicType>(a: &Atomic<T>) -> T {
     // stored through `Atomic<T>` is a valid `T`; a volatile load of it is `READ_ONCE`, which may race with the
     // atomic stores to `a` (LKMM, the memory model of kernel Rust).
     unsafe { a.as_ptr().read_volatile() }
+}
+
+/// `WRITE_ONCE(*a, v)`: one untorn store, not fused, repeated or torn by the compiler, ordered with nothing.
+/// Not a read-modify-write: a counter updated with it must have one writer at a time (kmod/stats.rs
+/// `EarlyGets`).
+#[inline(always)]
+pub(crate) fn write_once<T: AtomicType>(a: &Atomic<T>, v: T) {
+    // SAFETY: `as_ptr` is valid and aligned for a `T` for as long as `a` is borrowed; a volatile store of it is
+    // `WRITE_ONCE`, which may race with marked loads of `a` ([`read_once`], LKMM).
+    unsafe { a.as_ptr().write_volatile(v) }
 }

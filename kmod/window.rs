@@ -23,7 +23,7 @@ use crate::pvtce_core::table::GuestTable;
 use crate::pvtce_core::types::{Ioba, Liobn, WindowGeometry};
 use crate::pvtce_core::window::{Window, PLAN_SLOTS};
 use crate::shadow::Shadows;
-use crate::stats::{Changes, Stats};
+use crate::stats::{Changes, EarlyGets, Kind, Stats};
 use crate::store::{KernelStore, Slots};
 use crate::uapi::{pvtce_window_info, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE};
 use kernel::prelude::*;
@@ -67,6 +67,8 @@ pub(crate) struct KernelWindow {
     /// The table's blocks by page id, read by the lockless H_GET_TCE (kmod/store.rs).
     pub(crate) slots: Arc<Slots>,
     pub(crate) stats: Stats,
+    /// The H_GET_TCE calls KVM-HV's early path answered, per CPU (counted in `h_get_tce` and `early`).
+    pub(crate) early_gets: EarlyGets,
     /// Set (under `state`) before the table fd's mmap makes its first shadow page: from then on H_GET_TCE
     /// takes the lock, to answer what the VMM wrote there (kmod/shadow.rs).
     pub(crate) has_shadows: Atomic<bool>,
@@ -107,6 +109,7 @@ impl KernelWindow {
         let locked_pages = locked_pages_for(geometry.size());
         vm.account_locked(locked_pages, true)?;
         let (store, slots) = KernelStore::new(geometry.size())?;
+        let early_gets = EarlyGets::new()?;
         let state = State {
             window: Window::new(Liobn(liobn), geometry),
             store,
@@ -127,6 +130,7 @@ impl KernelWindow {
                 shape: GuestTable::new(geometry.size()),
                 slots,
                 stats: Stats::new(),
+                early_gets,
                 has_shadows: Atomic::new(false),
                 locked_pages,
                 list_buf <- kernel::new_mutex!(KVec::new()),
@@ -148,6 +152,8 @@ impl KernelWindow {
     /// The window's geometry and counters; takes (and drops) the window lock.
     pub(crate) fn info(&self) -> pvtce_window_info {
         let s = self.state.lock();
+        let c = &s.changes;
+        let early_gets = self.early_gets.sum();
         pvtce_window_info {
             argsz: core::mem::size_of::<pvtce_window_info>() as u32,
             flags: 0,
@@ -157,16 +163,16 @@ impl KernelWindow {
             offset: self.geometry.offset(),
             size: self.geometry.size(),
             table_bytes: s.window.bytes_used() as u64,
-            h_put_tce: self.stats.put.load(Relaxed),
-            h_put_tce_indirect: self.stats.indirect.load(Relaxed),
-            h_stuff_tce: self.stats.stuff.load(Relaxed),
-            h_get_tce: self.stats.get.load(Relaxed),
-            declined: self.stats.declined.load(Relaxed),
-            rejected: self.stats.rejected.load(Relaxed),
-            tces_changed: s.changes.tces_changed,
-            host_updates: s.changes.host_updates,
-            host_kills: s.changes.host_kills,
-            early: self.stats.early.load(Relaxed),
+            h_put_tce: self.stats.put.load(Relaxed).saturating_add(c.calls[Kind::Put as usize]),
+            h_put_tce_indirect: self.stats.indirect.load(Relaxed).saturating_add(c.calls[Kind::Indirect as usize]),
+            h_stuff_tce: self.stats.stuff.load(Relaxed).saturating_add(c.calls[Kind::Stuff as usize]),
+            h_get_tce: self.stats.get.load(Relaxed).saturating_add(c.calls[Kind::Get as usize]).saturating_add(early_gets),
+            declined: self.stats.declined.load(Relaxed).saturating_add(c.declined),
+            rejected: self.stats.rejected.load(Relaxed).saturating_add(c.rejected),
+            tces_changed: c.tces_changed,
+            host_updates: c.host_updates,
+            host_kills: c.host_kills,
+            early: self.stats.early.load(Relaxed).saturating_add(c.early).saturating_add(early_gets),
         }
     }
 }
