@@ -128,8 +128,16 @@ static bool pvtce_h_stuff_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsign
 	return pvtce_rs_h_stuff_tce(vcpu->kvm, liobn, ioba, tce_value, npages, ret);
 }
 
+/*
+ * The early path's functions, C and Rust (kmod/hcall.rs, kmod/host.rs, the core's execute_planned), share one
+ * text section, so that they lie in as few pages as the code takes: under TCG each page an exit's handler
+ * reaches costs a TLB fill and each branch into another page a jump-cache miss, since QEMU flushes both at
+ * every L1<->L2 switch (docs/bench/analysis.md). The module loader places it with the rest of the text.
+ */
+#define PVTCE_HOT __section(".text.pvtce_hot")
+
 /* H_GET_TCE on either path (early: the lockless read alone); on H_SUCCESS the entry goes to GPR4. */
-static bool pvtce_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba, long *ret, bool early)
+PVTCE_HOT static bool pvtce_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned long ioba, long *ret, bool early)
 {
 	unsigned long r4 = 0;
 
@@ -154,7 +162,7 @@ static bool pvtce_h_get_tce(struct kvm_vcpu *vcpu, unsigned long liobn, unsigned
  * are all present (tce_exchange_pseries, it_userspace flat): on powernv a missing level is allocated on the
  * map path, which the early path must not do, so PUT keeps the normal path there.
  */
-static bool pvtce_h_tce_early(struct kvm_vcpu *vcpu, unsigned long nr, long *ret)
+PVTCE_HOT static bool pvtce_h_tce_early(struct kvm_vcpu *vcpu, unsigned long nr, long *ret)
 {
 	switch (nr) {
 	case H_GET_TCE:
@@ -248,7 +256,7 @@ int pvtce_glue_window_fd(void *window)
 
 /* ---- KVM ---- */
 
-struct mm_struct *pvtce_glue_kvm_mm(struct kvm *kvm)
+PVTCE_HOT struct mm_struct *pvtce_glue_kvm_mm(struct kvm *kvm)
 {
 	return kvm->mm;
 }
@@ -260,7 +268,7 @@ struct srcu_struct *pvtce_glue_kvm_srcu(struct kvm *kvm)
 }
 
 /* Guest physical to VMM user address through the memslots; the caller holds kvm->srcu. */
-int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua)
+PVTCE_HOT int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua)
 {
 	unsigned long gfn = gpa >> PAGE_SHIFT;
 	struct kvm_memory_slot *memslot = __gfn_to_memslot(kvm_memslots(kvm), gfn);
@@ -305,7 +313,7 @@ void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *of
  * The user address kept beside each hardware entry (it_userspace), which VFIO's sPAPR v2 code also uses to
  * drop its accounting when it clears the table.
  */
-__be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc)
+PVTCE_HOT __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc)
 {
 	if (!tbl->it_ops->useraddrptr)
 		return NULL;
@@ -317,7 +325,7 @@ __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc)
  * (iommu_tce_set_multi_no_kill, patches/linux/0008) that reads no old entry back. SetPageDirty and
  * pfn_to_page are inlines.
  */
-void pvtce_glue_set_dirty(struct mm_struct *mm, u64 hpa, u32 page_shift)
+PVTCE_HOT void pvtce_glue_set_dirty(struct mm_struct *mm, u64 hpa, u32 page_shift)
 {
 	unsigned long size = 0;
 

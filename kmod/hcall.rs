@@ -115,6 +115,7 @@ unsafe fn run_clearing(kvm: *mut Vm, liobn: c_ulong, ret: *mut c_long, kind: Kin
 /// `kvm` must be the live VM of the calling vCPU thread and `ret` valid for a write, for the call; with
 /// `early`, the caller holds `kvm->srcu` and has interrupts hard-disabled, with RCU watching, for the call.
 #[no_mangle]
+#[link_section = ".text.pvtce_hot"]
 pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce(
     kvm: *mut Vm,
     liobn: c_ulong,
@@ -190,6 +191,7 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_put_tce_indirect(
 /// # Safety
 /// As [`pvtce_rs_h_put_tce`], and `r4` valid for a write; with `early`, `cpu` is the CPU the caller runs on.
 #[no_mangle]
+#[link_section = ".text.pvtce_hot"]
 pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
     kvm: *mut Vm,
     liobn: c_ulong,
@@ -235,7 +237,10 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
 /// H_GET_TCE without the window lock (the caller holds an RCU read section, not `kvm->srcu`): the walk reads
 /// the table's blocks through [`crate::store::Slots`], whose root is the first page the table takes (id 0:
 /// pvtce-core's `GuestTable::set` takes the root before any other page, and ids are reused only after the
-/// window's release). `None` when the VMM mapped the table fd: the locked [`get`] answers then.
+/// window's release). `None` when the VMM mapped the table fd: the locked [`get`] answers then. Inlined with
+/// [`answer_get`] into the early path's caller: under TCG each call into another page of the module's text
+/// costs an exit's cold path a jump-cache miss and a TLB fill (docs/bench/analysis.md).
+#[inline(always)]
 fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64, early: Option<&ThisCpu<'_>>) -> Option<i64> {
     // READ_ONCE: set under the lock before the first shadow page exists; a GET that misses a concurrent set
     // answers from the table, which is what the shadow holds until the VMM writes it.
@@ -252,6 +257,7 @@ fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64, early: Option<&Th
 
 /// Counts and traces an H_GET_TCE answer `r`, and gives its entry to `*value`; `early`: answered in KVM-HV's
 /// early path, on that CPU.
+#[inline(always)]
 fn answer_get(
     w: &KernelWindow,
     ioba: Ioba,
@@ -358,6 +364,7 @@ fn execute(w: &KernelWindow, srcu: Option<&VmSrcu<'_>>, kind: Kind, request: &Re
 }
 
 /// Counts, traces and answers a call the core finished (`Outcome::Done`), under the window lock (`s`).
+#[link_section = ".text.pvtce_hot"]
 fn finish(
     w: &KernelWindow,
     s: &mut State,
@@ -412,6 +419,7 @@ unsafe fn answer_get_to(ret: *mut c_long, r4: *mut c_ulong, (code, value): (i64,
 }
 
 /// [`execute`]'s one round for the early path: `None` to decline, with nothing changed.
+#[link_section = ".text.pvtce_hot"]
 fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, irqs: &IrqsOff, request: &Request<'_>) -> Option<i64> {
     let Request::Put { ioba, .. } = *request else {
         return None;

@@ -180,6 +180,7 @@ impl<'a> KernelHost<'a> {
     /// `dirty` first marks its page dirty (the batched update reads no old entry back, so it does not know
     /// whether the entry allowed device writes: every old page counts as written, which costs at most a
     /// writeback).
+    #[link_section = ".text.pvtce_hot"]
     fn release_old(&self, l: &HostLink, index: u64, page_shift: u32, dirty: bool) {
         let Some(slot) = l.table.useraddr(index, false) else {
             return;
@@ -259,6 +260,7 @@ fn inject_failure(count: u64) -> bool {
 }
 
 impl Host for KernelHost<'_> {
+    #[link_section = ".text.pvtce_hot"]
     fn gpa_to_ua(&self, gpa: u64) -> Option<u64> {
         self.srcu?.gpa_to_ua(gpa)
     }
@@ -280,6 +282,7 @@ impl Host for KernelHost<'_> {
     /// count goes into the next hold slot and the token names that slot. A region whose count already dropped
     /// to zero (the VMM is unregistering it) counts as not preregistered. With no slot left (or none given)
     /// no count is taken: the run takes its own ([`KernelHost::take_use`]).
+    #[link_section = ".text.pvtce_hot"]
     fn take_region(&self, ua: u64, shift: PageShift) -> Result<(u64, Region), XlateError> {
         let page_shift = shift.get();
         let rcu = self.rcu();
@@ -297,6 +300,7 @@ impl Host for KernelHost<'_> {
         Ok((hpa, Region(i as u64 + 1)))
     }
 
+    #[link_section = ".text.pvtce_hot"]
     fn put_region(&self, region: Region) {
         // The slot's count, if any, drops here.
         drop(self.hold(region));
@@ -307,6 +311,7 @@ impl Host for KernelHost<'_> {
         Some(HostGeometry { page_shift: PageShift::new(g.page_shift)?, offset: g.offset, size: g.size })
     }
 
+    #[link_section = ".text.pvtce_hot"]
     fn table_ready(&self, id: HostTableId, first: u64, count: u64) -> bool {
         let Some(l) = self.link(id) else {
             return false;
@@ -373,6 +378,7 @@ impl Host for KernelHost<'_> {
     /// taken here before its chunk is written when the core has none; the old entries' uses (from
     /// `it_userspace`) are dropped after. If a chunk fails, the whole range is cleared and every use its
     /// entries held is dropped, with the uses the core handed over for entries never written.
+    #[link_section = ".text.pvtce_hot"]
     fn table_run(
         &mut self,
         id: HostTableId,

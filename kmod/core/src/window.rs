@@ -282,6 +282,8 @@ impl Window {
     /// every hold is given back ([`Host::put_region`]) when the batch is refused (a later entry fails, the
     /// store needs pages, or a host run fails). A batch with more host entries than `plan` holds runs without
     /// one, as [`Window::execute`]. The answer is the same either way.
+    // In pvtce.ko (`--cfg MODULE`), with the module's other early-path functions (kmod/glue.c `PVTCE_HOT`).
+    #[cfg_attr(MODULE, link_section = ".text.pvtce_hot")]
     pub fn execute_planned<S: PageStore, H: Host + ?Sized>(
         &mut self,
         store: &mut S,
@@ -487,6 +489,7 @@ impl Window {
     /// table, from the plan when validation made one. If a host refuses a run, every linked table's range is
     /// cleared (and invalidated), the holds of the tables not yet run are given back, and the call fails as a
     /// whole.
+    #[cfg_attr(MODULE, link_section = ".text.pvtce_hot")]
     fn apply_host<H: Host + ?Sized>(
         &self,
         host: &mut H,
