@@ -68,7 +68,7 @@ struct mm_struct *pvtce_glue_kvm_mm(struct kvm *kvm);
 struct srcu_struct *pvtce_glue_kvm_srcu(struct kvm *kvm);
 int pvtce_glue_gpa_to_ua(struct kvm *kvm, u64 gpa, u64 *ua);
 struct iommu_table *pvtce_glue_group_table(struct iommu_group *grp, int i);
-void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size);
+void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size, bool *kills);
 __be64 *pvtce_glue_useraddrptr(struct iommu_table *tbl, long entry, bool alloc);
 void pvtce_glue_set_dirty(struct mm_struct *mm, u64 hpa, u32 page_shift);
 long pvtce_glue_parent_count(u32 flags, u64 *counts);
@@ -302,11 +302,13 @@ struct iommu_table *pvtce_glue_group_table(struct iommu_group *grp, int i)
 	return table_group->tables[i];
 }
 
-void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size)
+void pvtce_glue_table_geometry(struct iommu_table *tbl, u32 *page_shift, u64 *offset, u64 *size, bool *kills)
 {
 	*page_shift = tbl->it_page_shift;
 	*offset = tbl->it_offset;
 	*size = tbl->it_size;
+	/* Whether iommu_tce_kill() does anything for this table (pseries has no tce_kill: a no-op there). */
+	*kills = tbl->it_ops->tce_kill != NULL;
 }
 
 /*

@@ -36,7 +36,7 @@ const H_SUCCESS: i64 = 0;
 pub(crate) static EARLY: Atomic<bool> = Atomic::new(false);
 
 /// Plan slots the early H_PUT_TCE keeps on the stack ([`execute_early`]).
-const PUT_PLAN: usize = 8;
+const PUT_PLAN: usize = 2;
 
 /// Most `NeedAlloc` rounds one hypercall may take (each adds what the core asked for, so one is enough
 /// unless another vCPU took the pages in between).

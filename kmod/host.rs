@@ -56,10 +56,15 @@ pub(crate) const RUN_CHUNK: usize = 512;
 /// core handed over with them (0 where the run took its own, [`KernelHost::take_use`]).
 pub(crate) const RUN_BUF: usize = 3 * RUN_CHUNK;
 
-/// Runs of at most this many entries (an H_PUT_TCE's, one per link) use a buffer on the stack, not the
-/// window's run buffer, whose three arrays lie in three pages: on an exit's cold path each page touched is
-/// one more TLB fill (docs/bench/analysis.md).
+/// Runs of at most this many entries (an H_PUT_TCE's, one per link, or a 64K TCE's 16 entries of 4K host
+/// pages) use a buffer on the stack, not the window's run buffer, whose three arrays lie in three pages: on
+/// an exit's cold path each page touched is one more TLB fill (docs/bench/analysis.md).
 const SMALL_RUN: usize = 16;
+
+/// Runs of at most this many entries (an H_PUT_TCE's with up to two links and no fan-out) use a buffer small
+/// enough to be zeroed by a few stores, not by a call to `memset` (one more out-of-line target on the exit's
+/// cold path).
+const TINY_RUN: usize = 2;
 
 /// The host of one call into the core: it needs the VM's `kvm->srcu` held (the token) for the memslots, except
 /// for a call that only clears ([`KernelHost::clearing`]), which translates no guest address.
@@ -397,12 +402,17 @@ impl Host for KernelHost<'_> {
             return Ok(());
         };
         let shift = l.geometry.page_shift;
-        let mut small = [0u64; 3 * SMALL_RUN];
+        let mut tiny = [0u64; 3 * TINY_RUN];
+        let mut small;
         // The window's buffer is moved out while `entry` borrows `self`; put back before returning.
         let mut taken = (count > SMALL_RUN as u64).then(|| core::mem::take(&mut self.buf));
         let buf: &mut [u64] = match taken.as_deref_mut() {
             Some(b) => b,
-            None => &mut small,
+            None if count <= TINY_RUN as u64 => &mut tiny,
+            None => {
+                small = [0u64; 3 * SMALL_RUN];
+                &mut small
+            }
         };
         let chunk = buf.len() / 3;
         let (tces, rest) = buf.split_at_mut(chunk);
@@ -491,8 +501,12 @@ impl Host for KernelHost<'_> {
 
     fn table_kill(&mut self, id: HostTableId, first: u64, count: u64) {
         if let Some(l) = self.link(id) {
+            // Counted as asked for (the statistic is the invalidations pvtce asks for, one per batch), made
+            // only where the platform has an op for it (the geometry read at link).
             self.counts.kills += 1;
-            l.table.kill(first, count);
+            if l.geometry.kills {
+                l.table.kill(first, count);
+            }
         }
     }
 

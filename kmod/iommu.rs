@@ -45,7 +45,7 @@ pub(crate) const DMA_NONE: c_int = 3;
 unsafe extern "C" {
     // kmod/glue.c
     fn pvtce_glue_group_table(grp: *mut IommuGroup, i: c_int) -> *mut IommuTable;
-    fn pvtce_glue_table_geometry(tbl: *mut IommuTable, page_shift: *mut u32, offset: *mut u64, size: *mut u64);
+    fn pvtce_glue_table_geometry(tbl: *mut IommuTable, page_shift: *mut u32, offset: *mut u64, size: *mut u64, kills: *mut bool);
     fn pvtce_glue_useraddrptr(tbl: *mut IommuTable, entry: c_long, alloc: bool) -> *mut u64;
     fn pvtce_glue_set_dirty(mm: *mut c_void, hpa: u64, page_shift: u32);
 
@@ -96,6 +96,9 @@ pub(crate) struct TableGeometry {
     pub(crate) page_shift: u32,
     pub(crate) offset: u64,
     pub(crate) size: u64,
+    /// The table's ops have a `tce_kill` (powernv); without one (pseries) `iommu_tce_kill` does nothing, and
+    /// [`IommuTable::kill`] is not worth its out-of-line call on the hypercall path.
+    pub(crate) kills: bool,
 }
 
 impl IommuTable {
@@ -121,10 +124,10 @@ impl IommuTable {
     }
 
     pub(crate) fn geometry(&self) -> TableGeometry {
-        let (mut page_shift, mut offset, mut size) = (0u32, 0u64, 0u64);
+        let (mut page_shift, mut offset, mut size, mut kills) = (0u32, 0u64, 0u64, false);
         // SAFETY: the table is live (type invariant); the out pointers are valid.
-        unsafe { pvtce_glue_table_geometry(self.as_ptr(), &mut page_shift, &mut offset, &mut size) };
-        TableGeometry { page_shift, offset, size }
+        unsafe { pvtce_glue_table_geometry(self.as_ptr(), &mut page_shift, &mut offset, &mut size, &mut kills) };
+        TableGeometry { page_shift, offset, size, kills }
     }
 
     /// The user address slot kept beside entry `entry` (`it_userspace`), allocating its level if asked.

@@ -2,12 +2,14 @@
 
 //! A window's counters (`PVTCE_WINDOW_INFO`, `PVTCE_LIST_WINDOWS`). A call finished under the window lock
 //! (H_PUT_TCE, H_STUFF_TCE and H_PUT_TCE_INDIRECT once the core ran, the locked H_GET_TCE) is counted in plain
-//! integers under that lock ([`Changes`]); a call answered without it (the lockless H_GET_TCE, an INDIRECT
-//! refused by its precheck, a call given up after its allocation rounds) in relaxed atomics, as binder keeps
-//! its statistics ([`Stats`]). Why two: on powerpc each atomic add of the kernel crate is a call to a C helper
-//! through a stub (kmod/once.rs), which an exit's cold path pays for (docs/bench/analysis.md). A count read
-//! by `PVTCE_WINDOW_INFO` is the sum of both, read under the lock; each is exact, and a reader sees the atomics
-//! one at a time (not a snapshot of all of them at once).
+//! integers under that lock ([`Changes`]); an H_GET_TCE that KVM-HV's early path answered H_SUCCESS, in its
+//! CPU's slot ([`EarlyGets`]); any other call answered without the lock (the lockless H_GET_TCE on the normal
+//! path or with an error, an INDIRECT refused by its precheck, a call given up after its allocation rounds)
+//! in relaxed atomics, as binder keeps its statistics ([`Stats`]). Why three: on powerpc each atomic add of
+//! the kernel crate is a call to a C helper through a stub (kmod/once.rs), which an exit's cold path pays for
+//! (docs/bench/analysis.md), so the two frequent kinds avoid it. A count read by `PVTCE_WINDOW_INFO` is the
+//! sum of the three, read under the lock; each is exact, and a reader sees the atomics and slots one at a time
+//! (not a snapshot of all of them at once).
 
 use crate::ffi::IrqsOff;
 use crate::once::{read_once, write_once};

@@ -8,8 +8,9 @@
 //! retries (kmod/hcall.rs).
 //!
 //! Lockless reads: the block of each page id sits in [`Slots`], an array sized at window creation for every
-//! page the window's table can use, so it never moves; every slot of a block is an atomic, written with
-//! release order under the window lock and read with [`read_once`] by anyone. That is enough for the walk
+//! page the window's table can use, so it never moves; every slot of a block is an atomic, written under the
+//! window lock (an inner slot with release order, a leaf's TCE with `WRITE_ONCE`, which publishes nothing)
+//! and read with [`read_once`] by anyone. That is enough for the walk
 //! (the `rcu_dereference` pattern): a block is published (its slot stored with release) after it was zeroed,
 //! and an inner entry naming a page id is stored with release after that page's slot, so a reader that loads
 //! an id, then the slot at that id, then an entry of that block, has each load depend on the one before and
@@ -17,7 +18,7 @@
 //! block is freed only at the window's release (after the registry's RCU grace period, kmod/registry.rs) or
 //! with the window.
 
-use crate::once::read_once;
+use crate::once::{read_once, write_once};
 use crate::pvtce_core::table::{GuestTable, PageId, PageStore, ENTRIES_PER_PAGE};
 use kernel::prelude::*;
 use kernel::sync::atomic::{Atomic, Relaxed, Release};
@@ -156,6 +157,14 @@ impl PageStore for KernelStore {
         if let Some(e) = self.block(page).and_then(|b| b.get(index)) {
             // Release: a reader that follows an inner slot to a page sees what was written there before.
             e.store(value, Release);
+        }
+    }
+
+    fn write_leaf(&mut self, page: PageId, index: usize, value: u64) {
+        if let Some(e) = self.block(page).and_then(|b| b.get(index)) {
+            // A TCE orders nothing: `WRITE_ONCE`, as Linux's kvmppc_tce_put stores it, and no helper call
+            // (kmod/once.rs); a lockless reader sees the old or the new value, whole.
+            write_once(e, value);
         }
     }
 

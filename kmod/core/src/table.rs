@@ -35,6 +35,11 @@ pub trait PageStore {
     fn read(&self, page: PageId, index: usize) -> u64;
     /// Writes slot `index` of `page`.
     fn write(&mut self, page: PageId, index: usize, value: u64);
+    /// Writes slot `index` of leaf `page`: a TCE, which names no page, so a store that orders nothing before
+    /// it will do (pvtce.ko's lockless H_GET_TCE reads only the value). Default: [`PageStore::write`].
+    fn write_leaf(&mut self, page: PageId, index: usize, value: u64) {
+        self.write(page, index, value);
+    }
     /// Gives back a page the table no longer uses (teardown).
     fn free(&mut self, page: PageId);
 }
@@ -218,7 +223,7 @@ impl GuestTable {
             };
             if let Some(leaf) = leaf {
                 for i in index..leaf_end {
-                    store.write(leaf, (i & (ENTRIES_PER_PAGE - 1)) as usize, value(i - first));
+                    store.write_leaf(leaf, (i & (ENTRIES_PER_PAGE - 1)) as usize, value(i - first));
                 }
             }
             index = leaf_end;
@@ -260,7 +265,7 @@ impl GuestTable {
                 }
             };
         }
-        store.write(page, self.slot(index, self.levels - 1), value);
+        store.write_leaf(page, self.slot(index, self.levels - 1), value);
         Ok(())
     }
 
