@@ -187,6 +187,12 @@ impl<'a> KernelHost<'a> {
     /// writeback).
     #[link_section = ".text.pvtce_hot"]
     fn release_old(&self, l: &HostLink, index: u64, page_shift: u32, dirty: bool) {
+        self.release_old_in(None, l, index, page_shift, dirty);
+    }
+
+    /// [`KernelHost::release_old`] inside the caller's RCU section `held`, or its own when `None`.
+    #[link_section = ".text.pvtce_hot"]
+    fn release_old_in(&self, held: Option<&RcuSection<'_>>, l: &HostLink, index: u64, page_shift: u32, dirty: bool) {
         let Some(slot) = l.table.useraddr(index, false) else {
             return;
         };
@@ -194,9 +200,16 @@ impl<'a> KernelHost<'a> {
         if ua == 0 {
             return;
         }
-        let rcu = self.rcu();
+        let own;
+        let rcu = match held {
+            Some(r) => r,
+            None => {
+                own = self.rcu();
+                &own
+            }
+        };
         // The old entry's count keeps its region registered, and regions do not overlap: this finds it.
-        if let Some(mem) = iommu::prereg_lookup(&rcu, self.mm(), ua, 1u64 << page_shift) {
+        if let Some(mem) = iommu::prereg_lookup(rcu, self.mm(), ua, 1u64 << page_shift) {
             if dirty {
                 if let Some(hpa) = mem.ua_to_hpa(ua, page_shift) {
                     // SAFETY: the region pins `hpa`'s page: it is alive (RCU) and the old entry's count keeps it
@@ -467,18 +480,28 @@ impl Host for KernelHost<'_> {
                 ok = false;
                 break;
             }
-            for k in 0..n {
-                let index = first + done + k as u64;
-                self.release_old(l, index, shift, true);
-                if tces[k] != 0 {
-                    // The entry holds the use validation or `take_use` took (released by `release_old` or VFIO's
-                    // clear).
-                    if let Some(used) = self.hold(Region(regions[k])) {
-                        used.keep();
+            if maps {
+                for k in 0..n {
+                    let index = first + done + k as u64;
+                    self.release_old(l, index, shift, true);
+                    if tces[k] != 0 {
+                        // The entry holds the use validation or `take_use` took (released by `release_old` or
+                        // VFIO's clear).
+                        if let Some(used) = self.hold(Region(regions[k])) {
+                            used.keep();
+                        }
+                        if let Some(slot) = l.table.useraddr(index, true) {
+                            slot.set(uas[k]);
+                        }
                     }
-                    if let Some(slot) = l.table.useraddr(index, true) {
-                        slot.set(uas[k]);
-                    }
+                }
+            } else {
+                // A chunk that only clears allocates nothing (no `it_userspace` level to make), so its releases
+                // share one RCU section: one section each costs more than the release on a debug kernel
+                // (lockdep tracks every `rcu_read_lock`), 512 times per H_STUFF_TCE.
+                let rcu = self.rcu();
+                for k in 0..n as u64 {
+                    self.release_old_in(Some(&rcu), l, first + done + k, shift, true);
                 }
             }
             self.counts.updates += n as u64;
