@@ -541,12 +541,16 @@ fn own_memory(mode: Mode) -> Result<String, String> {
     nothing("after the refused TCEs")?;
 
     // A preregistered memslot deleted while the guest maps it: each call either sees the slot (H_SUCCESS)
-    // or not (H_TOO_HARD), never the slot after its deletion was seen.
+    // or not (H_TOO_HARD), never the slot after its deletion was seen. Linux's C path (not pvtce's) may answer
+    // H_PARAMETER to the one call the deletion lands in: its kvmppc_h_put_tce looks the memslot up twice, in
+    // kvmppc_tce_validate (gone: H_TOO_HARD) and again after it (gone only then: H_PARAMETER), each through
+    // kvm_memslots(), which reads the memslots published at that moment (arch/powerpc/kvm/book3s_64_vio.c).
+    // pvtce translates each entry once. Seen once in about ten runs; counted and reported, never twice.
     let table_calls: Vec<_> = (0..payload::MAX_ENTRIES)
         .map(|i| call(H_PUT_TCE, [LIOBN, win + ((8 + i % 64) << 12), (DELETED_GPA + ((i % 16) << 12)) | rw, 0]))
         .collect();
     let probe = payload::TABLE + payload::HEADER + payload::ENTRY_SIZE * 64 + 48;
-    let (mut ok, mut refused, mut tables) = (0u64, 0u64, 0u32);
+    let (mut ok, mut refused, mut tables, mut linux_race) = (0u64, 0u64, 0u32, 0u32);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let del: Result<(), String> = std::thread::scope(|s| {
         let (vm, mem, stop) = (&rig.vm, &rig.mem, &stop);
@@ -572,6 +576,10 @@ fn own_memory(mode: Mode) -> Result<String, String> {
                         EXITED => {
                             seen_refused = true;
                             refused += 1;
+                        }
+                        H_PARAMETER if mode == Mode::Builtin && !seen_refused && linux_race == 0 => {
+                            seen_refused = true;
+                            linux_race += 1;
                         }
                         other => return Err(format!("table {tables} call {i}: {other} (after {refused} refused)")),
                     }
@@ -600,8 +608,9 @@ fn own_memory(mode: Mode) -> Result<String, String> {
     drop(rig);
     Ok(format!(
         "{}: no memslot, not preregistered, INDIRECT with either: H_TOO_HARD x4, nothing stored; memslot deleted \
-         mid-table: {ok} H_SUCCESS then {refused} H_TOO_HARD ({tables} tables), none after",
-        if mode == Mode::Pvtce { "pvtce" } else { "builtin" }
+         mid-table: {ok} H_SUCCESS then {}{refused} H_TOO_HARD ({tables} tables), none after",
+        if mode == Mode::Pvtce { "pvtce" } else { "builtin" },
+        if linux_race > 0 { "H_PARAMETER once (Linux's double memslot lookup), " } else { "" }
     ))
 }
 
