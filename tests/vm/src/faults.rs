@@ -112,10 +112,12 @@ fn after(baseline: i64, what: &str) -> Result<String, String> {
 }
 
 /// Loads pvtce, takes the pin baseline, and starts a child VMM for fault `kind` (stdout piped; stdin piped
-/// too when the parent must tell it when to go on).
+/// too when the parent must tell it when to go on). The baseline waits for the pins of the tests before to
+/// be released ([`settled_pins`]): read at once, it once counted 6 pages of the previous test that an RCU
+/// callback then unpinned, and the count fell below it (2026-12-06, fault-vm-destroy).
 fn start(kind: &str, with_stdin: bool) -> Result<(i64, std::process::Child), String> {
     sh("modprobe pvtce")?;
-    let baseline = pins_outstanding()?;
+    let baseline = settled_pins()?;
     let child = Command::new("/proc/self/exe")
         .args(["__fault-child", kind])
         .stdin(if with_stdin { Stdio::piped() } else { Stdio::inherit() })

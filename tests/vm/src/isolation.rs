@@ -460,7 +460,7 @@ fn many_windows(mode: Mode) -> Result<String, String> {
 fn both_paths(params: &str, case: fn(Mode) -> Result<String, String>) -> Result<String, String> {
     sh(&format!("modprobe pvtce {params}"))?;
     let r = (|| -> Result<String, String> {
-        let baseline = pins_outstanding()?;
+        let baseline = settled_pins()?;
         let builtin = case(Mode::Builtin)?;
         settled(baseline)?;
         let pvtce = case(Mode::Pvtce)?;

@@ -56,7 +56,7 @@ fn one(mode: Mode, baseline: i64) -> Result<String, String> {
 pub fn indirect_leak() -> Result<String, String> {
     sh("modprobe pvtce")?;
     let r = (|| -> Result<String, String> {
-        let baseline = pins_outstanding()?;
+        let baseline = settled_pins()?;
         Ok(format!("{}; {}", one(Mode::Builtin, baseline)?, one(Mode::Pvtce, baseline)?))
     })();
     let _ = set_mode(Mode::Pvtce);

@@ -11,7 +11,7 @@
 //! and after QEMU exits checks that no window and no pinned page is left. It needs the real-guest boot
 //! (`/realguest` in the initramfs, the NVMe in L0): `cargo xtask vm real-...` or `cargo xtask demo`.
 
-use crate::rig::{e, pins_outstanding, set_mode, sh, window_count};
+use crate::rig::{e, pins_outstanding, set_mode, settled_pins, sh, window_count};
 use pvtce_uapi::pvtce_window_info;
 use pvtce_vmm_glue::pvtce::Mode;
 use pvtce_vmm_glue::vfio;
@@ -585,7 +585,7 @@ fn measure_with(
         sh("modprobe pvtce")?;
     }
     let old = set_mode(path.mode())?;
-    let pins0 = pins_outstanding()?;
+    let pins0 = settled_pins()?;
     let before = window_count()?;
     if before != 0 {
         return Err(format!("{before} pvtce window(s) before QEMU started"));
