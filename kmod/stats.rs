@@ -105,39 +105,26 @@ impl<'a> ThisCpu<'a> {
     }
 }
 
-/// CPUs whose [`EarlyGets`] slot lies in the window's own structure, which the early H_GET_TCE reads anyway;
-/// the others' slots are in an allocation of their own (one more page for the exit's cold path to touch).
-const INLINE_CPUS: usize = 64;
-
 /// The H_GET_TCE calls KVM-HV's early path answered H_SUCCESS, one slot per possible CPU (`nr_cpu_ids`), each
 /// written only by its CPU with interrupts off ([`ThisCpu`]) with a marked load and store (`WRITE_ONCE`, no
 /// atomic read-modify-write, which the kernel crate makes a helper call: kmod/once.rs) and read by anyone.
 /// They count in `h_get_tce` and in `early`. The slots of neighbouring CPUs share cache lines, as one shared
 /// atomic would for all of them.
-pub(crate) struct EarlyGets {
-    /// CPUs `0..INLINE_CPUS`.
-    inline: [Atomic<u64>; INLINE_CPUS],
-    /// CPUs `INLINE_CPUS..nr_cpu_ids`.
-    rest: KVec<Atomic<u64>>,
-}
+pub(crate) struct EarlyGets(KVec<Atomic<u64>>);
 
 impl EarlyGets {
     pub(crate) fn new() -> Result<Self> {
-        let n = (kernel::cpu::nr_cpu_ids() as usize).saturating_sub(INLINE_CPUS);
-        let mut rest = KVec::with_capacity(n, GFP_KERNEL)?;
+        let n = kernel::cpu::nr_cpu_ids() as usize;
+        let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
-            rest.push(Atomic::new(0), GFP_KERNEL)?;
+            v.push(Atomic::new(0), GFP_KERNEL)?;
         }
-        Ok(EarlyGets { inline: [const { Atomic::new(0) }; INLINE_CPUS], rest })
+        Ok(EarlyGets(v))
     }
 
     /// Counts one answered call on the caller's CPU.
     pub(crate) fn count(&self, at: &ThisCpu<'_>) {
-        let slot = match at.cpu.checked_sub(INLINE_CPUS) {
-            None => self.inline.get(at.cpu),
-            Some(i) => self.rest.get(i),
-        };
-        if let Some(c) = slot {
+        if let Some(c) = self.0.get(at.cpu) {
             // One writer per slot (`ThisCpu`): a load and a store lose no count.
             write_once(c, read_once(c).wrapping_add(1));
         }
@@ -145,7 +132,7 @@ impl EarlyGets {
 
     /// The calls counted on every CPU.
     pub(crate) fn sum(&self) -> u64 {
-        Iterator::chain(self.inline.iter(), self.rest.iter()).map(read_once).fold(0, u64::saturating_add)
+        self.0.iter().map(read_once).fold(0, u64::saturating_add)
     }
 }
 
