@@ -252,28 +252,22 @@ fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64, early: Option<&Th
         .check_ioba(ioba, 1)
         .and_then(|page| w.shape.get_via(PageId(0), page - w.geometry.offset(), |p, i| w.slots.read(p, i)))
         .ok_or(HcallError::Parameter);
-    Some(answer_get(w, ioba, r, value, early))
-}
-
-/// Counts and traces an H_GET_TCE answer `r`, and gives its entry to `*value`; `early`: answered in KVM-HV's
-/// early path, on that CPU.
-#[inline(always)]
-fn answer_get(
-    w: &KernelWindow,
-    ioba: Ioba,
-    r: Result<u64, HcallError>,
-    value: &mut u64,
-    early: Option<&ThisCpu<'_>>,
-) -> i64 {
     match (early, &r) {
         // The common case, with no atomic (kmod/stats.rs).
         (Some(at), Ok(_)) => w.early_gets.count(at),
-        (Some(_), Err(_)) => {
+        _ => {
             w.stats.call(Kind::Get, r.map(|_| ()));
-            Stats::add(&w.stats.early, 1);
+            if early.is_some() {
+                Stats::add(&w.stats.early, 1);
+            }
         }
-        (None, _) => w.stats.call(Kind::Get, r.map(|_| ())),
     }
+    Some(answer_get(w, ioba, r, value))
+}
+
+/// Traces an H_GET_TCE answer `r` (its caller counted it), and gives its entry to `*value`.
+#[inline(always)]
+fn answer_get(w: &KernelWindow, ioba: Ioba, r: Result<u64, HcallError>, value: &mut u64) -> i64 {
     let code = r.map_or_else(|e| e.as_i64(), |v| {
         *value = v;
         H_SUCCESS
@@ -283,10 +277,12 @@ fn answer_get(
 }
 
 fn get(w: &KernelWindow, ioba: Ioba, value: &mut u64) -> i64 {
-    let s = w.state.lock();
+    let mut s = w.state.lock();
     // A range the VMM mapped answers what the VMM wrote there (Linux's mapped table is the table).
     let r = s.window.get_tce(&s.store, ioba).map(|v| s.shadows.get(w.entry_of(ioba)).unwrap_or(v));
-    answer_get(w, ioba, r, value, None)
+    // Under the lock: counted with the other locked calls.
+    s.changes.call(Kind::Get, r.map(|_| ()));
+    answer_get(w, ioba, r, value)
 }
 
 /// Counts a call that ended before the core ran (an H_PUT_TCE_INDIRECT precheck or list copy).
