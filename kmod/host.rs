@@ -190,6 +190,23 @@ impl<'a> KernelHost<'a> {
         self.release_old_in(None, l, index, page_shift, dirty);
     }
 
+    /// [`KernelHost::release_old`] for entries `first..first + count` of a range that was just cleared: nothing
+    /// in it allocates or sleeps (no `it_userspace` level to make), so the releases of each [`RUN_CHUNK`] share
+    /// one RCU section (one section each costs more than the release on a debug kernel: lockdep tracks every
+    /// `rcu_read_lock`; one per chunk keeps a section as short as a chunk's update).
+    fn release_range(&self, l: &HostLink, first: u64, count: u64, page_shift: u32) {
+        let end = first.saturating_add(count);
+        let mut index = first;
+        while index < end {
+            let chunk_end = index.saturating_add(RUN_CHUNK as u64).min(end);
+            let rcu = self.rcu();
+            for i in index..chunk_end {
+                self.release_old_in(Some(&rcu), l, i, page_shift, true);
+            }
+            index = chunk_end;
+        }
+    }
+
     /// [`KernelHost::release_old`] inside the caller's RCU section `held`, or its own when `None`.
     #[link_section = ".text.pvtce_hot"]
     fn release_old_in(&self, held: Option<&RcuSection<'_>>, l: &HostLink, index: u64, page_shift: u32, dirty: bool) {
@@ -496,13 +513,7 @@ impl Host for KernelHost<'_> {
                     }
                 }
             } else {
-                // A chunk that only clears allocates nothing (no `it_userspace` level to make), so its releases
-                // share one RCU section: one section each costs more than the release on a debug kernel
-                // (lockdep tracks every `rcu_read_lock`), 512 times per H_STUFF_TCE.
-                let rcu = self.rcu();
-                for k in 0..n as u64 {
-                    self.release_old_in(Some(&rcu), l, first + done + k, shift, true);
-                }
+                self.release_range(l, first + done, n as u64, shift);
             }
             self.counts.updates += n as u64;
             done += n as u64;
@@ -515,9 +526,7 @@ impl Host for KernelHost<'_> {
         }
         // The range's entries are undefined: empty it and drop what its entries held.
         let _ = l.table.clear_multi(first, count);
-        for k in 0..count {
-            self.release_old(l, first + k, shift, true);
-        }
+        self.release_range(l, first, count, shift);
         self.counts.run_failures += 1;
         Err(RunFailed)
     }
