@@ -104,8 +104,9 @@ unsafe fn run_clearing(kvm: *mut Vm, liobn: c_ulong, ret: *mut c_long, kind: Kin
 }
 
 /// `h_put_tce` hook, and with `early` the `h_tce_early` hook's H_PUT_TCE (KVM-HV's early path, kernel patch
-/// 0011): the call then runs as on the normal path but with the window lock taken by trylock and a host that
-/// allocates nothing ([`KernelHost::early`]), the window found under RCU (nothing sleeps). The early path
+/// 0011): the call then runs as on the normal path but with the window lock taken by one compare-and-swap
+/// ([`crate::lock::StateLock::try_lock_early`]) and a host that allocates nothing ([`KernelHost::early`]), the
+/// window found under RCU (nothing sleeps). The early path
 /// declines (false, nothing changed) when it is off (module parameter), there is no lookup snapshot, the LIOBN
 /// is not pvtce's, the VMM mapped the table fd (its shadows may sleep), the lock is taken, the core needs
 /// table pages, or it refused with H_TOO_HARD before changing anything (e.g. a host-table level to
@@ -235,7 +236,7 @@ pub(crate) unsafe extern "C" fn pvtce_rs_h_get_tce(
 }
 
 /// H_GET_TCE without the window lock (the caller holds an RCU read section, not `kvm->srcu`): the walk reads
-/// the table's blocks through [`crate::store::Slots`], whose root is the first page the table takes (id 0:
+/// the table's blocks through [`crate::store::SlotsRef`], whose root is the first page the table takes (id 0:
 /// pvtce-core's `GuestTable::set` takes the root before any other page, and ids are reused only after the
 /// window's release). `None` when the VMM mapped the table fd: the locked [`get`] answers then. Inlined with
 /// [`answer_get`] into the early path's caller: under TCG each call into another page of the module's text
@@ -420,7 +421,7 @@ fn execute_early(w: &KernelWindow, srcu: &VmSrcu<'_>, irqs: &IrqsOff, request: &
     let Request::Put { ioba, .. } = *request else {
         return None;
     };
-    let mut guard = w.state.try_lock()?;
+    let mut guard = w.state.try_lock_early(irqs)?;
     // Under the lock, which the flag is set under: a load before it could miss a concurrent set.
     if read_once(&w.has_shadows) {
         return None;

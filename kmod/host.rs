@@ -15,7 +15,7 @@
 use crate::ffi::{IrqsOff, RcuSection, Vm, VmSrcu};
 use crate::iommu::{self, IommuTable, MappedUse, TableGeometry, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
 use crate::pvtce_core::host::{
-    run_each, Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, Region, RunFailed, XlateError,
+    run_each, Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, Region, RunFailed, XlateError, MAX_LINKS,
 };
 use crate::pvtce_core::types::{PageShift, Perm};
 use core::cell::{Cell, RefCell};
@@ -37,6 +37,70 @@ pub(crate) struct HostLink {
     /// The table's geometry, read once at link: an `iommu_table`'s page shift, offset and size are fixed for
     /// its life, which the reference above spans.
     pub(crate) geometry: TableGeometry,
+}
+
+/// The hardware tables linked to a window, inline in its state: a vector's buffer would be one more block for
+/// every hypercall to touch, which under TCG costs a TLB fill (docs/bench/analysis.md).
+///
+/// # Invariants
+/// `slots[..len]` are all `Some`, the rest `None`.
+pub(crate) struct Links {
+    slots: [Option<HostLink>; MAX_LINKS],
+    len: usize,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Links { slots: [const { None }; MAX_LINKS], len: 0 }
+    }
+}
+
+impl Links {
+    /// The linked tables, in link order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &HostLink> {
+        self.slots.iter().take(self.len).flatten()
+    }
+
+    /// How many tables are linked.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The first linked table.
+    pub(crate) fn first(&self) -> Option<&HostLink> {
+        self.iter().next()
+    }
+
+    /// Adds a link; gives it back when [`MAX_LINKS`] are linked.
+    pub(crate) fn push(&mut self, link: HostLink) -> core::result::Result<(), HostLink> {
+        let Some(slot) = self.slots.get_mut(self.len) else {
+            return Err(link);
+        };
+        *slot = Some(link);
+        // INVARIANT: the slot at the old `len` is now `Some`.
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Takes the last link out.
+    pub(crate) fn pop(&mut self) -> Option<HostLink> {
+        let i = self.len.checked_sub(1)?;
+        // INVARIANT: the last `Some` becomes `None`.
+        self.len = i;
+        self.slots.get_mut(i)?.take()
+    }
+
+    /// Takes link `i` out, moving the later ones down (link order is kept).
+    pub(crate) fn remove(&mut self, i: usize) -> Option<HostLink> {
+        if i >= self.len {
+            return None;
+        }
+        let link = self.slots.get_mut(i)?.take();
+        self.slots.get_mut(i..self.len)?.rotate_left(1);
+        // INVARIANT: the `None` left at `i` was rotated to the end of the filled part.
+        self.len -= 1;
+        link
+    }
 }
 
 /// Hardware-side counters of one call.
@@ -72,7 +136,7 @@ pub(crate) struct KernelHost<'a> {
     vm: &'a Vm,
     /// `None` for a clearing call: [`Host::gpa_to_ua`] then finds nothing (the core asks only for mappings).
     srcu: Option<&'a VmSrcu<'a>>,
-    pub(crate) links: &'a [HostLink],
+    pub(crate) links: &'a Links,
     pub(crate) counts: HostCounts,
     /// The window's run buffer ([`RUN_BUF`] words, under the window lock); empty for a host that only links
     /// or exchanges entry by entry.
@@ -117,23 +181,23 @@ fn dir_to_bits(d: c_int) -> u64 {
 }
 
 impl<'a> KernelHost<'a> {
-    pub(crate) fn new(srcu: &'a VmSrcu<'a>, links: &'a [HostLink]) -> Self {
+    pub(crate) fn new(srcu: &'a VmSrcu<'a>, links: &'a Links) -> Self {
         KernelHost::make(srcu.vm(), Some(srcu), links, &mut [])
     }
 
     /// A host whose [`Host::table_run`] writes batches through the window's run buffer `buf`.
-    pub(crate) fn with_buf(srcu: &'a VmSrcu<'a>, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
+    pub(crate) fn with_buf(srcu: &'a VmSrcu<'a>, links: &'a Links, buf: &'a mut [u64]) -> Self {
         KernelHost::make(srcu.vm(), Some(srcu), links, buf)
     }
 
     /// [`KernelHost::with_buf`] for a call whose every entry clears (H_STUFF_TCE or H_PUT_TCE of 0), with no
     /// `kvm->srcu`: the core translates no guest address for it, and an old entry's region is found in the
     /// VM's mm, which the window's VM reference keeps.
-    pub(crate) fn clearing(vm: &'a Vm, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
+    pub(crate) fn clearing(vm: &'a Vm, links: &'a Links, buf: &'a mut [u64]) -> Self {
         KernelHost::make(vm, None, links, buf)
     }
 
-    fn make(vm: &'a Vm, srcu: Option<&'a VmSrcu<'a>>, links: &'a [HostLink], buf: &'a mut [u64]) -> Self {
+    fn make(vm: &'a Vm, srcu: Option<&'a VmSrcu<'a>>, links: &'a Links, buf: &'a mut [u64]) -> Self {
         let (holds, next_hold) = (RefCell::new(&mut [][..]), Cell::new(0));
         KernelHost { vm, srcu, links, counts: HostCounts::default(), buf, early: None, holds, next_hold }
     }
@@ -177,7 +241,7 @@ impl<'a> KernelHost<'a> {
     }
 
     fn link(&self, id: HostTableId) -> Option<&'a HostLink> {
-        let links: &'a [HostLink] = self.links;
+        let links: &'a Links = self.links;
         links.iter().find(|l| l.id == id)
     }
 

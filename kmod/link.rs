@@ -78,7 +78,9 @@ unsafe fn attach(w: &KernelWindow, grp: *mut IommuGroup) -> Result {
     let id = HostTableId(s.next_link_id);
     s.next_link_id = s.next_link_id.wrapping_add(1);
     let geometry = table.geometry();
-    s.links.push(HostLink { id, table, group: grp as usize, geometry }, GFP_KERNEL)?;
+    if s.links.push(HostLink { id, table, group: grp as usize, geometry }).is_err() {
+        return Err(ENOSPC);
+    }
     if s.window.link(&KernelHost::new(&srcu, &s.links), id).is_err() {
         s.links.pop();
         return Err(EINVAL);
@@ -112,8 +114,9 @@ pub(crate) unsafe extern "C" fn pvtce_rs_release_group(kvm: *mut Vm, grp: *mut I
                         break;
                     }
                 }
-                if let Some(i) = s.links.iter().position(|l| l.id == *id) {
-                    if let Ok(l) = s.links.remove(i) {
+                let at = s.links.iter().position(|l| l.id == *id);
+                if let Some(i) = at {
+                    if let Some(l) = s.links.remove(i) {
                         let _ = gone.push(l, GFP_KERNEL);
                     }
                 }

@@ -14,6 +14,7 @@
 //!   mm, the interrupts-off token of the early path; the backend registration and the window file of
 //!   kmod/glue.c.
 //! - [`iommu`]: the powerpc IOMMU side: hardware tables, `it_userspace`, preregistered memory under RCU.
+//! - [`lock`]: the window state's lock, which KVM's early path takes without calling out of the module.
 //! - [`store`]: the guest-visible table's pages. [`stats`]: a window's counters. [`shadow`]: the pages
 //!   behind the table fd's mmap.
 //! - [`host`]: pvtce-core's `Host` over memslots, preregistered memory and the hardware tables.
@@ -34,6 +35,7 @@ mod host;
 mod ioctl;
 mod iommu;
 mod link;
+mod lock;
 mod mmap;
 mod once;
 #[allow(dead_code, unreachable_pub)]

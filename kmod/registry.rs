@@ -32,42 +32,53 @@ kernel::sync::global_lock! {
     unsafe(uninit) static WINDOWS: Mutex<KVec<Arc<KernelWindow>>> = KVec::new();
 }
 
-/// One registered window as the hypercall path sees it; a null `window` is an empty slot.
+/// One registered window as the hypercall path sees it; a null `window` is an empty slot. `vm` is an identity
+/// only (compared, never dereferenced).
 #[derive(Clone, Copy)]
 struct LookupEntry {
-    vm: *const Vm,
+    vm: usize,
     liobn: u64,
     window: *const KernelWindow,
 }
 
 impl LookupEntry {
-    const EMPTY: LookupEntry = LookupEntry { vm: core::ptr::null(), liobn: 0, window: core::ptr::null() };
+    const EMPTY: LookupEntry = LookupEntry { vm: 0, liobn: 0, window: core::ptr::null() };
 }
 
 /// The snapshot: an open-addressing hash table keyed by (VM, LIOBN), with linear probing, at most half full,
 /// so a lookup is O(1) whatever the number of VMs and windows. Hand-written: the kernel crate has no hash
 /// map, and an xarray would need one per VM (a field in `struct kvm`) for the same constant cost.
 ///
+/// One allocation, which [`LOOKUP`] points at: entry 0 is a header (`liobn`: the number of probe slots, `vm`:
+/// the allocation's capacity), the probe slots follow it. A reader loads the pointer and then touches one
+/// block, not a box and then its vector (under TCG each block a hypercall first touches costs a TLB fill,
+/// docs/bench/analysis.md).
+///
 /// # Invariants
-/// `slots.len()` is a power of two with at least one empty slot; no two entries have the same key.
-struct Lookup {
-    slots: KVec<LookupEntry>,
-}
+/// The probe slots are a power of two in number, with at least one empty; no two entries have the same key.
+struct Lookup;
 
 /// The slot a key's probe starts at, for a table of `len` (a power of two) slots.
-fn home(vm: *const Vm, liobn: u64, len: usize) -> usize {
-    let h = ((vm as usize as u64) ^ liobn.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+fn home(vm: usize, liobn: u64, len: usize) -> usize {
+    let h = ((vm as u64) ^ liobn.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (h >> 32) as usize & (len - 1)
 }
 
 impl Lookup {
-    /// A table of every window of `list`.
-    fn build(list: &KVec<Arc<KernelWindow>>) -> Result<KBox<Lookup>> {
+    /// A snapshot of every window of `list`, as the raw parts [`Lookup::free`] takes back.
+    fn build(list: &KVec<Arc<KernelWindow>>) -> Result<*mut LookupEntry> {
         // At most half full (and at least 8 slots, so never full).
         let len = list.len().saturating_mul(2).max(8).checked_next_power_of_two().ok_or(ENOMEM)?;
-        let mut slots = KVec::from_elem(LookupEntry::EMPTY, len, GFP_KERNEL)?;
+        let mut all = KVec::from_elem(LookupEntry::EMPTY, len + 1, GFP_KERNEL)?;
+        let cap = all.capacity();
+        let (head, slots) = all.split_at_mut(1);
+        // INVARIANT: `len` probe slots, a power of two, filled at most half below.
+        for h in head {
+            *h = LookupEntry { vm: cap, liobn: len as u64, window: core::ptr::null() };
+        }
         for w in list.iter() {
-            let e = LookupEntry { vm: &*w.vm, liobn: w.liobn, window: Arc::as_ptr(w) };
+            let e =
+                LookupEntry { vm: core::ptr::from_ref::<Vm>(&w.vm) as usize, liobn: w.liobn, window: Arc::as_ptr(w) };
             let mut i = home(e.vm, e.liobn, len);
             // The registry's keys are unique (`create` refuses a duplicate LIOBN per VM) and there is room.
             while let Some(slot) = slots.get_mut(i) {
@@ -78,16 +89,22 @@ impl Lookup {
                 i = (i + 1) & (len - 1);
             }
         }
-        Ok(KBox::new(Lookup { slots }, GFP_KERNEL)?)
+        Ok(all.into_raw_parts().0)
     }
 
-    /// The VM's window `liobn`, if registered.
-    fn find(&self, vm: *const Vm, liobn: u64) -> Option<*const KernelWindow> {
-        let len = self.slots.len();
+    /// The window of `(vm, liobn)` in the snapshot at `snap`, if registered.
+    ///
+    /// # Safety
+    /// `snap` is a live snapshot from [`Lookup::build`].
+    unsafe fn find(snap: *const LookupEntry, vm: usize, liobn: u64) -> Option<*const KernelWindow> {
+        // SAFETY: a snapshot's header is followed by its `liobn` probe slots, all initialised (`build`); it
+        // lives for the call (the caller's guarantee).
+        let slots = unsafe { core::slice::from_raw_parts(snap.add(1), (*snap).liobn as usize) };
+        let len = slots.len();
         let mut i = home(vm, liobn, len);
         // An empty slot ends the probe (the table is never full); the bound is for form.
         for _ in 0..len {
-            let e = self.slots.get(i)?;
+            let e = slots.get(i)?;
             if e.window.is_null() {
                 return None;
             }
@@ -98,12 +115,26 @@ impl Lookup {
         }
         None
     }
+
+    /// Frees a snapshot.
+    ///
+    /// # Safety
+    /// `snap` came from [`Lookup::build`], and nothing uses it any more.
+    unsafe fn free(snap: *mut LookupEntry) {
+        // SAFETY: the header holds the probe slots' number and the allocation's capacity (`build`); the
+        // caller's guarantee makes this the only owner.
+        unsafe {
+            let (len, cap) = ((*snap).liobn as usize + 1, (*snap).vm);
+            drop(KVec::from_raw_parts(snap, len, cap));
+        }
+    }
 }
 
-/// What the hypercall path reads without a lock: every window of [`WINDOWS`], as a snapshot replaced whole
-/// (under `WINDOWS`) whenever the list changes, and freed after an RCU grace period. Null means "unknown":
-/// the hypercall path then takes `WINDOWS` (only after an allocation failure, or before the first window).
-static LOOKUP: Atomic<*mut Lookup> = Atomic::new(core::ptr::null_mut());
+/// What the hypercall path reads without a lock: every window of [`WINDOWS`], as a snapshot ([`Lookup`])
+/// replaced whole (under `WINDOWS`) whenever the list changes, and freed after an RCU grace period. Null means
+/// "unknown": the hypercall path then takes `WINDOWS` (only after an allocation failure, or before the first
+/// window).
+static LOOKUP: Atomic<*mut LookupEntry> = Atomic::new(core::ptr::null_mut());
 
 /// Initialises the registry.
 ///
@@ -116,20 +147,20 @@ pub(crate) unsafe fn init() {
 
 /// Replaces [`LOOKUP`] with a snapshot of `list` (the caller holds [`WINDOWS`]), or with null if that cannot
 /// be allocated; returns the old snapshot, to be freed with [`retire`] once the lock is dropped.
-fn publish(list: &KVec<Arc<KernelWindow>>) -> *mut Lookup {
-    let new = Lookup::build(list).map_or(core::ptr::null_mut(), KBox::into_raw);
+fn publish(list: &KVec<Arc<KernelWindow>>) -> *mut LookupEntry {
+    let new = Lookup::build(list).unwrap_or(core::ptr::null_mut());
     LOOKUP.xchg(new, Full)
 }
 
 /// Frees a snapshot [`publish`] replaced, after every RCU reader that may still see it is done.
-fn retire(old: *mut Lookup) {
+fn retire(old: *mut LookupEntry) {
     if old.is_null() {
         return;
     }
     rcu::synchronize_rcu();
-    // SAFETY: `old` came from `KBox::into_raw` in `publish` and is no longer in `LOOKUP`; the grace period
+    // SAFETY: `old` came from `Lookup::build` in `publish` and is no longer in `LOOKUP`; the grace period
     // above waited for every reader that loaded it.
-    drop(unsafe { KBox::from_raw(old) });
+    unsafe { Lookup::free(old) };
 }
 
 /// Empties [`LOOKUP`] (module exit: no window is left and no hook can run).
@@ -153,7 +184,7 @@ fn lookup(_rcu: &impl RcuReader, vm: *const Vm, liobn: u64) -> Option<Option<*co
     }
     // SAFETY: a non-null `LOOKUP` points at a snapshot from `publish`, which `retire` frees only after an RCU
     // grace period; the caller's read section keeps it alive for this call.
-    Some(unsafe { &*snap }.find(vm, liobn))
+    Some(unsafe { Lookup::find(snap, vm as usize, liobn) })
 }
 
 /// Runs `f` on the VM's window `liobn`, if pvtce has one; the caller's `kvm->srcu` section keeps it alive.

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The guest-visible table's pages: pvtce-core's [`PageStore`] over kmalloc'ed 4 KiB blocks, readable
-//! without the window lock ([`Slots::read`], the lockless H_GET_TCE).
+//! without the window lock ([`SlotsRef::read`], the lockless H_GET_TCE).
 //!
 //! The core never allocates: when its reserve is short it answers `NeedAlloc`; the caller allocates the blocks
 //! with [`KernelStore::alloc`] outside the window lock, hands them over with [`KernelStore::add`] under it, and
@@ -46,10 +46,47 @@ fn max_pages(size: u64) -> usize {
 /// The block of each page id, null where none; shared by the window (lockless readers) and its store.
 pub(crate) struct Slots(KVVec<Atomic<*mut Block>>);
 
-impl Slots {
+/// A reference to the [`Slots`] that also keeps where their array lies, so that a reader reaches a block's
+/// pointer from its own structure in one load rather than through the `Arc`'s allocation first: under TCG
+/// each block a hypercall first touches costs a TLB fill (docs/bench/analysis.md).
+///
+/// # Invariants
+/// `ptr` and `len` are those of `owner`'s array, which is never resized (it is filled once, in
+/// [`KernelStore::new`], before any `Slots` is shared).
+pub(crate) struct SlotsRef {
+    ptr: *const Atomic<*mut Block>,
+    len: usize,
+    owner: Arc<Slots>,
+}
+
+// SAFETY: a `SlotsRef` is an `Arc<Slots>` (whose contents are atomics) plus a view of its array that only
+// hands out shared references to those atomics; sending or sharing it is sending or sharing the `Arc`.
+unsafe impl Send for SlotsRef {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SlotsRef {}
+
+impl SlotsRef {
+    fn new(owner: Arc<Slots>) -> SlotsRef {
+        // INVARIANT: the array is not resized after this (nothing pushes to a shared `Slots`).
+        SlotsRef { ptr: owner.0.as_ptr(), len: owner.0.len(), owner }
+    }
+
+    /// The array.
+    #[inline(always)]
+    fn slots(&self) -> &[Atomic<*mut Block>] {
+        // SAFETY: `ptr` and `len` describe `owner`'s array (type invariant), which lives as long as `owner`,
+        // which `self` keeps.
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Another reference to the same slots.
+    fn share(&self) -> SlotsRef {
+        SlotsRef { ptr: self.ptr, len: self.len, owner: self.owner.clone() }
+    }
+
     /// Slot `index` of page `page`, 0 for a page that has no block: safe with or without the window lock.
     pub(crate) fn read(&self, page: PageId, index: usize) -> u64 {
-        let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.0.get(i)) else {
+        let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.slots().get(i)) else {
             return 0;
         };
         let b = read_once(slot);
@@ -71,7 +108,7 @@ impl Slots {
 /// `live + reserve.len() <= slots.len()` where `live = used - free_ids.len()`, so `take` always finds an id;
 /// every non-null slot owns its block (from `KBox::into_raw`).
 pub(crate) struct KernelStore {
-    slots: Arc<Slots>,
+    slots: SlotsRef,
     /// Ids `0..used` have been handed out at least once.
     used: usize,
     free_ids: KVec<u64>,
@@ -83,14 +120,14 @@ pub(crate) struct Blocks(KVec<KBox<Block>>);
 
 impl KernelStore {
     /// An empty store for a table of `size` entries, and the slots a lockless reader reads it through.
-    pub(crate) fn new(size: u64) -> Result<(Self, Arc<Slots>)> {
+    pub(crate) fn new(size: u64) -> Result<(Self, SlotsRef)> {
         let n = max_pages(size);
         let mut v = KVVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
             v.push(Atomic::new(core::ptr::null_mut()), GFP_KERNEL)?;
         }
-        let slots = Arc::new(Slots(v), GFP_KERNEL)?;
-        Ok((KernelStore { slots: slots.clone(), used: 0, free_ids: KVec::new(), reserve: KVec::new() }, slots))
+        let slots = SlotsRef::new(Arc::new(Slots(v), GFP_KERNEL)?);
+        Ok((KernelStore { slots: slots.share(), used: 0, free_ids: KVec::new(), reserve: KVec::new() }, slots))
     }
 
     /// Allocates `n` zeroed blocks (call without the window lock held).
@@ -106,7 +143,7 @@ impl KernelStore {
     pub(crate) fn add(&mut self, blocks: Blocks) -> Result {
         let live = self.used - self.free_ids.len();
         let total = live.saturating_add(self.reserve.len()).saturating_add(blocks.0.len());
-        if total > self.slots.0.len() {
+        if total > self.slots.slots().len() {
             return Err(ENOMEM);
         }
         self.free_ids.reserve(total.saturating_sub(self.free_ids.len()), GFP_KERNEL)?;
@@ -120,7 +157,7 @@ impl KernelStore {
     }
 
     fn block(&self, page: PageId) -> Option<&Block> {
-        let b = read_once(self.slots.0.get(usize::try_from(page.0).ok()?)?);
+        let b = read_once(self.slots.slots().get(usize::try_from(page.0).ok()?)?);
         // SAFETY: a non-null slot owns its block (type invariant), which only `free` or `drop` (both `&mut
         // self`) release, so it lives for this borrow.
         (!b.is_null()).then(|| unsafe { &*b })
@@ -139,7 +176,7 @@ impl PageStore for KernelStore {
             }
         };
         // By the type invariant `id < slots.len()` and the slot is null.
-        let slot = self.slots.0.get(usize::try_from(id).ok()?)?;
+        let slot = self.slots.slots().get(usize::try_from(id).ok()?)?;
         // Release: a lockless reader that finds this block sees it zeroed.
         slot.store(KBox::into_raw(b), Release);
         Some(PageId(id))
@@ -169,7 +206,7 @@ impl PageStore for KernelStore {
     }
 
     fn free(&mut self, page: PageId) {
-        let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.slots.0.get(i)) else {
+        let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.slots.slots().get(i)) else {
             return;
         };
         let b = slot.xchg(core::ptr::null_mut(), Relaxed);
@@ -185,7 +222,7 @@ impl PageStore for KernelStore {
 
 impl Drop for KernelStore {
     fn drop(&mut self) {
-        for slot in self.slots.0.iter() {
+        for slot in self.slots.slots().iter() {
             let b = slot.xchg(core::ptr::null_mut(), Relaxed);
             if !b.is_null() {
                 // SAFETY: as in `free`; the window is going, so no reader is left.

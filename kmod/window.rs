@@ -13,18 +13,19 @@
 //! `kvm->lock` (held by KVM around `create_table`) → the registry (kmod/registry.rs) →
 //! [`KernelWindow::list_buf`] (the guest's list is copied under it, which may fault: `mmap_lock` nests inside
 //! it, never the other way) → [`KernelWindow::state`]. Table pages are allocated with no lock held; under
-//! `state` only the bookkeeping of an already-allocated reserve and the mmap fault's shadow page (a mutex:
-//! sleeping is allowed). The last reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
+//! `state` only the bookkeeping of an already-allocated reserve and the mmap fault's shadow page (a sleeping
+//! taker may sleep holding it: kmod/lock.rs). The last reference on the VM (`kvm_put_kvm`) is never dropped under a lock.
 
 use crate::ffi::Vm;
-use crate::host::HostLink;
+use crate::host::Links;
+use crate::lock::StateLock;
 use crate::pvtce_core::host::Planned;
 use crate::pvtce_core::table::GuestTable;
 use crate::pvtce_core::types::{Ioba, Liobn, WindowGeometry};
 use crate::pvtce_core::window::{Window, PLAN_SLOTS};
 use crate::shadow::Shadows;
 use crate::stats::{Changes, EarlyGets, Kind, Stats};
-use crate::store::{KernelStore, Slots};
+use crate::store::{KernelStore, SlotsRef};
 use crate::uapi::{pvtce_window_info, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE};
 use kernel::prelude::*;
 use kernel::sync::aref::ARef;
@@ -39,7 +40,7 @@ pub(crate) static MODE: Atomic<u32> = Atomic::new(PVTCE_MODE_PVTCE);
 pub(crate) struct State {
     pub(crate) window: Window,
     pub(crate) store: KernelStore,
-    pub(crate) links: KVec<HostLink>,
+    pub(crate) links: Links,
     pub(crate) next_link_id: u32,
     pub(crate) shadows: Shadows,
     /// The batched host-table update's list, user addresses and region holds ([`crate::host::RUN_BUF`]
@@ -65,7 +66,7 @@ pub(crate) struct KernelWindow {
     /// The table's shape (no page of its own: the state's table owns them), for the lockless H_GET_TCE's walk.
     pub(crate) shape: GuestTable,
     /// The table's blocks by page id, read by the lockless H_GET_TCE (kmod/store.rs).
-    pub(crate) slots: Arc<Slots>,
+    pub(crate) slots: SlotsRef,
     pub(crate) stats: Stats,
     /// The H_GET_TCE calls KVM-HV's early path answered, per CPU (counted in `h_get_tce` and `early`).
     pub(crate) early_gets: EarlyGets,
@@ -79,7 +80,7 @@ pub(crate) struct KernelWindow {
     #[pin]
     pub(crate) list_buf: Mutex<KVec<u64>>,
     #[pin]
-    pub(crate) state: Mutex<State>,
+    pub(crate) state: StateLock<State>,
 }
 
 /// Linux `kvmppc_stt_pages(kvmppc_tce_pages(size))`: what the built-in code charges for a window.
@@ -113,7 +114,7 @@ impl KernelWindow {
         let state = State {
             window: Window::new(Liobn(liobn), geometry),
             store,
-            links: KVec::new(),
+            links: Links::default(),
             next_link_id: 0,
             shadows: Shadows::default(),
             run_buf,
@@ -134,7 +135,7 @@ impl KernelWindow {
                 has_shadows: Atomic::new(false),
                 locked_pages,
                 list_buf <- kernel::new_mutex!(KVec::new()),
-                state <- kernel::new_mutex!(state),
+                state <- StateLock::new(state, kernel::new_mutex!(())),
             }),
             GFP_KERNEL,
         )
