@@ -13,7 +13,9 @@
 //! name only a slot, and a slot gives its count up once (no `unsafe` rests on the core keeping its contract).
 
 use crate::ffi::{IrqsOff, RcuSection, Vm, VmSrcu};
-use crate::iommu::{self, IommuTable, MappedUse, TableGeometry, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE};
+use crate::iommu::{
+    self, IommuTable, MappedUse, TableGeometry, UserAddrSlot, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE,
+};
 use crate::pvtce_core::host::{
     run_each, Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, Region, RunFailed, XlateError, MAX_LINKS,
 };
@@ -274,7 +276,14 @@ impl<'a> KernelHost<'a> {
     /// [`KernelHost::release_old`] inside the caller's RCU section `held`, or its own when `None`.
     #[link_section = ".text.pvtce_hot"]
     fn release_old_in(&self, held: Option<&RcuSection<'_>>, l: &HostLink, index: u64, page_shift: u32, dirty: bool) {
-        let Some(slot) = l.table.useraddr(index, false) else {
+        self.release_slot(held, l.table.useraddr(index, false), page_shift, dirty);
+    }
+
+    /// [`KernelHost::release_old_in`] of the entry whose `it_userspace` slot is `slot` (`None`: no level, so
+    /// nothing to release), found by the caller.
+    #[link_section = ".text.pvtce_hot"]
+    fn release_slot(&self, held: Option<&RcuSection<'_>>, slot: Option<UserAddrSlot<'_>>, page_shift: u32, dirty: bool) {
+        let Some(slot) = slot else {
             return;
         };
         let ua = slot.get();
@@ -537,6 +546,16 @@ impl Host for KernelHost<'_> {
                 }
                 filled = k + 1;
             }
+            // A tiny run's `it_userspace` slots, found before its parent hypercall (finding one is a call into the
+            // table's ops; a slot's address does not change while the table lives): after the hypercall each
+            // first touch costs again under TCG (docs/bench/analysis.md), and the slots are read and written
+            // after the write as before. `None` where the level is missing, as `useraddr` without `alloc` says.
+            let mut near: [Option<UserAddrSlot<'_>>; TINY_RUN] = [const { None }; TINY_RUN];
+            if ok && n <= TINY_RUN {
+                for (k, slot) in near.iter_mut().enumerate().take(n) {
+                    *slot = l.table.useraddr(first + done + k as u64, false);
+                }
+            }
             let written = if !ok {
                 Err(0)
             } else if !maps {
@@ -564,17 +583,29 @@ impl Host for KernelHost<'_> {
             if maps {
                 for k in 0..n {
                     let index = first + done + k as u64;
-                    self.release_old(l, index, shift, true);
+                    // A tiny run's slot was found above; the others are found now.
+                    let slot = match near.get(k) {
+                        Some(found) if n <= TINY_RUN => *found,
+                        _ => l.table.useraddr(index, false),
+                    };
+                    self.release_slot(None, slot, shift, true);
                     if tces[k] != 0 {
                         // The entry holds the use validation or `take_use` took (released by `release_old` or
                         // VFIO's clear).
                         if let Some(used) = self.hold(Region(regions[k])) {
                             used.keep();
                         }
-                        if let Some(slot) = l.table.useraddr(index, true) {
+                        // A level missing before the write is allocated now (`table_ready` made it, except in a
+                        // race with nothing: the level stays once made).
+                        if let Some(slot) = slot.or_else(|| l.table.useraddr(index, true)) {
                             slot.set(uas[k]);
                         }
                     }
+                }
+            } else if n <= TINY_RUN {
+                let rcu = self.rcu();
+                for slot in near.iter().take(n) {
+                    self.release_slot(Some(&rcu), *slot, shift, true);
                 }
             } else {
                 self.release_range(l, first + done, n as u64, shift);

@@ -194,6 +194,7 @@ impl IommuTable {
 ///
 /// # Invariants
 /// `ptr` points at an aligned word of the table's userspace array, alive while the borrowed table is.
+#[derive(Clone, Copy)]
 pub(crate) struct UserAddrSlot<'a> {
     ptr: *mut u64,
     _table: PhantomData<&'a IommuTable>,
