@@ -20,6 +20,7 @@
 
 use crate::once::{read_once, write_once};
 use crate::pvtce_core::table::{GuestTable, PageId, PageStore, ENTRIES_PER_PAGE};
+use core::cell::Cell;
 use kernel::prelude::*;
 use kernel::sync::atomic::{Atomic, Relaxed, Release};
 use kernel::sync::Arc;
@@ -106,13 +107,19 @@ impl SlotsRef {
 ///
 /// # Invariants
 /// `live + reserve.len() <= slots.len()` where `live = used - free_ids.len()`, so `take` always finds an id;
-/// every non-null slot owns its block (from `KBox::into_raw`).
+/// every non-null slot owns its block (from `KBox::into_raw`); every entry of `recent` with a non-zero address
+/// is `(id, address of the block in slots[id])` for a live id.
 pub(crate) struct KernelStore {
     slots: SlotsRef,
     /// Ids `0..used` have been handed out at least once.
     used: usize,
     free_ids: KVec<u64>,
     reserve: KVec<KBox<Block>>,
+    /// The blocks of the root (entry 0) and of the last other page [`KernelStore::block`] found, by id: a walk
+    /// of the table (root, then a leaf, often the last one again) then reads no `Slots` array. Under TCG each
+    /// block a hypercall touches first costs a TLB fill, and a call's walks come before and after its parent
+    /// hypercall, after which they cost again (docs/bench/analysis.md).
+    recent: Cell<[(u64, usize); 2]>,
 }
 
 /// Zeroed blocks allocated outside any lock, to be handed to [`KernelStore::add`].
@@ -127,7 +134,8 @@ impl KernelStore {
             v.push(Atomic::new(core::ptr::null_mut()), GFP_KERNEL)?;
         }
         let slots = SlotsRef::new(Arc::new(Slots(v), GFP_KERNEL)?);
-        Ok((KernelStore { slots: slots.share(), used: 0, free_ids: KVec::new(), reserve: KVec::new() }, slots))
+        let recent = Cell::new([(0, 0); 2]);
+        Ok((KernelStore { slots: slots.share(), used: 0, free_ids: KVec::new(), reserve: KVec::new(), recent }, slots))
     }
 
     /// Allocates `n` zeroed blocks (call without the window lock held).
@@ -157,7 +165,24 @@ impl KernelStore {
     }
 
     fn block(&self, page: PageId) -> Option<&Block> {
+        let recent = self.recent.get();
+        let at = usize::from(page.0 != 0);
+        if let Some(&(id, addr)) = recent.get(at) {
+            if id == page.0 && addr != 0 {
+                // SAFETY: `addr` is the block of live id `page` (type invariant), which only `free` or `drop`
+                // (both `&mut self`) release, so it lives for this borrow.
+                return Some(unsafe { &*(addr as *const Block) });
+            }
+        }
         let b = read_once(self.slots.slots().get(usize::try_from(page.0).ok()?)?);
+        if !b.is_null() {
+            let mut r = recent;
+            if let Some(e) = r.get_mut(at) {
+                // INVARIANT: `b` is the block in `slots[page]`, non-null, so `page` is live.
+                *e = (page.0, b as usize);
+            }
+            self.recent.set(r);
+        }
         // SAFETY: a non-null slot owns its block (type invariant), which only `free` or `drop` (both `&mut
         // self`) release, so it lives for this borrow.
         (!b.is_null()).then(|| unsafe { &*b })
@@ -206,6 +231,8 @@ impl PageStore for KernelStore {
     }
 
     fn free(&mut self, page: PageId) {
+        // INVARIANT: `page` is no longer live once freed; forget what `recent` knew of it.
+        self.recent.set(self.recent.get().map(|e| if e.0 == page.0 { (0, 0) } else { e }));
         let Some(slot) = usize::try_from(page.0).ok().and_then(|i| self.slots.slots().get(i)) else {
             return;
         };
