@@ -53,6 +53,12 @@ impl PageStore for BoxStore {
     fn write(&mut self, page: PageId, index: usize, value: u64) {
         self.pages[page.0 as usize][index] = value;
     }
+    fn write_leaf_run(&mut self, page: PageId, index: usize, values: impl Iterator<Item = u64>) {
+        let slots = self.pages.get_mut(page.0 as usize).and_then(|p| p.get_mut(index..)).unwrap_or_default();
+        for (slot, value) in slots.iter_mut().zip(values) {
+            *slot = value;
+        }
+    }
     fn free(&mut self, _page: PageId) {}
 }
 
