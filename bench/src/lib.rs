@@ -3,7 +3,7 @@
 //! Benchmarks live in `benches/`; `core-report` turns criterion's estimates into ns per TCE and ratios.
 
 use pvtce_core::hcall::Machine;
-use pvtce_core::host::{Backing, Host, HostGeometry, HostTableId, HostTce};
+use pvtce_core::host::{Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, Region, RunFailed};
 use pvtce_core::table::{PageId, PageStore, ENTRIES_PER_PAGE};
 use pvtce_core::types::{Liobn, PageShift, WindowGeometry};
 use pvtce_core::window::Window;
@@ -53,6 +53,12 @@ impl PageStore for BoxStore {
     fn write(&mut self, page: PageId, index: usize, value: u64) {
         self.pages[page.0 as usize][index] = value;
     }
+    fn write_leaf_run(&mut self, page: PageId, index: usize, values: impl Iterator<Item = u64>) {
+        let slots = self.pages.get_mut(page.0 as usize).and_then(|p| p.get_mut(index..)).unwrap_or_default();
+        for (slot, value) in slots.iter_mut().zip(values) {
+            *slot = value;
+        }
+    }
     fn free(&mut self, _page: PageId) {}
 }
 
@@ -97,6 +103,24 @@ impl Host for FlatHost {
             Some(slot) => HostTce(std::mem::replace(slot, new.0)),
             None => HostTce::EMPTY,
         }
+    }
+    /// The run as one batched update, as a host with one would write it: every entry exchanged in a plain loop
+    /// (no call per entry), the holds handed over given back after (this host's entries keep none).
+    fn table_run_planned(&mut self, _id: HostTableId, first: u64, entries: &[HostEntry]) -> Result<(), RunFailed> {
+        // Entries past the table's end are left alone, as `table_exchange` leaves them.
+        let slots = usize::try_from(first).ok().and_then(|f| self.table.get_mut(f..)).unwrap_or_default();
+        // Whether any entry came with a hold: a token other than `Region::NONE`, which is 0.
+        let mut held = 0;
+        for (slot, e) in slots.iter_mut().zip(entries) {
+            *slot = e.tce.0;
+            held |= e.region.0;
+        }
+        if held != 0 {
+            for e in entries.iter().filter(|e| e.region != Region::NONE) {
+                self.put_region(e.region);
+            }
+        }
+        Ok(())
     }
     fn table_kill(&mut self, _id: HostTableId, _first: u64, _count: u64) {
         self.kills += 1;

@@ -69,17 +69,10 @@ impl Region {
     pub const NONE: Region = Region(0);
 }
 
-/// One host sub-entry of a validated batch: what validation found for it, kept until the batch is applied or
-/// refused (the plan the core carries from validation to apply, one per host entry a mapping writes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Planned {
-    /// The host physical address it maps.
-    pub hpa: u64,
-    /// The user address it maps.
-    pub ua: u64,
-    /// The hold taken on its region ([`Region::NONE`] for an entry that maps nothing).
-    pub region: Region,
-}
+/// One slot of the plan a batch carries from validation to apply ([`super::window::Window::execute_planned`]):
+/// the host entry validation found for one host sub-entry (with the hold taken on its region), which the apply
+/// step hands to [`Host::table_run_planned`] as it stands; [`HostEntry::EMPTY`] for an entry that maps nothing.
+pub type Planned = HostEntry;
 
 /// One host entry a run writes (see [`Host::table_run`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -168,6 +161,15 @@ pub trait Host {
     ) -> Result<(), RunFailed> {
         run_each(self, id, first, count, entry);
         Ok(())
+    }
+
+    /// [`Host::table_run`] of the run `entries` (entry `first + k` getting `entries[k]`), whose entries are all
+    /// known before the run: a validated batch's plan. Same rules and contract as `table_run`, whose entry
+    /// `k` is `entries[k]`; the default is that call.
+    fn table_run_planned(&mut self, id: HostTableId, first: u64, entries: &[HostEntry]) -> Result<(), RunFailed> {
+        self.table_run(id, first, entries.len() as u64, &|_: &Self, k| {
+            usize::try_from(k).ok().and_then(|k| entries.get(k)).copied().unwrap_or(HostEntry::EMPTY)
+        })
     }
 
     /// Invalidates `count` entries from `first` of table `id` (Linux `iommu_tce_kill`): once per batch.

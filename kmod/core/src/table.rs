@@ -40,6 +40,13 @@ pub trait PageStore {
     fn write_leaf(&mut self, page: PageId, index: usize, value: u64) {
         self.write(page, index, value);
     }
+    /// Writes `values` into slots `index..` of leaf `page` in turn, as [`PageStore::write_leaf`] does each (a
+    /// run of one leaf: never past the page's end). Default: `write_leaf` slot by slot.
+    fn write_leaf_run(&mut self, page: PageId, index: usize, values: impl Iterator<Item = u64>) {
+        for (i, value) in (index..ENTRIES_PER_PAGE as usize).zip(values) {
+            self.write_leaf(page, i, value);
+        }
+    }
     /// Gives back a page the table no longer uses (teardown).
     fn free(&mut self, page: PageId);
 }
@@ -197,9 +204,9 @@ impl GuestTable {
         needed
     }
 
-    /// Stores `value(i)` at `first + i` for `i` in `0..count`, one walk per leaf page. Zero values
-    /// below a missing leaf are skipped; a missing leaf with a non-zero value takes pages from the
-    /// reserve ([`NeedAlloc`] if it runs dry; entries before stay written).
+    /// Stores `value(i)` at `first + i` for `i` in `0..count`, one walk per leaf page and one
+    /// [`PageStore::write_leaf_run`] per leaf. Zero values below a missing leaf are skipped; a missing leaf with a
+    /// non-zero value takes pages from the reserve ([`NeedAlloc`] if it runs dry; entries before stay written).
     pub fn write_run<S: PageStore>(
         &mut self,
         store: &mut S,
@@ -222,9 +229,8 @@ impl GuestTable {
                 },
             };
             if let Some(leaf) = leaf {
-                for i in index..leaf_end {
-                    store.write_leaf(leaf, (i & (ENTRIES_PER_PAGE - 1)) as usize, value(i - first));
-                }
+                let slot = (index & (ENTRIES_PER_PAGE - 1)) as usize;
+                store.write_leaf_run(leaf, slot, (index..leaf_end).map(|i| value(i - first)));
             }
             index = leaf_end;
         }

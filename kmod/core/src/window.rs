@@ -277,11 +277,12 @@ impl Window {
     }
 
     /// [`Window::execute`] carrying one plan per host entry from validation to apply in `plan` (the caller's
-    /// reusable buffer, [`PLAN_SLOTS`] long; its contents on entry do not matter): validation translates each
-    /// entry once and takes its region hold ([`Host::take_region`]), apply writes what validation found, and
-    /// every hold is given back ([`Host::put_region`]) when the batch is refused (a later entry fails, the
-    /// store needs pages, or a host run fails). A batch with more host entries than `plan` holds runs without
-    /// one, as [`Window::execute`]. The answer is the same either way.
+    /// reusable buffer, [`PLAN_SLOTS`] long; its contents on entry do not matter): validation decodes and
+    /// translates each entry once into the host entries it writes, with their region holds
+    /// ([`Host::take_region`]), apply hands each linked table its run from the plan as it stands
+    /// ([`Host::table_run_planned`]), and every hold is given back ([`Host::put_region`]) when the batch is
+    /// refused (a later entry fails, the store needs pages, or a host run fails). A batch with more host
+    /// entries than `plan` holds runs without one, as [`Window::execute`]. The answer is the same either way.
     // In pvtce.ko (`--cfg MODULE`), with the module's other early-path functions (kmod/glue.c `PVTCE_HOT`).
     #[cfg_attr(MODULE, link_section = ".text.pvtce_hot")]
     pub fn execute_planned<S: PageStore, H: Host + ?Sized>(
@@ -307,50 +308,59 @@ impl Window {
             }
         }
 
+        // The entries as the guest stored them: one big-endian word each (H_PUT_TCE's value encoded so),
+        // decoded where it is read; H_STUFF_TCE's are all `value`, checked above.
+        let put;
+        let (words, fill) = match request {
+            Request::Put { tce, .. } => {
+                put = [tce.0.to_be()];
+                (&put[..], None)
+            }
+            Request::Indirect { list, .. } => (*list, None),
+            Request::Stuff { value, .. } => (&[][..], Some(*value)),
+        };
+
         // Validate every entry before touching anything (STUFF's value was checked above; it maps nothing, so
         // it needs no plan).
         let (packed, nlinks) = self.packed_links();
         let links = &packed[..nlinks];
-        let mut plan = match request {
-            Request::Stuff { .. } => None,
-            _ => self.plan_layout(npages, plan),
+        let mut plan = match fill {
+            Some(_) => None,
+            None => self.plan_layout(npages, plan),
         };
-        if !matches!(request, Request::Stuff { .. }) {
-            for i in 0..npages {
-                let slots = plan.as_mut().map(|(p, bases)| (&mut **p, &*bases, i));
-                if let Err(e) = self.validate_entry(host, links, first + i, request.entry(i), slots) {
-                    if let Some((p, bases)) = &plan {
-                        self.release_plan(host, request, p, bases, 0, i);
-                    }
-                    return Outcome::err(e, 0);
-                }
+        if fill.is_none() {
+            if let Err(e) = self.validate(host, links, first, words, plan.as_mut()) {
+                return Outcome::err(e, 0);
             }
         }
-        let plan = plan.as_ref().map(|(p, bases)| (&**p, bases));
+        let plan = plan.as_ref();
 
         let rel = first - self.geometry.offset();
-        let needed = match request {
+        let needed = match fill {
             // Clearing never allocates: skip the walk (STUFF may cover the whole window).
-            Request::Stuff { value, .. } if value.0 == 0 => 0,
-            _ => self.table.pages_needed(store, rel, npages, |j| request.entry(j).0 != 0),
+            Some(value) if value.0 == 0 => 0,
+            // A word is 0 exactly when the entry it encodes is.
+            _ => self.table.pages_needed(store, rel, npages, |j| fill.map_or_else(|| word(words, j), |v| v.0) != 0),
         };
         if needed > store.available() {
             // Refused for now: nothing may stay held until the retry, which validates again.
-            if let Some((p, bases)) = plan {
-                self.release_plan(host, request, p, bases, 0, npages);
+            if let Some(p) = plan {
+                self.release_plan(host, links, p, 0, npages);
             }
             return Outcome::NeedAlloc(NeedAlloc { pages: needed - store.available() });
         }
 
         if npages > 0 {
-            if self.apply_host(host, request, first, npages, plan).is_err() {
+            if self.apply_host(host, links, words, first, npages, plan).is_err() {
                 // The host's parent refused part of a batch (Linux's kvmppc_tce_iommu_map failing: it clears
                 // the entry and answers H_TOO_HARD). Every linked table's range is empty now; so is the
                 // guest's, which clearing never allocates for.
                 let _ = self.table.write_run(store, rel, npages, |_| 0);
                 return Outcome::err(HcallError::TooHard, 0);
             }
-            let written = self.table.write_run(store, rel, npages, |j| request.entry(j).0);
+            let written = self
+                .table
+                .write_run(store, rel, npages, |j| fill.map_or_else(|| u64::from_be(word(words, j)), |v| v.0));
             if let Err(need) = written {
                 // Cannot happen: the reserve was checked above and nothing else takes from it.
                 return Outcome::NeedAlloc(need);
@@ -359,10 +369,9 @@ impl Window {
         Outcome::Done(Completion { result: Ok(0), applied: npages })
     }
 
-    /// Where each linked table's host entries start in a plan of `npages` window entries (in the order of
-    /// [`Window::links`]; entry `i`'s sub-page `j` of a table is at its start `+ (i << diff) + j`), with the
-    /// plan cut to the batch; `None` when they do not all fit in `plan`.
-    fn plan_layout<'p>(&self, npages: u64, plan: &'p mut [Planned]) -> Option<(&'p mut [Planned], [usize; MAX_LINKS])> {
+    /// The plan of a batch of `npages` window entries in `plan`, cut to the batch; `None` when their host entries
+    /// do not all fit in it.
+    fn plan_layout<'p>(&self, npages: u64, plan: &'p mut [Planned]) -> Option<Plan<'p>> {
         let shift = self.geometry.page_shift().get();
         let mut bases = [0usize; MAX_LINKS];
         let mut total = 0usize;
@@ -373,179 +382,210 @@ impl Window {
                 .filter(|n| n >> (shift - link.page_shift.get()) == npages)?;
             total = total.checked_add(usize::try_from(n).ok()?)?;
         }
-        plan.get_mut(..total).map(|p| (p, bases))
+        plan.get_mut(..total).map(|slots| Plan { slots, bases })
     }
 
-    /// Gives back the holds of window entries `0..entries` (those that map) of the plan, in every linked
-    /// table from the `from`-th (in [`Window::links`] order) on.
-    fn release_plan<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        request: &Request<'_>,
-        plan: &[Planned],
-        bases: &[usize; MAX_LINKS],
-        from: usize,
-        entries: u64,
-    ) {
+    /// Gives back the holds of window entries `0..entries` of the plan, in every linked table from the
+    /// `from`-th (in [`Window::links`] order) on.
+    fn release_plan<H: Host + ?Sized>(&self, host: &H, links: &[Link], plan: &Plan<'_>, from: usize, entries: u64) {
         let shift = self.geometry.page_shift().get();
-        for (base, link) in bases.iter().zip(self.links()).skip(from) {
-            let diff = shift - link.page_shift.get();
-            for i in (0..entries).filter(|&i| !request.entry(i).is_clear()) {
-                let start = base + ((i as usize) << diff);
-                release(host, &plan[start..start + (1usize << diff)]);
-            }
+        for (n, link) in links.iter().enumerate().skip(from) {
+            release(host, plan.run(n, shift - link.page_shift.get(), entries));
         }
     }
 
-    /// Linux `kvmppc_tce_validate` for one entry at absolute page `page`, extended to every sub-page
-    /// and to the host table's readiness, so that applying cannot fail half-way. With a plan (`Some((plan,
-    /// bases, i))`: this is the batch's entry `i`), each sub-page's translation and region hold go into it; on
-    /// an error every hold this entry took is given back.
+    /// Linux `kvmppc_tce_validate` for every entry of `words` (a request's entries as stored, the first at
+    /// absolute page `first`), extended to every sub-page and to the host tables' readiness, so that applying
+    /// cannot fail half-way. With a plan (laid out by [`Window::plan_layout`]) each sub-page's host entry goes
+    /// into it, with its translation and the region hold [`Host::take_region`] took, or [`HostEntry::EMPTY`]
+    /// for an entry that maps nothing; on an error every hold taken is given back. Without one, the apply step
+    /// translates again.
+    fn validate<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        links: &[Link],
+        first: u64,
+        words: &[u64],
+        mut plan: Option<&mut Plan<'_>>,
+    ) -> HResult<()> {
+        if let (Some(p), [link]) = (&mut plan, links) {
+            if link.page_shift == self.geometry.page_shift() {
+                return self.validate_one_to_one(host, link, first, words, p.slots);
+            }
+        }
+        for (i, word) in words.iter().enumerate() {
+            let tce = Tce(u64::from_be(*word));
+            if let Err(e) = self.validate_entry(host, links, first + i as u64, tce, plan.as_deref_mut().map(|p| (p, i)))
+            {
+                if let Some(p) = &plan {
+                    // `validate_entry` gave back this entry's holds; now those of the entries before it.
+                    self.release_plan(host, links, p, 0, i as u64);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Window::validate`] with a plan, for the common case of one linked table of the window's page size:
+    /// entry `i` is host entry `i`, the plan is that table's run. The same checks and host calls in the same
+    /// order.
+    fn validate_one_to_one<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        link: &Link,
+        first: u64,
+        words: &[u64],
+        plan: &mut [Planned],
+    ) -> HResult<()> {
+        let shift = link.page_shift;
+        for (i, (word, slot)) in words.iter().zip(plan.iter_mut()).enumerate() {
+            let tce = Tce(u64::from_be(*word));
+            if tce.is_clear() {
+                *slot = HostEntry::EMPTY;
+                continue;
+            }
+            let refused = match self.translate(host, tce) {
+                Err(e) => e,
+                Ok(ua) => match host.take_region(ua, shift) {
+                    Err(_) => HcallError::TooHard,
+                    Ok((hpa, region)) => {
+                        *slot = HostEntry { tce: HostTce::new(hpa, tce.perm()), ua, region };
+                        if host.table_ready(link.id, first + i as u64, 1) {
+                            continue;
+                        }
+                        // This entry's hold first, then those of the entries before it.
+                        release(host, core::slice::from_ref(slot));
+                        HcallError::TooHard
+                    }
+                },
+            };
+            release(host, plan.get(..i).unwrap_or_default());
+            return Err(refused);
+        }
+        Ok(())
+    }
+
+    /// Linux `kvmppc_tce_to_ua`'s part of `kvmppc_tce_validate`: the user address of a mapping entry.
+    fn translate<H: Host + ?Sized>(&self, host: &H, tce: Tce) -> HResult<u64> {
+        // iommu_tce_check_gpa failing gives H_TOO_HARD in 7.3 (not H_PARAMETER).
+        if tce.gpa() & self.geometry.page_shift().offset_mask() != 0 {
+            return Err(HcallError::TooHard);
+        }
+        // kvmppc_tce_to_ua failing in kvmppc_tce_validate gives H_TOO_HARD; the later H_PARAMETER in
+        // kvmppc_h_put_tce is unreachable because validate ran first.
+        host.gpa_to_ua(tce.gpa()).ok_or(HcallError::TooHard)
+    }
+
+    /// [`Window::validate`] for one entry (`tce`, at absolute page `page`): every linked table's sub-pages in
+    /// turn, then the table's readiness. With a plan (`Some((plan, i))`: this is the batch's entry `i`), each
+    /// sub-page's host entry goes into it; on an error every hold this entry took is given back.
     fn validate_entry<H: Host + ?Sized>(
         &self,
         host: &H,
         links: &[Link],
         page: u64,
         tce: Tce,
-        mut plan: Option<(&mut [Planned], &[usize; MAX_LINKS], u64)>,
+        mut plan: Option<(&mut Plan<'_>, usize)>,
     ) -> HResult<()> {
+        let shift = self.geometry.page_shift().get();
         // Clear entries unmap; Linux lets any other bits through ("poison").
         if tce.is_clear() {
+            if let Some((p, i)) = &mut plan {
+                for (n, link) in links.iter().enumerate() {
+                    p.entry(n, shift - link.page_shift.get(), *i).fill(HostEntry::EMPTY);
+                }
+            }
             return Ok(());
         }
-        let shift = self.geometry.page_shift();
-        // iommu_tce_check_gpa failing gives H_TOO_HARD in 7.3 (not H_PARAMETER).
-        if tce.gpa() & shift.offset_mask() != 0 {
-            return Err(HcallError::TooHard);
-        }
-        // kvmppc_tce_to_ua failing in kvmppc_tce_validate gives H_TOO_HARD; the later H_PARAMETER in
-        // kvmppc_h_put_tce is unreachable because validate ran first.
-        let ua = host.gpa_to_ua(tce.gpa()).ok_or(HcallError::TooHard)?;
+        let ua = self.translate(host, tce)?;
         for (n, link) in links.iter().enumerate() {
-            let diff = shift.get() - link.page_shift.get();
-            let subpages = 1u64 << diff;
-            // This entry's sub-pages in the plan (`plan_layout` made room for all of them).
-            let mut slots = match &mut plan {
-                Some((p, bases, i)) => p.get_mut(bases[n] + ((*i as usize) << diff)..),
-                None => None,
-            };
-            for j in 0..subpages {
-                let ua_j = ua.checked_add(j << link.page_shift.get());
-                let ok = match (&mut slots, ua_j) {
-                    (_, None) => false,
-                    (None, Some(ua_j)) => ua_to_hpa(host, ua_j, link.page_shift).is_ok(),
-                    (Some(slots), Some(ua_j)) => {
-                        match (host.take_region(ua_j, link.page_shift), slots.get_mut(j as usize)) {
-                            (Ok((hpa, region)), Some(slot)) => {
-                                *slot = Planned { hpa, ua: ua_j, region };
-                                true
-                            }
-                            (Ok((_, region)), None) => {
-                                // Cannot happen (`plan_layout` made room); never keep a hold nothing records.
-                                if region != Region::NONE {
-                                    host.put_region(region);
-                                }
-                                false
-                            }
-                            (Err(_), _) => false,
+            let hs = link.page_shift;
+            let diff = shift - hs.get();
+            for j in 0..1usize << diff {
+                let ok = match (ua.checked_add((j as u64) << hs.get()), &mut plan) {
+                    (None, _) => false,
+                    (Some(ua_j), None) => ua_to_hpa(host, ua_j, hs).is_ok(),
+                    (Some(ua_j), Some((p, i))) => match host.take_region(ua_j, hs) {
+                        Ok((hpa, region)) => {
+                            p.entry(n, diff, *i)[j] =
+                                HostEntry { tce: HostTce::new(hpa, tce.perm()), ua: ua_j, region };
+                            true
                         }
-                    }
+                        Err(_) => false,
+                    },
                 };
                 if !ok {
-                    self.release_entry(host, &plan, n, j);
+                    if let Some((p, i)) = &mut plan {
+                        release_entry(host, links, shift, p, *i, n, j);
+                    }
                     return Err(HcallError::TooHard);
                 }
             }
-            if !host.table_ready(link.id, page << diff, subpages) {
-                self.release_entry(host, &plan, n, subpages);
+            if !host.table_ready(link.id, page << diff, 1 << diff) {
+                if let Some((p, i)) = &mut plan {
+                    release_entry(host, links, shift, p, *i, n, 1 << diff);
+                }
                 return Err(HcallError::TooHard);
             }
         }
         Ok(())
     }
 
-    /// Gives back the holds one entry's validation took: every sub-page of the linked tables before the
-    /// `link`-th, and its first `subpages` in that one.
-    fn release_entry<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        plan: &Option<(&mut [Planned], &[usize; MAX_LINKS], u64)>,
-        link: usize,
-        subpages: u64,
-    ) {
-        let Some((p, bases, i)) = plan else {
-            return;
-        };
-        let shift = self.geometry.page_shift().get();
-        for (n, l) in self.links().enumerate().take(link + 1) {
-            let diff = shift - l.page_shift.get();
-            let start = bases[n] + ((*i as usize) << diff);
-            let len = if n == link { subpages as usize } else { 1usize << diff };
-            release(host, &p[start..start + len]);
-        }
-    }
-
     /// Writes the `npages` (validated) entries into every linked host table, one run and one invalidation per
-    /// table, from the plan when validation made one. If a host refuses a run, every linked table's range is
-    /// cleared (and invalidated), the holds of the tables not yet run are given back, and the call fails as a
-    /// whole.
+    /// table: the plan's run when validation made one, else `words` (as [`Window::execute_planned`] has them;
+    /// none for a STUFF, which only clears) translated again. If a host refuses a run, every linked table's
+    /// range is cleared (and invalidated), the holds of the tables not yet run are given back, and the call
+    /// fails as a whole.
     #[cfg_attr(MODULE, link_section = ".text.pvtce_hot")]
     fn apply_host<H: Host + ?Sized>(
         &self,
         host: &mut H,
-        request: &Request<'_>,
+        links: &[Link],
+        words: &[u64],
         first: u64,
         npages: u64,
-        plan: Option<(&[Planned], &[usize; MAX_LINKS])>,
+        plan: Option<&Plan<'_>>,
     ) -> Result<(), RunFailed> {
         let shift = self.geometry.page_shift();
-        for (n, link) in self.links().enumerate() {
+        for (n, link) in links.iter().enumerate() {
             let hs = link.page_shift;
             let diff = shift.get() - hs.get();
-            // The user address of the last window entry translated: its sub-pages follow one another.
-            let last = Cell::new((u64::MAX, None));
-            let translate = |h: &H, k: u64| {
-                let (i, j) = (k >> diff, k & ((1u64 << diff) - 1));
-                let tce = request.entry(i);
-                if tce.is_clear() {
-                    return HostEntry::EMPTY;
-                }
-                let ua = match last.get() {
-                    (at, ua) if at == i => ua,
-                    _ => {
-                        let ua = h.gpa_to_ua(tce.gpa());
-                        last.set((i, ua));
-                        ua
-                    }
-                };
-                ua.and_then(|ua| ua.checked_add(j << hs.get()))
-                    .and_then(|ua_j| {
-                        ua_to_hpa(h, ua_j, hs).ok().map(|hpa| HostEntry {
-                            tce: HostTce::new(hpa, tce.perm()),
-                            ua: ua_j,
-                            region: Region::NONE,
-                        })
-                    })
-                    .unwrap_or(HostEntry::EMPTY)
-            };
             let result = match plan {
-                Some((p, bases)) => {
-                    let planned = &p[bases[n]..];
-                    let entry = |_: &H, k: u64| {
-                        let tce = request.entry(k >> diff);
+                Some(p) => host.table_run_planned(link.id, first << diff, p.run(n, diff, npages)),
+                None => {
+                    // The user address of the last window entry translated: its sub-pages follow one another.
+                    let last = Cell::new((u64::MAX, None));
+                    let translate = |h: &H, k: u64| {
+                        let (i, j) = (k >> diff, k & ((1u64 << diff) - 1));
+                        let tce = Tce(u64::from_be(word(words, i)));
                         if tce.is_clear() {
                             return HostEntry::EMPTY;
                         }
-                        let s = planned[k as usize];
-                        HostEntry { tce: HostTce::new(s.hpa, tce.perm()), ua: s.ua, region: s.region }
+                        let ua = match last.get() {
+                            (at, ua) if at == i => ua,
+                            _ => {
+                                let ua = h.gpa_to_ua(tce.gpa());
+                                last.set((i, ua));
+                                ua
+                            }
+                        };
+                        ua.and_then(|ua| ua.checked_add(j << hs.get()))
+                            .and_then(|ua_j| {
+                                ua_to_hpa(h, ua_j, hs).ok().map(|hpa| HostEntry {
+                                    tce: HostTce::new(hpa, tce.perm()),
+                                    ua: ua_j,
+                                    region: Region::NONE,
+                                })
+                            })
+                            .unwrap_or(HostEntry::EMPTY)
                     };
-                    host.table_run(link.id, first << diff, npages << diff, &entry)
+                    host.table_run(link.id, first << diff, npages << diff, &translate)
                 }
-                None => host.table_run(link.id, first << diff, npages << diff, &translate),
             };
             if result.is_err() {
-                if let Some((p, bases)) = plan {
-                    self.release_plan(host, request, p, bases, n + 1, npages);
+                if let Some(p) = plan {
+                    self.release_plan(host, links, p, n + 1, npages);
                 }
                 self.clear_host(host, first, npages);
                 return Err(RunFailed);
@@ -563,6 +603,51 @@ impl Window {
             let _ = host.table_run(link.id, first << diff, npages << diff, &|_: &H, _| HostEntry::EMPTY);
             host.table_kill(link.id, first << diff, npages << diff);
         }
+    }
+}
+
+/// Word `i` of a request's entries as stored (0, an entry that maps nothing, past the end).
+fn word(words: &[u64], i: u64) -> u64 {
+    usize::try_from(i).ok().and_then(|i| words.get(i)).map_or(0, |w| *w)
+}
+
+/// Gives back the holds batch entry `i`'s validation took into the plan (window page shift `shift`): every
+/// sub-page of the linked tables before the `link`-th, and its first `subpages` in that one.
+fn release_entry<H: Host + ?Sized>(
+    host: &H,
+    links: &[Link],
+    shift: u32,
+    plan: &mut Plan<'_>,
+    i: usize,
+    link: usize,
+    subpages: usize,
+) {
+    for (n, l) in links.iter().enumerate().take(link + 1) {
+        let slots = plan.entry(n, shift - l.page_shift.get(), i);
+        let len = if n == link { subpages } else { slots.len() };
+        release(host, slots.get(..len).unwrap_or_default());
+    }
+}
+
+/// A batch's plan ([`Window::plan_layout`]): each linked table's run of host entries, one after the other in
+/// [`Window::links`] order; entry `i`'s sub-page `j` of a table is at its run's start `+ (i << diff) + j`
+/// (`diff`: the window's page shift less the table's).
+struct Plan<'p> {
+    slots: &'p mut [Planned],
+    /// Where each linked table's run starts.
+    bases: [usize; MAX_LINKS],
+}
+
+impl Plan<'_> {
+    /// Window entry `i`'s host entries in linked table `n`.
+    fn entry(&mut self, n: usize, diff: u32, i: usize) -> &mut [Planned] {
+        let start = self.bases[n] + (i << diff);
+        &mut self.slots[start..start + (1 << diff)]
+    }
+
+    /// Linked table `n`'s host entries for window entries `0..entries`: its run when `entries` is the batch's.
+    fn run(&self, n: usize, diff: u32, entries: u64) -> &[Planned] {
+        &self.slots[self.bases[n]..self.bases[n] + ((entries as usize) << diff)]
     }
 }
 

@@ -189,6 +189,26 @@ fn an_entry_refused_by_its_second_table_gives_back_the_first_tables_hold() {
 }
 
 #[test]
+fn one_table_refusals_take_and_give_back_the_holds_entry_by_entry() {
+    // One table of the window's page size (validated by a loop of its own): entry 3 is clear, entry 5 is
+    // refused by the table (5 holds taken before it and its own) or not preregistered (none for it).
+    for (unready, takes) in [(true, 5), (false, 4)] {
+        let (mut host, mut store, mut w, mut plan) = setup(1, 8);
+        let mut l = if unready { list(0x1_0000, 8) } else { list(PREREG_END - (5 << 12), 8) };
+        if unready {
+            host.unready = Some((HostTableId(0), 13));
+        }
+        l[3] = 0;
+        let o =
+            w.execute_planned(&mut store, &mut host, &Request::Indirect { ioba: Ioba(8 << 12), list: &l }, &mut plan);
+        assert_eq!(o, TOO_HARD, "unready {unready}");
+        assert_eq!(host.takes.get(), takes, "unready {unready}");
+        assert_eq!((host.held(), host.in_entries()), (0, 0), "unready {unready}: {:?}", host.holds.borrow());
+        assert!(host.tables.iter().flatten().all(|e| e.0 == 0));
+    }
+}
+
+#[test]
 fn holds_are_given_back_when_the_store_needs_pages() {
     let (mut host, mut store, mut w, mut plan) = setup(1, 0);
     let l = list(0x1_0000, 8);
