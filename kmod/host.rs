@@ -336,7 +336,7 @@ impl<'a> KernelHost<'a> {
 
     /// Gives back the holds the core handed over with run entries `range` (`entry` as in [`Host::table_run`]),
     /// which will not be written.
-    fn give_back(&self, entry: &dyn Fn(&Self, u64) -> HostEntry, range: core::ops::Range<u64>) {
+    fn give_back<F: Fn(&Self, u64) -> HostEntry + ?Sized>(&self, entry: &F, range: core::ops::Range<u64>) {
         for k in range {
             let e = entry(self, k);
             if e.region != Region::NONE {
@@ -485,8 +485,8 @@ impl Host for KernelHost<'_> {
     /// exchange loop elsewhere). Each new mapping's region use is the one the core took at validation, or is
     /// taken here before its chunk is written when the core has none; the old entries' uses (from
     /// `it_userspace`) are dropped after. If a chunk fails, the whole range is cleared and every use its
-    /// entries held is dropped, with the uses the core handed over for entries never written.
-    #[link_section = ".text.pvtce_hot"]
+    /// entries held is dropped, with the uses the core handed over for entries never written. Not in the hot
+    /// section: a validated batch runs through [`Host::table_run_planned`].
     fn table_run(
         &mut self,
         id: HostTableId,
@@ -494,8 +494,47 @@ impl Host for KernelHost<'_> {
         count: u64,
         entry: &dyn Fn(&Self, u64) -> HostEntry,
     ) -> Result<(), RunFailed> {
+        self.run(id, first, count, entry)
+    }
+
+    /// [`Host::table_run`] of a validated batch's plan: [`KernelHost::run`] with the entries read straight from
+    /// the slice (the early H_PUT_TCE's run, in the hot section, with no call through a closure in other text).
+    #[link_section = ".text.pvtce_hot"]
+    fn table_run_planned(&mut self, id: HostTableId, first: u64, entries: &[HostEntry]) -> Result<(), RunFailed> {
+        let entry =
+            |_: &Self, k: u64| usize::try_from(k).ok().and_then(|k| entries.get(k)).copied().unwrap_or(HostEntry::EMPTY);
+        self.run(id, first, entries.len() as u64, &entry)
+    }
+
+    fn table_kill(&mut self, id: HostTableId, first: u64, count: u64) {
+        if let Some(l) = self.link(id) {
+            // Counted as asked for (the statistic is the invalidations pvtce asks for, one per batch), made
+            // only where the platform has an op for it (the geometry read at link).
+            self.counts.kills += 1;
+            if l.geometry.kills {
+                l.table.kill(first, count);
+            }
+        }
+    }
+
+    fn read_tce_list(&mut self, ua: u64, buf: &mut [u64]) -> bool {
+        read_words(ua, buf).is_ok()
+    }
+}
+
+impl KernelHost<'_> {
+    /// [`Host::table_run`]'s work, for any `entry`: the planned run's closure is inlined into it, `table_run`'s
+    /// `dyn` one is called per entry.
+    #[inline(always)]
+    fn run<F: Fn(&Self, u64) -> HostEntry + ?Sized>(
+        &mut self,
+        id: HostTableId,
+        first: u64,
+        count: u64,
+        entry: &F,
+    ) -> Result<(), RunFailed> {
         if self.buf.len() < RUN_BUF {
-            run_each(self, id, first, count, entry);
+            run_each(self, id, first, count, &|h: &Self, k| entry(h, k));
             return Ok(());
         }
         let Some(l) = self.link(id) else {
@@ -624,21 +663,6 @@ impl Host for KernelHost<'_> {
         self.release_range(l, first, count, shift);
         self.counts.run_failures += 1;
         Err(RunFailed)
-    }
-
-    fn table_kill(&mut self, id: HostTableId, first: u64, count: u64) {
-        if let Some(l) = self.link(id) {
-            // Counted as asked for (the statistic is the invalidations pvtce asks for, one per batch), made
-            // only where the platform has an op for it (the geometry read at link).
-            self.counts.kills += 1;
-            if l.geometry.kills {
-                l.table.kill(first, count);
-            }
-        }
-    }
-
-    fn read_tce_list(&mut self, ua: u64, buf: &mut [u64]) -> bool {
-        read_words(ua, buf).is_ok()
     }
 }
 
