@@ -11,13 +11,13 @@
 use crate::ffi::{IrqsOff, RcuReader, Vm, VmSrcu};
 use crate::host::{read_words, KernelHost};
 use crate::iommu::MappedUse;
-use crate::pvtce_core::host::Planned;
+use crate::once::read_once;
 use crate::pvtce_core::error::HcallError;
+use crate::pvtce_core::host::Planned;
 use crate::pvtce_core::table::NeedAlloc;
+use crate::pvtce_core::table::PageId;
 use crate::pvtce_core::types::{Ioba, Tce};
 use crate::pvtce_core::window::{indirect_precheck, Completion, Outcome, Request, MAX_INDIRECT_TCES};
-use crate::pvtce_core::table::PageId;
-use crate::once::read_once;
 use crate::registry::{window_ref, with_window, with_window_in};
 use crate::stats::{Kind, Stats, ThisCpu};
 use crate::store::KernelStore;
@@ -91,7 +91,13 @@ unsafe fn run_request(kvm: *mut Vm, liobn: c_ulong, ret: *mut c_long, kind: Kind
 ///
 /// # Safety
 /// As [`run`].
-unsafe fn run_clearing(kvm: *mut Vm, liobn: c_ulong, ret: *mut c_long, kind: Kind, request: &Request<'_>) -> Option<bool> {
+unsafe fn run_clearing(
+    kvm: *mut Vm,
+    liobn: c_ulong,
+    ret: *mut c_long,
+    kind: Kind,
+    request: &Request<'_>,
+) -> Option<bool> {
     // SAFETY: `kvm` is live for the call (the caller's guarantee).
     let vm = unsafe { Vm::from_raw(kvm) };
     let Some(w) = window_ref(vm, liobn)? else {
@@ -269,10 +275,13 @@ fn get_lockless(w: &KernelWindow, ioba: Ioba, value: &mut u64, early: Option<&Th
 /// Traces an H_GET_TCE answer `r` (its caller counted it), and gives its entry to `*value`.
 #[inline(always)]
 fn answer_get(w: &KernelWindow, ioba: Ioba, r: Result<u64, HcallError>, value: &mut u64) -> i64 {
-    let code = r.map_or_else(|e| e.as_i64(), |v| {
-        *value = v;
-        H_SUCCESS
-    });
+    let code = r.map_or_else(
+        |e| e.as_i64(),
+        |v| {
+            *value = v;
+            H_SUCCESS
+        },
+    );
     trace::hcall(Kind::Get.nr(), w.liobn, ioba.0, 1, code, 0, 0);
     code
 }

@@ -14,8 +14,10 @@
 
 use crate::ffi::{IrqsOff, RcuSection, Vm, VmSrcu};
 use crate::iommu::{
-    self, IommuTable, MappedUse, TableGeometry, UserAddrSlot, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE, DMA_TO_DEVICE,
+    self, IommuTable, MappedUse, TableGeometry, UserAddrSlot, DMA_BIDIRECTIONAL, DMA_FROM_DEVICE, DMA_NONE,
+    DMA_TO_DEVICE,
 };
+use crate::once::read_once;
 use crate::pvtce_core::host::{
     run_each, Backing, Host, HostEntry, HostGeometry, HostTableId, HostTce, Region, RunFailed, XlateError, MAX_LINKS,
 };
@@ -25,7 +27,6 @@ use core::ffi::{c_int, c_long};
 use kernel::error::code::EIO;
 use kernel::mm::Mm;
 use kernel::sync::aref::ARef;
-use crate::once::read_once;
 use kernel::sync::atomic::Atomic;
 use kernel::uaccess::{UserPtr, UserSlice};
 
@@ -282,7 +283,13 @@ impl<'a> KernelHost<'a> {
     /// [`KernelHost::release_old_in`] of the entry whose `it_userspace` slot is `slot` (`None`: no level, so
     /// nothing to release), found by the caller.
     #[link_section = ".text.pvtce_hot"]
-    fn release_slot(&self, held: Option<&RcuSection<'_>>, slot: Option<UserAddrSlot<'_>>, page_shift: u32, dirty: bool) {
+    fn release_slot(
+        &self,
+        held: Option<&RcuSection<'_>>,
+        slot: Option<UserAddrSlot<'_>>,
+        page_shift: u32,
+        dirty: bool,
+    ) {
         let Some(slot) = slot else {
             return;
         };
@@ -501,8 +508,9 @@ impl Host for KernelHost<'_> {
     /// the slice (the early H_PUT_TCE's run, in the hot section, with no call through a closure in other text).
     #[link_section = ".text.pvtce_hot"]
     fn table_run_planned(&mut self, id: HostTableId, first: u64, entries: &[HostEntry]) -> Result<(), RunFailed> {
-        let entry =
-            |_: &Self, k: u64| usize::try_from(k).ok().and_then(|k| entries.get(k)).copied().unwrap_or(HostEntry::EMPTY);
+        let entry = |_: &Self, k: u64| {
+            usize::try_from(k).ok().and_then(|k| entries.get(k)).copied().unwrap_or(HostEntry::EMPTY)
+        };
         self.run(id, first, entries.len() as u64, &entry)
     }
 

@@ -6,12 +6,12 @@
 //! inside an RCU read section, and a [`MappedUse`] (one `mm_iommu_mapped_inc`) is what keeps a region
 //! registered after it.
 
+use crate::ffi::RcuReader;
 use core::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
 use core::marker::{PhantomData, PhantomPinned};
 use core::ptr::NonNull;
 use kernel::mm::Mm;
 use kernel::sync::aref::{ARef, AlwaysRefCounted};
-use crate::ffi::RcuReader;
 
 macro_rules! opaque {
     ($($(#[$m:meta])* $name:ident;)*) => {$(
@@ -45,7 +45,13 @@ pub(crate) const DMA_NONE: c_int = 3;
 unsafe extern "C" {
     // kmod/glue.c
     fn pvtce_glue_group_table(grp: *mut IommuGroup, i: c_int) -> *mut IommuTable;
-    fn pvtce_glue_table_geometry(tbl: *mut IommuTable, page_shift: *mut u32, offset: *mut u64, size: *mut u64, kills: *mut bool);
+    fn pvtce_glue_table_geometry(
+        tbl: *mut IommuTable,
+        page_shift: *mut u32,
+        offset: *mut u64,
+        size: *mut u64,
+        kills: *mut bool,
+    );
     fn pvtce_glue_useraddrptr(tbl: *mut IommuTable, entry: c_long, alloc: bool) -> *mut u64;
     fn pvtce_glue_set_dirty(mm: *mut c_void, hpa: u64, page_shift: u32);
 
@@ -170,7 +176,9 @@ impl IommuTable {
     /// on pseries).
     pub(crate) fn clear_multi(&self, entry: u64, pages: u64) -> Result<(), c_long> {
         // SAFETY: the table is live; a NULL list clears; the kernel checks the range.
-        let r = unsafe { iommu_tce_set_multi_no_kill(self.as_ptr(), entry as c_ulong, pages as c_ulong, core::ptr::null()) };
+        let r = unsafe {
+            iommu_tce_set_multi_no_kill(self.as_ptr(), entry as c_ulong, pages as c_ulong, core::ptr::null())
+        };
         if r != 0 {
             return Err(r);
         }
@@ -302,7 +310,6 @@ impl MappedUse {
     pub(crate) fn keep(self) {
         core::mem::forget(self);
     }
-
 }
 
 // SAFETY: the count may be given up from any thread (`mm_iommu_mapped_dec` is an atomic decrement on a region

@@ -167,7 +167,12 @@ impl KernelWindow {
             h_put_tce: self.stats.put.load(Relaxed).saturating_add(c.calls[Kind::Put as usize]),
             h_put_tce_indirect: self.stats.indirect.load(Relaxed).saturating_add(c.calls[Kind::Indirect as usize]),
             h_stuff_tce: self.stats.stuff.load(Relaxed).saturating_add(c.calls[Kind::Stuff as usize]),
-            h_get_tce: self.stats.get.load(Relaxed).saturating_add(c.calls[Kind::Get as usize]).saturating_add(early_gets),
+            h_get_tce: self
+                .stats
+                .get
+                .load(Relaxed)
+                .saturating_add(c.calls[Kind::Get as usize])
+                .saturating_add(early_gets),
             declined: self.stats.declined.load(Relaxed).saturating_add(c.declined),
             rejected: self.stats.rejected.load(Relaxed).saturating_add(c.rejected),
             tces_changed: c.tces_changed,
