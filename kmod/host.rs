@@ -254,34 +254,32 @@ impl<'a> KernelHost<'a> {
     /// writeback).
     #[link_section = ".text.pvtce_hot"]
     fn release_old(&self, l: &HostLink, index: u64, page_shift: u32, dirty: bool) {
-        self.release_old_in(None, l, index, page_shift, dirty);
+        self.release_slot(None, l.table.useraddr(index, false), page_shift, dirty);
     }
 
     /// [`KernelHost::release_old`] for entries `first..first + count` of a range that was just cleared: nothing
     /// in it allocates or sleeps (no `it_userspace` level to make), so the releases of each [`RUN_CHUNK`] share
     /// one RCU section (one section each costs more than the release on a debug kernel: lockdep tracks every
-    /// `rcu_read_lock`; one per chunk keeps a section as short as a chunk's update).
-    fn release_range(&self, l: &HostLink, first: u64, count: u64, page_shift: u32) {
+    /// `rcu_read_lock`; one per chunk keeps a section as short as a chunk's update). The `it_userspace` slots of
+    /// the range's first `found.len()` entries are `found` (the caller found them before the range's parent
+    /// hypercall); the others are found here. In the hot section: an early H_PUT_TCE of 0 releases through it.
+    #[link_section = ".text.pvtce_hot"]
+    fn release_range(&self, l: &HostLink, first: u64, count: u64, page_shift: u32, found: &[Option<UserAddrSlot<'_>>]) {
         let end = first.saturating_add(count);
         let mut index = first;
         while index < end {
             let chunk_end = index.saturating_add(RUN_CHUNK as u64).min(end);
             let rcu = self.rcu();
             for i in index..chunk_end {
-                self.release_old_in(Some(&rcu), l, i, page_shift, true);
+                let slot = usize::try_from(i - first).ok().and_then(|k| found.get(k)).copied();
+                self.release_slot(Some(&rcu), slot.unwrap_or_else(|| l.table.useraddr(i, false)), page_shift, true);
             }
             index = chunk_end;
         }
     }
 
-    /// [`KernelHost::release_old`] inside the caller's RCU section `held`, or its own when `None`.
-    #[link_section = ".text.pvtce_hot"]
-    fn release_old_in(&self, held: Option<&RcuSection<'_>>, l: &HostLink, index: u64, page_shift: u32, dirty: bool) {
-        self.release_slot(held, l.table.useraddr(index, false), page_shift, dirty);
-    }
-
-    /// [`KernelHost::release_old_in`] of the entry whose `it_userspace` slot is `slot` (`None`: no level, so
-    /// nothing to release), found by the caller.
+    /// [`KernelHost::release_old`] of the entry whose `it_userspace` slot is `slot` (`None`: no level, so
+    /// nothing to release), found by the caller, inside the caller's RCU section `held`, or its own when `None`.
     #[link_section = ".text.pvtce_hot"]
     fn release_slot(
         &self,
@@ -598,11 +596,15 @@ impl KernelHost<'_> {
             // first touch costs again under TCG (docs/bench/analysis.md), and the slots are read and written
             // after the write as before. `None` where the level is missing, as `useraddr` without `alloc` says.
             let mut near: [Option<UserAddrSlot<'_>>; TINY_RUN] = [const { None }; TINY_RUN];
-            if ok && n <= TINY_RUN {
-                for (k, slot) in near.iter_mut().enumerate().take(n) {
-                    *slot = l.table.useraddr(first + done + k as u64, false);
+            let found = match near.get_mut(..n) {
+                Some(tiny) if ok => {
+                    for (k, slot) in tiny.iter_mut().enumerate() {
+                        *slot = l.table.useraddr(first + done + k as u64, false);
+                    }
+                    &tiny[..]
                 }
-            }
+                _ => &[][..],
+            };
             let written = if !ok {
                 Err(0)
             } else if !maps {
@@ -631,10 +633,7 @@ impl KernelHost<'_> {
                 for k in 0..n {
                     let index = first + done + k as u64;
                     // A tiny run's slot was found above; the others are found now.
-                    let slot = match near.get(k) {
-                        Some(found) if n <= TINY_RUN => *found,
-                        _ => l.table.useraddr(index, false),
-                    };
+                    let slot = found.get(k).copied().unwrap_or_else(|| l.table.useraddr(index, false));
                     self.release_slot(None, slot, shift, true);
                     if tces[k] != 0 {
                         // The entry holds the use validation or `take_use` took (released by `release_old` or
@@ -649,13 +648,8 @@ impl KernelHost<'_> {
                         }
                     }
                 }
-            } else if n <= TINY_RUN {
-                let rcu = self.rcu();
-                for slot in near.iter().take(n) {
-                    self.release_slot(Some(&rcu), *slot, shift, true);
-                }
             } else {
-                self.release_range(l, first + done, n as u64, shift);
+                self.release_range(l, first + done, n as u64, shift, found);
             }
             self.counts.updates += n as u64;
             done += n as u64;
@@ -668,7 +662,7 @@ impl KernelHost<'_> {
         }
         // The range's entries are undefined: empty it and drop what its entries held.
         let _ = l.table.clear_multi(first, count);
-        self.release_range(l, first, count, shift);
+        self.release_range(l, first, count, shift, &[]);
         self.counts.run_failures += 1;
         Err(RunFailed)
     }
