@@ -194,11 +194,13 @@ impl IommuTable {
 
 /// One `it_userspace` slot: the big-endian user address mapped by a hardware entry.
 ///
-/// pvtce writes it under the window lock, after the `iommu_tce_xchg_no_kill` that made the entry its own. VFIO
-/// writes it too, without that lock: when the VMM maps through the same table (`tce_iommu_build_v2`), and when
-/// it clears the table (`tce_iommu_clear` reads and zeroes it when its container goes). Each side touches the
-/// slot only after its own atomic exchange of the entry, so for each entry value exactly one side owns it; the
-/// accesses are volatile because the other side's are plain C loads and stores of an aligned word.
+/// pvtce writes it under the window lock, after its update of the entry: an `iommu_tce_xchg_no_kill`, or the
+/// batched `iommu_tce_set_multi_no_kill`, which reads no old entry back, so there the slot alone says whether
+/// the old entry held a use. VFIO writes it too, without that lock: when the VMM maps through the same table
+/// (`tce_iommu_build_v2`), and when it clears entries (`tce_iommu_clear`, after its own exchange: a VMM's
+/// `UNMAP_DMA`, or its container going). A clear through VFIO racing pvtce's batched clear of the same entry can
+/// therefore drop the old entry's use twice (docs/design.md, "What is not done yet"). The accesses are
+/// volatile because the other side's are plain C loads and stores of an aligned word.
 ///
 /// # Invariants
 /// `ptr` points at an aligned word of the table's userspace array, alive while the borrowed table is.
