@@ -291,7 +291,8 @@ impl<'a> KernelHost<'a> {
         let Some(slot) = slot else {
             return;
         };
-        let ua = slot.get();
+        // Taken, not read: the slot is the token of the entry's use (see `UserAddrSlot::take`).
+        let ua = slot.take();
         if ua == 0 {
             return;
         }
@@ -313,10 +314,9 @@ impl<'a> KernelHost<'a> {
                 }
             }
             // SAFETY: the old entry, just exchanged away by us, held one count on this region (kept when it
-            // was mapped: `table_exchange`, `table_run`, or VFIO's own map).
+            // was mapped: `table_exchange`, `table_run`, or VFIO's own map), which taking its address made ours.
             unsafe { mem.mapped_dec() };
         }
-        slot.set(0);
     }
 
     /// Takes one use of the region that pins `ua` for an entry mapping `new`, kept by the caller until the entry

@@ -198,9 +198,11 @@ impl IommuTable {
 /// batched `iommu_tce_set_multi_no_kill`, which reads no old entry back, so there the slot alone says whether
 /// the old entry held a use. VFIO writes it too, without that lock: when the VMM maps through the same table
 /// (`tce_iommu_build_v2`), and when it clears entries (`tce_iommu_clear`, after its own exchange: a VMM's
-/// `UNMAP_DMA`, or its container going). A clear through VFIO racing pvtce's batched clear of the same entry can
-/// therefore drop the old entry's use twice (docs/design.md, "What is not done yet"). The accesses are
-/// volatile because the other side's are plain C loads and stores of an aligned word.
+/// `UNMAP_DMA`, or its container going). So the slot is the token of the entry's use: each side that drops
+/// the use empties the slot first by one exchange ([`UserAddrSlot::take`]; VFIO's `tce_iommu_unuse_page_v2`
+/// with patches/linux/0012), and only the side that got the address drops it (docs/design.md, "The release
+/// race with VFIO's clear"). A store is volatile because the other side's accesses include plain C loads and
+/// stores of an aligned word.
 ///
 /// # Invariants
 /// `ptr` points at an aligned word of the table's userspace array, alive while the borrowed table is.
@@ -211,14 +213,20 @@ pub(crate) struct UserAddrSlot<'a> {
 }
 
 impl UserAddrSlot<'_> {
-    pub(crate) fn get(&self) -> u64 {
+    pub(crate) fn set(&self, ua: u64) {
         // SAFETY: valid and aligned by the type invariant; see the type's note on who writes it.
-        u64::from_be(unsafe { core::ptr::read_volatile(self.ptr) })
+        unsafe { core::ptr::write_volatile(self.ptr, ua.to_be()) }
     }
 
-    pub(crate) fn set(&self, ua: u64) {
-        // SAFETY: as in `get`.
-        unsafe { core::ptr::write_volatile(self.ptr, ua.to_be()) }
+    /// Empties the slot and returns the address it held, in one exchange. Of two clears of the entry that race
+    /// (pvtce's and VFIO's, which takes the slot with the kernel's `xchg`: patches/linux/0012), exactly one gets
+    /// the address and drops its use. A `core` atomic (inline `ldarx`/`stdcx.` with full barriers, as the
+    /// kernel's `xchg`): the kernel crate's atomics are calls to C helpers on powerpc (kmod/lock.rs).
+    pub(crate) fn take(&self) -> u64 {
+        // SAFETY: `ptr` is valid and 8-byte aligned for as long as `self` (the type invariant). The other side
+        // accesses the word by `xchg` or by aligned word loads and stores, which do not tear on powerpc.
+        let word = unsafe { core::sync::atomic::AtomicU64::from_ptr(self.ptr) };
+        u64::from_be(word.swap(0, core::sync::atomic::Ordering::SeqCst))
     }
 }
 
