@@ -13,7 +13,7 @@
 //! (`mutex_trylock`, and the helper behind `Guard::new`'s `mutex_assert_is_held`) and its unlock a third, and on
 //! powerpc the kernel crate's atomics are calls to C helpers too (kmod/once.rs). Under TCG each call out of
 //! the module costs an exit's cold path a page and a jump-cache lookup: the three cost about 1-2 us of an early
-//! H_PUT_TCE's 21 us in L1 (timebase stamps, docs/bench/analysis.md, "Latest"). `held` is a `core`
+//! H_PUT_TCE's 21 us in L1 (timebase stamps, docs/bench/analysis.md, the second session's section). `held` is a `core`
 //! atomic, which compiles to `lwarx`/`stwcx.` and `lwsync` inline: an acquire compare-and-swap and a release
 //! store are the LKMM's `cmpxchg_acquire` and `smp_store_release`. Lockdep sees the mutex, not `held`.
 

@@ -50,6 +50,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("fault-vm-destroy", faults::vm_destroy),
     ("fault-unbind", faults::unbind),
     ("race-unregister", race::race_unregister),
+    ("race-vfio-clear", race::race_vfio_clear),
     ("teardown-load", teardown::teardown_load),
     ("conformance", conformance::conformance),
     ("batch-fault", batch::batch_fault),

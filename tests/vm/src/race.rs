@@ -230,3 +230,119 @@ fn map_loop(
     }
     Ok(())
 }
+
+/// `race-vfio-clear`'s pause inside VFIO's clear (patches/linux/0013, test kernel only), in ms.
+const UNUSE_DELAY_MS: u64 = 2000;
+/// Where the test kernel's VFIO sPAPR driver takes it.
+const UNUSE_DELAY_KNOB: &str = "/sys/module/vfio_iommu_spapr_tce/parameters/test_unuse_delay_ms";
+
+/// `race-vfio-clear`: the VMM clears an entry through VFIO (`VFIO_IOMMU_UNMAP_DMA`) while the guest clears the
+/// same entry through pvtce (H_PUT_TCE of 0), and the entry's use of its preregistered region must be dropped
+/// exactly once (docs/design.md, "The release race with VFIO's clear").
+///
+/// pvtce's batched update (patch 0008) reads no old entry back: it learns from the entry's `it_userspace` slot
+/// whether the old entry held a use, and VFIO's clear, after its own exchange of the entry, reads the same slot.
+/// Both take the slot by one exchange (`UserAddrSlot::take`, patches/linux/0012). The test kernel's VFIO pauses
+/// between taking the slot and dropping the use (patch 0013's knob), which holds the race open: the guest's
+/// clear runs inside the pause. With a VFIO that reads the slot and zeroes it only after the pause (Linux 7.3's
+/// order), both sides see the address and the use drops twice; the region's mapped count is then one too low,
+/// so with a second entry still mapping the region the VMM's unregister answers 0 instead of EBUSY (patch
+/// 0007), and that is what fails the test. Afterwards, with the second entry cleared too, the unregister must
+/// release every pin.
+pub fn race_vfio_clear() -> Result<String, String> {
+    sh("modprobe pvtce")?;
+    let result = (|| -> Result<String, String> {
+        let rig = Rig::new(Windows::Linked { tce_shift: SHIFT, size: 1 << 28 })?;
+        let r = vfio_clear(&rig);
+        // Never leave the pause on for the tests after this one.
+        let reset = std::fs::write(UNUSE_DELAY_KNOB, "0").map_err(|err| format!("{UNUSE_DELAY_KNOB}: {err}"));
+        let detail = r.map_err(|err| format!("{err} (exits {:x?})", rig.exit_log()))?;
+        reset?;
+        Ok(detail)
+    })();
+    let unload = sh("rmmod pvtce");
+    let detail = result?;
+    unload.map_err(|err| format!("rmmod after the windows closed: {err}"))?;
+    Ok(detail)
+}
+
+fn vfio_clear(rig: &Rig) -> Result<String, String> {
+    let ps = 1u64 << SHIFT;
+    let win = rig.window_bus()?;
+    let rw = TCE_R | TCE_W;
+    // Entry 5 is raced; entry 6 maps the same region throughout.
+    let (a, b) = (win + 5 * ps, win + 6 * ps);
+    let (rets, _) =
+        rig.run(&[call(H_PUT_TCE, [LIOBN, a, 0x20_0000 | rw, 0]), call(H_PUT_TCE, [LIOBN, b, 0x30_0000 | rw, 0])])?;
+    if rets.iter().any(|r| r.r3 != H_SUCCESS) {
+        return Err(format!(
+            "the two H_PUT_TCEs returned {:?}, expected 0 and 0",
+            rets.iter().map(|r| r.r3).collect::<Vec<_>>()
+        ));
+    }
+    // The container is set up, so VFIO's sPAPR driver is loaded and its knob is there.
+    std::fs::write(UNUSE_DELAY_KNOB, UNUSE_DELAY_MS.to_string())
+        .map_err(|err| format!("{UNUSE_DELAY_KNOB} (the test kernel's patch 0013): {err}"))?;
+    let t0 = std::time::Instant::now();
+    let (unmapped, cleared, unmap_ms, clear_at_ms) = std::thread::scope(|s| {
+        let container = &rig.container;
+        let vfio = s.spawn(move || {
+            let r = container.unmap_dma(a, ps).map_err(|err| format!("VFIO_IOMMU_UNMAP_DMA of the raced entry: {err}"));
+            (r, t0.elapsed().as_millis() as u64)
+        });
+        // VFIO exchanges the entry, takes its address and pauses well within this.
+        std::thread::sleep(std::time::Duration::from_millis(UNUSE_DELAY_MS / 4));
+        let at = t0.elapsed().as_millis() as u64;
+        let cleared = rig.run(&[call(H_PUT_TCE, [LIOBN, a, 0, 0])]);
+        let (r, ms) = vfio.join().unwrap_or_else(|_| (Err("the VFIO thread panicked".to_string()), 0));
+        (r, cleared, ms, at)
+    });
+    std::fs::write(UNUSE_DELAY_KNOB, "0").map_err(|err| format!("{UNUSE_DELAY_KNOB}: {err}"))?;
+    unmapped?;
+    let (rets, _) = cleared?;
+    if rets[0].r3 != H_SUCCESS {
+        return Err(format!("the guest's H_PUT_TCE of 0 returned {}", rets[0].r3));
+    }
+    // The race took place only if the guest's clear came inside VFIO's pause.
+    if unmap_ms < UNUSE_DELAY_MS || clear_at_ms >= unmap_ms {
+        return Err(format!(
+            "VFIO's unmap took {unmap_ms} ms and the guest cleared at {clear_at_ms} ms: not inside the {UNUSE_DELAY_MS} ms pause (is patch 0013 in the kernel?)"
+        ));
+    }
+    if rig.host_read_any(a >> SHIFT, 1)?.first() != Some(&0) {
+        return Err("the raced entry is not empty in the hardware table".into());
+    }
+    // Entry 6 still maps the region: exactly one use is left on it.
+    match rig.container.unregister_memory(rig.mem.host_addr(), RAM as u64) {
+        Err(err) if errno_of(&err) == Some(libc::EBUSY) => {}
+        Ok(()) => {
+            return Err(
+                "UNREGISTER_MEMORY answered 0 while entry 6 still maps the region: the raced entry's use was dropped twice (by VFIO's clear and by pvtce's)"
+                    .into(),
+            )
+        }
+        Err(err) => return Err(format!("UNREGISTER_MEMORY with entry 6 mapped: {err}, expected EBUSY")),
+    }
+    let (rets, _) = rig.run(&[call(H_PUT_TCE, [LIOBN, b, 0, 0])])?;
+    if rets[0].r3 != H_SUCCESS {
+        return Err(format!("clearing entry 6 returned {}", rets[0].r3));
+    }
+    let pins0 = pins_outstanding()?;
+    rig.container.unregister_memory(rig.mem.host_addr(), RAM as u64).map_err(e("UNREGISTER_MEMORY"))?;
+    // The region is unpinned from an RCU callback.
+    let want = (RAM as i64 >> SHIFT) / 2;
+    let t = std::time::Instant::now();
+    let mut released = pins0 - pins_outstanding()?;
+    while released < want && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        released = pins0 - pins_outstanding()?;
+    }
+    if released < want {
+        return Err(format!(
+            "unregistering RAM released {released} pins in 10 s (a use left on the region keeps all of them)"
+        ));
+    }
+    Ok(format!(
+        "VFIO's clear of entry 5 paused {unmap_ms} ms after taking its address; the guest's H_PUT_TCE of 0 at {clear_at_ms} ms found it taken; with entry 6 mapped the unregister answered EBUSY (one use dropped), and once entry 6 was cleared it released {released} pins"
+    ))
+}
