@@ -292,10 +292,10 @@ fn vfio_clear(rig: &Rig) -> Result<String, String> {
         });
         // VFIO exchanges the entry, takes its address and pauses well within this.
         std::thread::sleep(std::time::Duration::from_millis(UNUSE_DELAY_MS / 4));
-        let at = t0.elapsed().as_millis() as u64;
         let cleared = rig.run(&[call(H_PUT_TCE, [LIOBN, a, 0, 0])]);
+        let done = t0.elapsed().as_millis() as u64;
         let (r, ms) = vfio.join().unwrap_or_else(|_| (Err("the VFIO thread panicked".to_string()), 0));
-        (r, cleared, ms, at)
+        (r, cleared, ms, done)
     });
     std::fs::write(UNUSE_DELAY_KNOB, "0").map_err(|err| format!("{UNUSE_DELAY_KNOB}: {err}"))?;
     unmapped?;
@@ -303,10 +303,10 @@ fn vfio_clear(rig: &Rig) -> Result<String, String> {
     if rets[0].r3 != H_SUCCESS {
         return Err(format!("the guest's H_PUT_TCE of 0 returned {}", rets[0].r3));
     }
-    // The race took place only if the guest's clear came inside VFIO's pause.
+    // The race took place only if the guest's clear was over before VFIO's pause was.
     if unmap_ms < UNUSE_DELAY_MS || clear_at_ms >= unmap_ms {
         return Err(format!(
-            "VFIO's unmap took {unmap_ms} ms and the guest cleared at {clear_at_ms} ms: not inside the {UNUSE_DELAY_MS} ms pause (is patch 0013 in the kernel?)"
+            "VFIO's unmap took {unmap_ms} ms and the guest's clear was done at {clear_at_ms} ms: not inside the {UNUSE_DELAY_MS} ms pause (is patch 0013 in the kernel?)"
         ));
     }
     if rig.host_read_any(a >> SHIFT, 1)?.first() != Some(&0) {
@@ -343,6 +343,6 @@ fn vfio_clear(rig: &Rig) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "VFIO's clear of entry 5 paused {unmap_ms} ms after taking its address; the guest's H_PUT_TCE of 0 at {clear_at_ms} ms found it taken; with entry 6 mapped the unregister answered EBUSY (one use dropped), and once entry 6 was cleared it released {released} pins"
+        "VFIO's clear of entry 5 paused {unmap_ms} ms after taking its address; the guest's H_PUT_TCE of 0, done at {clear_at_ms} ms, found it taken; with entry 6 mapped the unregister answered EBUSY (one use dropped), and once entry 6 was cleared it released {released} pins"
     ))
 }
