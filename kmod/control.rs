@@ -14,16 +14,16 @@ use crate::ffi;
 use crate::ioctl::{check_head, read_checked};
 use crate::registry;
 use crate::uapi::{
-    pvtce_host_read, pvtce_l1_exits, pvtce_l1_time, pvtce_mode, pvtce_parent_hcalls, pvtce_window_info,
-    pvtce_windows, PVTCE_HOST_READ, PVTCE_HOST_READ_MAX, PVTCE_L1_NESTED, PVTCE_L1_START, PVTCE_L1_STOP,
-    PVTCE_L1_TIME, PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE,
-    PVTCE_PARENT_HCALLS, PVTCE_PARENT_START, PVTCE_PARENT_STOP, PVTCE_SET_MODE, PVTCE_WINDOWS_MAX,
+    pvtce_host_read, pvtce_l1_exits, pvtce_l1_time, pvtce_mode, pvtce_parent_hcalls, pvtce_window_info, pvtce_windows,
+    PVTCE_HOST_READ, PVTCE_HOST_READ_MAX, PVTCE_L1_NESTED, PVTCE_L1_START, PVTCE_L1_STOP, PVTCE_L1_TIME,
+    PVTCE_LIST_WINDOWS, PVTCE_MODE_BUILTIN, PVTCE_MODE_PVTCE, PVTCE_MODE_USERSPACE, PVTCE_PARENT_HCALLS,
+    PVTCE_PARENT_START, PVTCE_PARENT_STOP, PVTCE_SET_MODE, PVTCE_WINDOWS_MAX,
 };
 use crate::window::MODE;
-use kernel::sync::atomic::Relaxed;
 use kernel::fs::File;
 use kernel::miscdevice::{MiscDevice, MiscDeviceRegistration};
 use kernel::prelude::*;
+use kernel::sync::atomic::Relaxed;
 use kernel::uaccess::{UserPtr, UserSlice};
 
 pub(crate) struct Control;
@@ -120,13 +120,7 @@ fn l1_time(arg: usize) -> Result {
     };
     let sums = ffi::l1_time(flags)?;
     for (k, s) in req.kind.iter_mut().zip(sums) {
-        *k = pvtce_l1_exits {
-            exits: s[0],
-            l1_ticks: s[1],
-            hcall_ticks: s[2],
-            nested_exits: s[3],
-            nested_ticks: s[4],
-        };
+        *k = pvtce_l1_exits { exits: s[0], l1_ticks: s[1], hcall_ticks: s[2], nested_exits: s[3], nested_ticks: s[4] };
     }
     w.write(&req)
 }

@@ -97,11 +97,8 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
     if (req.first..end).any(|i| s.window.table().get(&s.store, i).is_some_and(|t| t != 0)) {
         return Err(EBUSY);
     }
-    let mut host = if batched {
-        KernelHost::with_buf(&srcu, &s.links, &mut s.run_buf)
-    } else {
-        KernelHost::new(&srcu, &s.links)
-    };
+    let mut host =
+        if batched { KernelHost::with_buf(&srcu, &s.links, &mut s.run_buf) } else { KernelHost::new(&srcu, &s.links) };
     let base = w.geometry.offset() + req.first;
     let mut plan: KVec<(u64, HostTce, u64)> = KVec::with_capacity(req.count as usize, GFP_KERNEL)?;
     for i in 0..req.count {
@@ -113,10 +110,11 @@ fn exchange(w: &KernelWindow, arg: usize) -> Result {
         return Err(ENOMEM);
     }
     let entry = |_: &KernelHost<'_>, k: u64| {
-        usize::try_from(k)
-            .ok()
-            .and_then(|k| plan.get(k))
-            .map_or(HostEntry::EMPTY, |&(_, tce, ua)| HostEntry { tce, ua, region: Region::NONE })
+        usize::try_from(k).ok().and_then(|k| plan.get(k)).map_or(HostEntry::EMPTY, |&(_, tce, ua)| HostEntry {
+            tce,
+            ua,
+            region: Region::NONE,
+        })
     };
     let t0 = ffi::timebase();
     // A refused batch has emptied the range already.
