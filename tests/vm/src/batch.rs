@@ -8,7 +8,6 @@
 //! patches/linux/0007 VFIO answers EBUSY then; without it, 0 with the region kept, so the pins are checked too).
 
 use crate::rig::*;
-use std::time::{Duration, Instant};
 
 pub fn batch_fault() -> Result<String, String> {
     sh("modprobe pvtce inject_run_failure=8")?;
@@ -64,16 +63,8 @@ fn run(rig: &Rig) -> Result<String, String> {
     if rets[0].r3 != H_SUCCESS {
         return Err(format!("H_STUFF_TCE of entry 40 returned {}", rets[0].r3));
     }
-    let pins0 = pins_outstanding()?;
-    rig.container.unregister_memory(rig.mem.host_addr(), RAM as u64).map_err(e("UNREGISTER_MEMORY"))?;
-    // The region is unpinned from an RCU callback.
     let want = (RAM as i64 >> 16) / 2;
-    let t = Instant::now();
-    let mut released = pins0 - pins_outstanding()?;
-    while released < want && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-        released = pins0 - pins_outstanding()?;
-    }
+    let released = rig.unregister_ram_releasing(want)?;
     if released < want {
         return Err(format!(
             "unregistering the {} pages of guest RAM released {released} pins in 10 s (a use left on the region keeps all of them)",

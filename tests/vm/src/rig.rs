@@ -389,6 +389,22 @@ pub fn settled_pins() -> Result<i64, String> {
     Ok(p)
 }
 
+impl Rig {
+    /// Unregisters all of guest RAM from the container and returns how many pins that released, waiting up to
+    /// 10 s for at least `want` (the region is unpinned from an RCU callback); the caller judges the figure.
+    pub fn unregister_ram_releasing(&self, want: i64) -> Result<i64, String> {
+        let pins0 = pins_outstanding()?;
+        self.container.unregister_memory(self.mem.host_addr(), RAM as u64).map_err(e("UNREGISTER_MEMORY"))?;
+        let t = std::time::Instant::now();
+        let mut released = pins0 - pins_outstanding()?;
+        while released < want && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            released = pins0 - pins_outstanding()?;
+        }
+        Ok(released)
+    }
+}
+
 /// `PVTCE_SET_MODE`: which implementation creates new windows; returns the old mode.
 pub fn set_mode(mode: Mode) -> Result<Mode, String> {
     control()?.set_mode(mode).map_err(e("PVTCE_SET_MODE"))
