@@ -30,14 +30,18 @@ pub type Ioctl = libc::Ioctl;
 #[path = "kvm_bindings.rs"]
 mod kvm_bindings;
 pub use kvm_bindings::{
-    kvm_create_device, kvm_create_spapr_tce_64, kvm_device_attr, kvm_enable_cap, kvm_ppc_mmuv3_cfg, kvm_regs, kvm_run,
-    kvm_userspace_memory_region, kvm_vfio_spapr_tce, KVMIO, KVM_CAP_PPC_ENABLE_HCALL, KVM_CAP_PPC_PAPR,
-    KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL,
-    KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE, KVM_EXIT_MMIO, KVM_EXIT_PAPR_HCALL, KVM_PPC_MMUV3_GTSE, KVM_PPC_MMUV3_RADIX,
+    kvm_create_device, kvm_create_spapr_tce_64, kvm_device_attr, kvm_enable_cap, kvm_one_reg, kvm_ppc_mmuv3_cfg,
+    kvm_regs, kvm_run, kvm_stats_desc, kvm_stats_header, kvm_userspace_memory_region, kvm_vfio_spapr_tce, KVMIO,
+    KVM_CAP_PPC_ENABLE_HCALL, KVM_CAP_PPC_PAPR, KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD,
+    KVM_DEV_VFIO_FILE_DEL, KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE, KVM_EXIT_MMIO, KVM_EXIT_PAPR_HCALL, KVM_PPC_MMUV3_GTSE,
+    KVM_PPC_MMUV3_RADIX,
 };
 
 pub const VFIO_TYPE: u32 = vfio_bindings::bindings::vfio::VFIO_TYPE as u32;
 pub const VFIO_BASE: u32 = vfio_bindings::bindings::vfio::VFIO_BASE;
+
+/// `KVM_REG_PPC_MMCR0` (powerpc `asm/kvm.h`: a macro of casts bindgen does not evaluate).
+pub const KVM_REG_PPC_MMCR0: u64 = kvm_bindings::KVM_REG_PPC | kvm_bindings::KVM_REG_SIZE_U64 | 0x10;
 
 /// Partition table entry: guest uses radix (not uAPI: the PATB layout of the ISA).
 pub const PATB_GR: u64 = 1 << 63;
@@ -52,8 +56,10 @@ pub const KVM_RUN: Ioctl = libc::_IO(KVMIO, 0x80);
 pub const KVM_GET_REGS: Ioctl = libc::_IOR::<kvm_regs>(KVMIO, 0x81);
 pub const KVM_SET_REGS: Ioctl = libc::_IOW::<kvm_regs>(KVMIO, 0x82);
 pub const KVM_ENABLE_CAP: Ioctl = libc::_IOW::<kvm_enable_cap>(KVMIO, 0xa3);
+pub const KVM_SET_ONE_REG: Ioctl = libc::_IOW::<kvm_one_reg>(KVMIO, 0xac);
 pub const KVM_CREATE_SPAPR_TCE_64: Ioctl = libc::_IOW::<kvm_create_spapr_tce_64>(KVMIO, 0xa8);
 pub const KVM_PPC_CONFIGURE_V3_MMU: Ioctl = libc::_IOW::<kvm_ppc_mmuv3_cfg>(KVMIO, 0xaf);
+pub const KVM_GET_STATS_FD: Ioctl = libc::_IO(KVMIO, 0xce);
 pub const KVM_CREATE_DEVICE: Ioctl = libc::_IOWR::<kvm_create_device>(KVMIO, 0xe0);
 pub const KVM_SET_DEVICE_ATTR: Ioctl = libc::_IOW::<kvm_device_attr>(KVMIO, 0xe1);
 
@@ -257,6 +263,20 @@ pub fn kvm_get_regs(vcpu: BorrowedFd<'_>) -> io::Result<kvm_regs> {
     // SAFETY: `r` is the request's struct, written by the kernel.
     check(unsafe { ioctl_with_mut_ref(&vcpu, KVM_GET_REGS, &mut r) })?;
     Ok(r)
+}
+
+/// `KVM_SET_ONE_REG` of a 64-bit register.
+pub fn kvm_set_one_reg_u64(vcpu: BorrowedFd<'_>, id: u64, value: u64) -> io::Result<()> {
+    let reg = kvm_one_reg { id, addr: std::ptr::addr_of!(value) as u64 };
+    // SAFETY: `reg` is the request's struct, read by the kernel; `addr` points at `value`, 8 bytes the kernel
+    // reads for a 64-bit register (`id`'s size field), alive for the call.
+    check_unit(unsafe { ioctl_with_ref(&vcpu, KVM_SET_ONE_REG, &reg) })
+}
+
+/// `KVM_GET_STATS_FD`: the binary statistics of a VM or vCPU.
+pub fn kvm_get_stats_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: the request takes no argument; the kernel returns a new file descriptor.
+    check(unsafe { ioctl_with_val(&fd, KVM_GET_STATS_FD, 0) }).map(owned)
 }
 
 /// `KVM_SET_REGS`.

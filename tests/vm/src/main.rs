@@ -34,6 +34,7 @@ const TESTS: &[(&str, TestFn)] = &[
     ("kvm-run-fp", fpregs::kvm_run_keeps_fp),
     ("pvtce-4k", pvtce::pvtce_4k),
     ("pvtce-64k", pvtce::pvtce_64k),
+    ("early-entry", pvtce::early_entry),
     ("linked-16m", huge::linked_16m),
     ("ddw-64k", ddw::ddw_64k),
     ("ddw-4k", ddw::ddw_4k),

@@ -16,12 +16,20 @@ fn check(what: &str, got: i64, want: i64) -> Result<(), String> {
 /// DMA is then refused; `tce_shift` 12 is the 4K-TCE-on-64K-host case, 16 the 64K one.
 fn scenario(tce_shift: u32) -> Result<String, String> {
     // bench_ioctls=1: the scenario also checks the benchmark's PVTCE_WINDOW_EXCHANGE.
-    sh("modprobe pvtce bench_ioctls=1")?;
+    on_linked_rig("modprobe pvtce bench_ioctls=1", tce_shift, |rig| run_scenario(rig, tce_shift))
+}
+
+/// Loads pvtce with `modprobe`, runs `f` on a rig with a linked window of `tce_shift` TCEs, and unloads it.
+fn on_linked_rig(
+    modprobe: &str,
+    tce_shift: u32,
+    f: impl FnOnce(&Rig) -> Result<String, String>,
+) -> Result<String, String> {
+    sh(modprobe)?;
     let result = (|| {
         let rig = Rig::new(Windows::Linked { tce_shift, size: 1 << 28 })?;
         // Every failure says which hypercalls left the kernel.
-        let r = run_scenario(&rig, tce_shift);
-        r.map_err(|err| format!("{err} (exits {:x?})", rig.exit_log()))
+        f(&rig).map_err(|err| format!("{err} (exits {:x?})", rig.exit_log()))
     })();
     // Everything was closed when the rig dropped: the module must unload now.
     let unload = sh("rmmod pvtce");
@@ -211,4 +219,77 @@ pub fn pvtce_4k() -> Result<String, String> {
 
 pub fn pvtce_64k() -> Result<String, String> {
     scenario(16)
+}
+
+/// H_PUT_TCE map, H_GET_TCE and H_PUT_TCE clear of each of [`EARLY_ROUNDS`] entries of a 64K window.
+const EARLY_ROUNDS: u64 = 8;
+
+/// Kernel patch 0014: on this nested (v1) L1, pvtce's early H_PUT_TCE and H_GET_TCE are answered inside the
+/// nested entry, with the guest's state still loaded (vCPU statistic `tce_early_entry`); once the guest's PMU
+/// counts (`MMCR0[FC]` clear) the entry must decline them, and patch 0011's path after the exit answers
+/// (`tce_early_exit`). Every call must still give its answer.
+pub fn early_entry() -> Result<String, String> {
+    on_linked_rig("modprobe pvtce", 16, early_entry_on)
+}
+
+fn early_entry_on(rig: &Rig) -> Result<String, String> {
+    let (win, ps, rw) = (rig.window_bus()?, 1u64 << 16, TCE_R | TCE_W);
+    let tce = |i: u64| (0x20_0000 + i * ps) | rw;
+    let calls: Vec<_> = (0..EARLY_ROUNDS)
+        .flat_map(|i| {
+            let ioba = win + i * ps;
+            [
+                call(H_PUT_TCE, [LIOBN, ioba, tce(i), 0]),
+                call(H_GET_TCE, [LIOBN, ioba, 0, 0]),
+                call(H_PUT_TCE, [LIOBN, ioba, 0, 0]),
+            ]
+        })
+        .collect();
+    let n = calls.len() as u64;
+    let stats = || -> Result<(u64, u64), String> {
+        let stat = |name: &str| {
+            rig.vcpu
+                .stat(name)
+                .map_err(e("KVM_GET_STATS_FD"))?
+                .ok_or(format!("the kernel has no vCPU statistic {name} (kernel patch 0014)"))
+        };
+        Ok((stat("tce_early_entry")?, stat("tce_early_exit")?))
+    };
+    // One table of calls; (answered inside the entry, answered after the exit).
+    let round = || -> Result<(u64, u64), String> {
+        let before = stats()?;
+        let (rets, _) = rig.run(&calls)?;
+        for (i, r) in rets.iter().enumerate() {
+            check(&format!("call {i}"), r.r3, H_SUCCESS)?;
+            if i % 3 == 1 && r.r4 != tce(i as u64 / 3) {
+                return Err(format!("H_GET_TCE {i} gave {:#x}, expected {:#x}", r.r4, tce(i as u64 / 3)));
+            }
+        }
+        let after = stats()?;
+        Ok((after.0 - before.0, after.1 - before.1))
+    };
+    // The first map of the range allocates its table page (the normal path does): warm it up.
+    round()?;
+    // The vCPU starts with its PMU frozen (KVM-HV's reset MMCR0 is FC).
+    let (entry, exit) = round()?;
+    if entry < n / 2 || entry + exit > n {
+        return Err(format!(
+            "guest PMU frozen: {entry} of {n} calls answered inside the nested entry and {exit} after the exit, expected at least {} inside",
+            n / 2
+        ));
+    }
+    rig.vcpu.set_mmcr0(0).map_err(e("KVM_SET_ONE_REG(MMCR0)"))?;
+    let (entry_pmu, exit_pmu) = round()?;
+    if entry_pmu != 0 || exit_pmu < n / 2 {
+        return Err(format!(
+            "guest PMU counting: {entry_pmu} of {n} calls answered inside the nested entry (expected 0) and {exit_pmu} after the exit (expected at least {})",
+            n / 2
+        ));
+    }
+    if rig.exited() != 0 {
+        return Err(format!("{} TCE hypercall(s) exited to userspace", rig.exited()));
+    }
+    Ok(format!(
+        "{n} H_PUT_TCE/H_GET_TCE calls: guest PMU frozen, {entry} answered inside the nested entry and {exit} after the exit; guest PMU counting, {entry_pmu} and {exit_pmu}"
+    ))
 }
