@@ -128,14 +128,24 @@ fn emit(at: At, win: &str, work: &str, units: u64, calls: u64, (ticks, exits, ho
 /// `bench_ioctls=1` offers the floor's `PVTCE_WINDOW_EXCHANGE`, which a default load refuses. With
 /// `pvtce_probe=early=0` the pvtce path runs without KVM-HV's early path (module parameter `early=0`), for an
 /// A/B run of it.
+///
+/// With `pvtce_probe=ksyms=1` it then prints the modules' text symbols (`KSYM <address> <type> <name>
+/// [<module>]` from `/proc/kallsyms`), which bench/tcg-pages/ana.py names a TCG plugin's pages with.
 fn load_for(which: Which) -> Result<(), String> {
     let loaded = std::fs::metadata("/sys/module/pvtce").is_ok();
-    match (which, loaded) {
+    let r = match (which, loaded) {
         (Which::Pvtce, false) if opt("early") == Some(0) => sh("modprobe pvtce bench_ioctls=1 early=0").map(drop),
         (Which::Pvtce, false) => sh("modprobe pvtce bench_ioctls=1").map(drop),
         (Which::Linux, true) => sh("rmmod pvtce").map(drop),
         _ => Ok(()),
+    };
+    if opt("ksyms") == Some(1) {
+        let syms = std::fs::read_to_string("/proc/kallsyms").map_err(|err| format!("/proc/kallsyms: {err}"))?;
+        for l in syms.lines().filter(|l| l.contains('[')) {
+            println!("KSYM {l}");
+        }
     }
+    r
 }
 
 /// One path, one repetition's rig `rig`: a fresh rig, both windows, every workload; the probes after the timed
