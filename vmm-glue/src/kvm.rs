@@ -312,6 +312,17 @@ impl Vcpu {
             .map_err(kerr("KVM_SET_ONE_REG(MMCR0)", "vCPU"))
     }
 
+    /// The guest's f0 (`KVM_GET_ONE_REG`).
+    pub fn fpr0(&self) -> Result<u64> {
+        sys::kvm_get_one_reg_u64(self.fd.as_fd(), sys::KVM_REG_PPC_FPR0).map_err(kerr("KVM_GET_ONE_REG(FPR0)", "vCPU"))
+    }
+
+    /// Sets the guest's f0 (`KVM_SET_ONE_REG`).
+    pub fn set_fpr0(&self, value: u64) -> Result<()> {
+        sys::kvm_set_one_reg_u64(self.fd.as_fd(), sys::KVM_REG_PPC_FPR0, value)
+            .map_err(kerr("KVM_SET_ONE_REG(FPR0)", "vCPU"))
+    }
+
     /// The vCPU's statistic `name` (the first item of its data), read through `KVM_GET_STATS_FD`; `None` when
     /// the kernel has no statistic of that name.
     pub fn stat(&self, name: &str) -> Result<Option<u64>> {

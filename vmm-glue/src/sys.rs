@@ -42,6 +42,8 @@ pub const VFIO_BASE: u32 = vfio_bindings::bindings::vfio::VFIO_BASE;
 
 /// `KVM_REG_PPC_MMCR0` (powerpc `asm/kvm.h`: a macro of casts bindgen does not evaluate).
 pub const KVM_REG_PPC_MMCR0: u64 = kvm_bindings::KVM_REG_PPC | kvm_bindings::KVM_REG_SIZE_U64 | 0x10;
+/// `KVM_REG_PPC_FPR(0)`, the guest's f0 (the same header).
+pub const KVM_REG_PPC_FPR0: u64 = kvm_bindings::KVM_REG_PPC | kvm_bindings::KVM_REG_SIZE_U64 | 0x20;
 
 /// Partition table entry: guest uses radix (not uAPI: the PATB layout of the ISA).
 pub const PATB_GR: u64 = 1 << 63;
@@ -56,6 +58,7 @@ pub const KVM_RUN: Ioctl = libc::_IO(KVMIO, 0x80);
 pub const KVM_GET_REGS: Ioctl = libc::_IOR::<kvm_regs>(KVMIO, 0x81);
 pub const KVM_SET_REGS: Ioctl = libc::_IOW::<kvm_regs>(KVMIO, 0x82);
 pub const KVM_ENABLE_CAP: Ioctl = libc::_IOW::<kvm_enable_cap>(KVMIO, 0xa3);
+pub const KVM_GET_ONE_REG: Ioctl = libc::_IOW::<kvm_one_reg>(KVMIO, 0xab);
 pub const KVM_SET_ONE_REG: Ioctl = libc::_IOW::<kvm_one_reg>(KVMIO, 0xac);
 pub const KVM_CREATE_SPAPR_TCE_64: Ioctl = libc::_IOW::<kvm_create_spapr_tce_64>(KVMIO, 0xa8);
 pub const KVM_PPC_CONFIGURE_V3_MMU: Ioctl = libc::_IOW::<kvm_ppc_mmuv3_cfg>(KVMIO, 0xaf);
@@ -271,6 +274,16 @@ pub fn kvm_set_one_reg_u64(vcpu: BorrowedFd<'_>, id: u64, value: u64) -> io::Res
     // SAFETY: `reg` is the request's struct, read by the kernel; `addr` points at `value`, 8 bytes the kernel
     // reads for a 64-bit register (`id`'s size field), alive for the call.
     check_unit(unsafe { ioctl_with_ref(&vcpu, KVM_SET_ONE_REG, &reg) })
+}
+
+/// `KVM_GET_ONE_REG` of a 64-bit register.
+pub fn kvm_get_one_reg_u64(vcpu: BorrowedFd<'_>, id: u64) -> io::Result<u64> {
+    let mut value = 0u64;
+    let reg = kvm_one_reg { id, addr: std::ptr::addr_of_mut!(value) as u64 };
+    // SAFETY: `reg` is the request's struct, read by the kernel; `addr` points at `value`, 8 bytes the kernel
+    // writes for a 64-bit register (`id`'s size field), alive for the call.
+    check_unit(unsafe { ioctl_with_ref(&vcpu, KVM_GET_ONE_REG, &reg) })?;
+    Ok(value)
 }
 
 /// `KVM_GET_STATS_FD`: the binary statistics of a VM or vCPU.

@@ -268,6 +268,10 @@ fn early_entry_on(rig: &Rig) -> Result<String, String> {
         let after = stats()?;
         Ok((after.0 - before.0, after.1 - before.1))
     };
+    // The guest's f0 stays in the FPU across the calls answered inside the entry (nothing stores or reloads
+    // it there): a hook that used the FPU would leave its value, stored at the next full exit.
+    const F0: u64 = 0x4009_21fb_5444_2d18;
+    rig.vcpu.set_fpr0(F0).map_err(e("KVM_SET_ONE_REG(FPR0)"))?;
     // The first map of the range allocates its table page (the normal path does): warm it up.
     round()?;
     // The vCPU starts with its PMU frozen (KVM-HV's reset MMCR0 is FC).
@@ -289,7 +293,11 @@ fn early_entry_on(rig: &Rig) -> Result<String, String> {
     if rig.exited() != 0 {
         return Err(format!("{} TCE hypercall(s) exited to userspace", rig.exited()));
     }
+    let f0 = rig.vcpu.fpr0().map_err(e("KVM_GET_ONE_REG(FPR0)"))?;
+    if f0 != F0 {
+        return Err(format!("the guest's f0 is {f0:#x} after the calls, expected {F0:#x}"));
+    }
     Ok(format!(
-        "{n} H_PUT_TCE/H_GET_TCE calls: guest PMU frozen, {entry} answered inside the nested entry and {exit} after the exit; guest PMU counting, {entry_pmu} and {exit_pmu}"
+        "{n} H_PUT_TCE/H_GET_TCE calls: guest PMU frozen, {entry} answered inside the nested entry and {exit} after the exit; guest PMU counting, {entry_pmu} and {exit_pmu}; the guest's f0 kept"
     ))
 }
