@@ -306,27 +306,22 @@ impl Vcpu {
         sys::kvm_get_regs(self.fd.as_fd()).map_err(kerr("KVM_GET_REGS", "vCPU"))
     }
 
-    /// Sets the guest's MMCR0 (`KVM_SET_ONE_REG`): with `MMCR0[FC]` clear its PMU counts.
-    pub fn set_mmcr0(&self, value: u64) -> Result<()> {
-        sys::kvm_set_one_reg_u64(self.fd.as_fd(), sys::KVM_REG_PPC_MMCR0, value)
-            .map_err(kerr("KVM_SET_ONE_REG(MMCR0)", "vCPU"))
+    /// The guest's 64-bit register `id` (`KVM_GET_ONE_REG`, e.g. [`sys::KVM_REG_PPC_FPR0`]).
+    pub fn one_reg(&self, id: u64) -> Result<u64> {
+        sys::kvm_get_one_reg_u64(self.fd.as_fd(), id).map_err(kerr("KVM_GET_ONE_REG", "vCPU"))
     }
 
-    /// The guest's f0 (`KVM_GET_ONE_REG`).
-    pub fn fpr0(&self) -> Result<u64> {
-        sys::kvm_get_one_reg_u64(self.fd.as_fd(), sys::KVM_REG_PPC_FPR0).map_err(kerr("KVM_GET_ONE_REG(FPR0)", "vCPU"))
+    /// Sets the guest's 64-bit register `id` (`KVM_SET_ONE_REG`, e.g. [`sys::KVM_REG_PPC_MMCR0`]).
+    pub fn set_one_reg(&self, id: u64, value: u64) -> Result<()> {
+        sys::kvm_set_one_reg_u64(self.fd.as_fd(), id, value).map_err(kerr("KVM_SET_ONE_REG", "vCPU"))
     }
 
-    /// Sets the guest's f0 (`KVM_SET_ONE_REG`).
-    pub fn set_fpr0(&self, value: u64) -> Result<()> {
-        sys::kvm_set_one_reg_u64(self.fd.as_fd(), sys::KVM_REG_PPC_FPR0, value)
-            .map_err(kerr("KVM_SET_ONE_REG(FPR0)", "vCPU"))
-    }
-
-    /// The vCPU's statistic `name` (the first item of its data), read through `KVM_GET_STATS_FD`; `None` when
-    /// the kernel has no statistic of that name.
-    pub fn stat(&self, name: &str) -> Result<Option<u64>> {
+    /// The vCPU's statistics `names` (the first item of each one's data), read in one pass through
+    /// `KVM_GET_STATS_FD`, in the order asked; `None` for a name the kernel does not have.
+    pub fn stats(&self, names: &[&str]) -> Result<Vec<Option<u64>>> {
+        use std::mem::{offset_of, size_of};
         use std::os::unix::fs::FileExt;
+        use sys::{kvm_stats_desc, kvm_stats_header};
         let fd = sys::kvm_get_stats_fd(self.fd.as_fd()).map_err(kerr("KVM_GET_STATS_FD", "vCPU"))?;
         let f = File::from(fd);
         let read = |at: u64, len: usize| -> Result<Vec<u8>> {
@@ -336,21 +331,25 @@ impl Vcpu {
         };
         let word = |b: &[u8], at: usize| b.get(at..at + 4).map_or(0, |w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
         // `struct kvm_stats_header`, then `num_desc` descriptors of `kvm_stats_desc` + `name_size` bytes each.
-        let h = read(0, std::mem::size_of::<sys::kvm_stats_header>())?;
-        let (name_size, num_desc, desc_offset, data_offset) = (word(&h, 4), word(&h, 8), word(&h, 16), word(&h, 20));
-        let fixed = std::mem::size_of::<sys::kvm_stats_desc>();
-        let stride = fixed + name_size as usize;
-        let descs = read(u64::from(desc_offset), stride * num_desc as usize)?;
+        let h = read(0, size_of::<kvm_stats_header>())?;
+        let name_size = word(&h, offset_of!(kvm_stats_header, name_size)) as usize;
+        let num_desc = word(&h, offset_of!(kvm_stats_header, num_desc)) as usize;
+        let desc_offset = word(&h, offset_of!(kvm_stats_header, desc_offset));
+        let data_offset = u64::from(word(&h, offset_of!(kvm_stats_header, data_offset)));
+        let fixed = size_of::<kvm_stats_desc>();
+        let stride = fixed + name_size;
+        let descs = read(u64::from(desc_offset), stride * num_desc)?;
+        let mut found = vec![None; names.len()];
         for d in descs.chunks_exact(stride) {
             let raw = &d[fixed..];
             let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-            if &raw[..end] == name.as_bytes() {
-                // `offset` (at byte 8) is the statistic's place in the data block.
-                let v = read(u64::from(data_offset) + u64::from(word(d, 8)), 8)?;
-                return Ok(Some(u64::from_ne_bytes(v.try_into().unwrap_or([0; 8]))));
+            if let Some(k) = names.iter().position(|n| n.as_bytes() == &raw[..end]) {
+                // `offset` is the statistic's place in the data block.
+                let v = read(data_offset + u64::from(word(d, offset_of!(kvm_stats_desc, offset))), 8)?;
+                found[k] = Some(u64::from_ne_bytes(v.try_into().unwrap_or([0; 8])));
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     pub fn set_regs(&self, r: &kvm_regs) -> Result<()> {

@@ -3,6 +3,7 @@
 //! reach the L2 pages mapped by H_PUT_TCE and H_PUT_TCE_INDIRECT, and be refused after H_STUFF_TCE clears.
 
 use crate::rig::*;
+use pvtce_vmm_glue::sys::{KVM_REG_PPC_FPR0, KVM_REG_PPC_MMCR0};
 
 fn check(what: &str, got: i64, want: i64) -> Result<(), String> {
     if got == want {
@@ -247,13 +248,11 @@ fn early_entry_on(rig: &Rig) -> Result<String, String> {
         .collect();
     let n = calls.len() as u64;
     let stats = || -> Result<(u64, u64), String> {
-        let stat = |name: &str| {
-            rig.vcpu
-                .stat(name)
-                .map_err(e("KVM_GET_STATS_FD"))?
-                .ok_or(format!("the kernel has no vCPU statistic {name} (kernel patch 0014)"))
-        };
-        Ok((stat("tce_early_entry")?, stat("tce_early_exit")?))
+        const NAMES: [&str; 2] = ["tce_early_entry", "tce_early_exit"];
+        match rig.vcpu.stats(&NAMES).map_err(e("KVM_GET_STATS_FD"))?[..] {
+            [Some(entry), Some(exit)] => Ok((entry, exit)),
+            _ => Err(format!("the kernel lacks a vCPU statistic of {NAMES:?} (kernel patch 0014)")),
+        }
     };
     // One table of calls; (answered inside the entry, answered after the exit).
     let round = || -> Result<(u64, u64), String> {
@@ -271,7 +270,7 @@ fn early_entry_on(rig: &Rig) -> Result<String, String> {
     // The guest's f0 stays in the FPU across the calls answered inside the entry (nothing stores or reloads
     // it there): a hook that used the FPU would leave its value, stored at the next full exit.
     const F0: u64 = 0x4009_21fb_5444_2d18;
-    rig.vcpu.set_fpr0(F0).map_err(e("KVM_SET_ONE_REG(FPR0)"))?;
+    rig.vcpu.set_one_reg(KVM_REG_PPC_FPR0, F0).map_err(e("KVM_SET_ONE_REG(FPR0)"))?;
     // The first map of the range allocates its table page (the normal path does): warm it up.
     round()?;
     // The vCPU starts with its PMU frozen (KVM-HV's reset MMCR0 is FC).
@@ -282,7 +281,7 @@ fn early_entry_on(rig: &Rig) -> Result<String, String> {
             n / 2
         ));
     }
-    rig.vcpu.set_mmcr0(0).map_err(e("KVM_SET_ONE_REG(MMCR0)"))?;
+    rig.vcpu.set_one_reg(KVM_REG_PPC_MMCR0, 0).map_err(e("KVM_SET_ONE_REG(MMCR0)"))?;
     let (entry_pmu, exit_pmu) = round()?;
     if entry_pmu != 0 || exit_pmu < n / 2 {
         return Err(format!(
@@ -293,7 +292,7 @@ fn early_entry_on(rig: &Rig) -> Result<String, String> {
     if rig.exited() != 0 {
         return Err(format!("{} TCE hypercall(s) exited to userspace", rig.exited()));
     }
-    let f0 = rig.vcpu.fpr0().map_err(e("KVM_GET_ONE_REG(FPR0)"))?;
+    let f0 = rig.vcpu.one_reg(KVM_REG_PPC_FPR0).map_err(e("KVM_GET_ONE_REG(FPR0)"))?;
     if f0 != F0 {
         return Err(format!("the guest's f0 is {f0:#x} after the calls, expected {F0:#x}"));
     }
